@@ -1,0 +1,48 @@
+"""Backtesting: a pure numba engine (no Ray), strategies, metrics and in-process sweeps.
+
+Defaults reproduce backtesting.py trade for trade (see ``engine`` for the exact contract).
+``sweep`` is the per-task unit a distributed sweep calls for one symbol and chunk of
+combinations.
+"""
+
+from tradpal_ray.backtest.data import Bars, load_bars, load_store_bars, prepare_bars
+from tradpal_ray.backtest.engine import EXIT_REASONS, BacktestConfig, BacktestResult, backtest, run_signals
+from tradpal_ray.backtest.grid import parse_grid, parse_params, param_grid, sample_params, strategy_combos
+from tradpal_ray.backtest.indicators import cached, cross_above, cross_below, ema, indicator_cache, rolling_std, rsi, sma
+from tradpal_ray.backtest.metrics import METRICS, STAT_NAMES
+from tradpal_ray.backtest.strategies import Param, Strategy, get_strategy, strategies, strategy
+from tradpal_ray.backtest.sweeps import rank, sweep
+
+__all__ = [
+    "EXIT_REASONS",
+    "METRICS",
+    "STAT_NAMES",
+    "BacktestConfig",
+    "BacktestResult",
+    "Bars",
+    "Param",
+    "Strategy",
+    "backtest",
+    "cached",
+    "cross_above",
+    "cross_below",
+    "ema",
+    "get_strategy",
+    "indicator_cache",
+    "load_bars",
+    "load_store_bars",
+    "param_grid",
+    "parse_grid",
+    "parse_params",
+    "prepare_bars",
+    "rank",
+    "rolling_std",
+    "rsi",
+    "run_signals",
+    "sample_params",
+    "sma",
+    "strategies",
+    "strategy",
+    "strategy_combos",
+    "sweep",
+]

@@ -1,0 +1,441 @@
+"""The backtest engine: one numba loop that fills signals at the next open and keeps the books.
+
+Contract (``shared/reference/backtest-semantics.md``); the defaults reproduce backtesting.py
+0.6.6 ``Backtest(data, S, cash=10_000, commission=0.001, trade_on_close=False,
+exclusive_orders=False, finalize_trades=False)`` trade for trade:
+
+- A signal on bar ``i`` (decided at its close) fills at ``open[i+1]``; a signal on the last
+  bar never fills. An entry and an exit on the same bar cancel each other (no action).
+- ``direction="long"``: an entry opens a long when flat, an exit closes it.
+  ``direction="longshort"``: an entry closes a short and opens a long, an exit closes a
+  long and opens a short (backtesting.py's ``position.close(); self.buy()/sell()``).
+- Sizing, all-in: ``units = ((cash * (1 - eps)) / unit) // cost * unit`` with
+  ``cost = price + (price * (1 - eps) * fee) / (1 - eps)``: the contract's
+  ``floor(cash / (price * (1 + fee)) / unit) * unit`` written with backtesting.py's own
+  operations (its default order size is ``1 - eps`` of equity), so the floor lands on the
+  same integer even when ``cash / cost`` is within an ulp of one.
+- Books are kept as backtesting.py does: ``cash`` drops by the entry fee only; equity is
+  ``cash + (close * units - units * entry_price)``; closing adds
+  ``units * (exit - entry) - exit fee``. Fee = ``|units| * price * fee`` on each side.
+- Slippage (bps) moves every fill against the trader: buys at ``price * (1 + s)``, sells
+  at ``price * (1 - s)``, stop and take-profit fills included.
+- Stop-loss / take-profit (fractions of the entry fill price) are checked on every bar
+  the position is held, including its entry bar, after that bar's open fill:
+  stop first (pessimistic when both are inside one bar's range), then take-profit.
+  A long's stop fills at ``min(open, stop)`` when ``low <= stop`` (a gap through the
+  stop fills at the open), its take-profit at ``max(open, tp)`` when ``high >= tp``;
+  mirrored for shorts. This is the order backtesting.py processes SL/TP orders in. One
+  deliberate difference: an exit signal fills at the open *before* the stop is checked
+  (backtesting.py checks a pending stop first and may fill it at the worse stop price).
+- A position open after the last bar is marked to the last close, no exit fee, and left
+  out of the trade count, win rate and other trade statistics.
+- If equity reaches 0 or less (possible only with shorts), the position is closed at
+  that bar's close and the account stops trading with equity 0, as in backtesting.py.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from numba import njit
+
+from tradpal_ray.backtest.data import Bars, prepare_bars
+from tradpal_ray.backtest.metrics import N_STATS, STAT_NAMES, daily_ratios
+from tradpal_ray.backtest.strategies import get_strategy
+from tradpal_ray.errors import ConfigError
+
+DIRECTIONS = ("long", "longshort")
+EXIT_REASONS = ("signal", "stop_loss", "take_profit", "open", "liquidation")
+"""Why a trade ended; ``open`` marks the position still held after the last bar."""
+
+_FULL = 1.0 - 2.220446049250313e-16  # backtesting.py's default order size (1 - eps)
+_SIGNAL, _STOP, _TAKE, _OPEN, _LIQUIDATION = range(5)
+# Trade record columns written by the kernel.
+_T_ENTRY_BAR, _T_EXIT_BAR, _T_ENTRY_PX, _T_EXIT_PX, _T_UNITS, _T_ENTRY_FEE, _T_EXIT_FEE, _T_PNL, _T_REASON = range(9)
+_T_FIELDS = 9
+
+
+@dataclass(frozen=True)
+class BacktestConfig:
+    """Account and execution settings shared by every combination of a run or sweep."""
+
+    cash: float = 10_000.0
+    fee: float = 0.001
+    """Fee rate per side on traded notional (0.001 = 0.1 %)."""
+    size_unit: float = 1.0
+    """Tradable increment: 1 for shares (backtesting.py), 1e-8 for BTC."""
+    slippage_bps: float = 0.0
+    direction: str = "long"
+    stop_loss: float | None = None
+    """Stop distance as a fraction of the entry fill price (0.05 = 5 %); None = no stop."""
+    take_profit: float | None = None
+    """Take-profit distance as a fraction of the entry fill price; None = none."""
+    periods_per_year: float = 365.0
+    """Annualisation of the daily Sharpe/Sortino: 365 (crypto), 252 (weekday markets)."""
+
+    def __post_init__(self) -> None:
+        checks = (
+            (self.cash > 0, f"cash must be positive, got {self.cash}"),
+            (0 <= self.fee < 0.1, f"fee must be in [0, 0.1), got {self.fee}"),
+            (self.size_unit > 0, f"size unit must be positive, got {self.size_unit}"),
+            (self.slippage_bps >= 0, f"slippage must be >= 0 bps, got {self.slippage_bps}"),
+            (self.direction in DIRECTIONS, f"direction must be one of {', '.join(DIRECTIONS)}, got {self.direction!r}"),
+            (self.stop_loss is None or 0 < self.stop_loss < 1, f"stop loss must be in (0, 1), got {self.stop_loss}"),
+            (self.take_profit is None or self.take_profit > 0, f"take profit must be positive, got {self.take_profit}"),
+            (self.periods_per_year > 0, f"periods per year must be positive, got {self.periods_per_year}"),
+        )
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
+    def kernel_args(self) -> tuple[float, float, float, float, float, float, int, float]:
+        """The scalar arguments of the numba kernels, in their order."""
+        return (
+            float(self.cash),
+            float(self.fee),
+            float(self.size_unit),
+            float(self.slippage_bps) / 10_000.0,
+            math.nan if self.stop_loss is None else float(self.stop_loss),
+            math.nan if self.take_profit is None else float(self.take_profit),
+            DIRECTIONS.index(self.direction),
+            float(self.periods_per_year),
+        )
+
+
+@dataclass(frozen=True)
+class BacktestResult:
+    """One backtest: statistics (see :data:`~tradpal_ray.backtest.metrics.METRICS`), trades, equity."""
+
+    stats: dict[str, float]
+    trades: pd.DataFrame
+    """entry/exit time and price, units (negative = short), fees, pnl, return_pct, exit_reason;
+    the last row has exit_reason ``open`` (exit_time NaT, exit_price = last close) if a position is held."""
+    equity: pd.Series
+    strategy: str = ""
+    params: dict[str, Any] = field(default_factory=dict)
+    config: BacktestConfig = field(default_factory=BacktestConfig)
+
+    def to_dict(self, *, trades: bool = False) -> dict[str, Any]:
+        """JSON-ready: ``{"strategy", "params", "config", "stats"[, "trades"]}``; NaN/inf -> None."""
+        out: dict[str, Any] = {
+            "strategy": self.strategy,
+            "params": dict(self.params),
+            "config": asdict(self.config),
+            "stats": {k: _json_number(v) for k, v in self.stats.items()},
+        }
+        if trades:
+            out["trades"] = [
+                {
+                    "entry_time": row.entry_time.isoformat(),
+                    "exit_time": None if pd.isna(row.exit_time) else row.exit_time.isoformat(),
+                    "entry_price": _json_number(row.entry_price),
+                    "exit_price": _json_number(row.exit_price),
+                    "units": _json_number(row.units),
+                    "fees": _json_number(row.entry_fee + row.exit_fee),
+                    "pnl": _json_number(row.pnl),
+                    "return_pct": _json_number(row.return_pct),
+                    "exit_reason": row.exit_reason,
+                }
+                for row in self.trades.itertuples(index=False)
+            ]
+        return out
+
+
+def _json_number(value: Any) -> float | int | None:
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def stats_dict(row: np.ndarray) -> dict[str, float]:
+    """A kernel stats row as ``{name: value}`` with ``trades`` as an int."""
+    out = {name: float(v) for name, v in zip(STAT_NAMES, row)}
+    out["trades"] = int(row[0])
+    return out
+
+
+# Closed-trade accumulators kept by the kernel in one small array.
+_A_CLOSED, _A_WINS, _A_GROSS_WIN, _A_GROSS_LOSS, _A_PNL, _A_BEST, _A_WORST, _A_FEES = range(8)
+
+
+@njit(cache=True, error_model="numpy")
+def _close(
+    trades: np.ndarray, row: int, bar: int, units: float, entry_px: float, entry_fee: float, px: float,
+    fee: float, reason: int, acc: np.ndarray,
+) -> float:
+    """Close ``units`` at ``px``: record the trade (if ``trades`` has the row), update ``acc``; cash change."""
+    exit_fee = abs(units) * px * fee
+    gross = units * (px - entry_px)
+    pnl = gross - (exit_fee + entry_fee)
+    if row < trades.shape[0]:
+        trades[row, _T_EXIT_BAR] = bar
+        trades[row, _T_EXIT_PX] = px
+        trades[row, _T_EXIT_FEE] = exit_fee
+        trades[row, _T_PNL] = pnl
+        trades[row, _T_REASON] = reason
+    ret = pnl / (abs(units) * entry_px)
+    acc[_A_CLOSED] += 1.0
+    acc[_A_PNL] += pnl
+    acc[_A_FEES] += exit_fee
+    acc[_A_BEST] = max(acc[_A_BEST], ret)
+    acc[_A_WORST] = min(acc[_A_WORST], ret)
+    if pnl > 0.0:
+        acc[_A_WINS] += 1.0
+        acc[_A_GROSS_WIN] += pnl
+    elif pnl < 0.0:
+        acc[_A_GROSS_LOSS] += pnl
+    return gross - exit_fee
+
+
+@njit(cache=True, error_model="numpy")
+def simulate(
+    o: np.ndarray, h: np.ndarray, lo: np.ndarray, c: np.ndarray, day_end: np.ndarray,
+    entries: np.ndarray, exits: np.ndarray,
+    cash0: float, fee: float, unit: float, slip: float, sl: float, tp: float, direction: int, ppy: float,
+    equity_out: np.ndarray, trades: np.ndarray, day_returns: np.ndarray,
+) -> tuple[np.ndarray, int]:
+    """Run one backtest; return (stats row in :data:`STAT_NAMES` order, trade rows written).
+
+    ``equity_out`` (length n, or 0 to skip) receives the equity curve and ``trades`` (rows =
+    an upper bound on trades, or 0 to skip) the trade records; ``day_returns`` is scratch of
+    length n. Sweeps and single backtests both call this function, so their statistics agree.
+    """
+    n = c.shape[0]
+    record_equity = equity_out.shape[0] > 0
+    use_stops = sl == sl or tp == tp  # either is not NaN
+    cash = cash0
+    pos = 0.0
+    entry_px = 0.0
+    entry_fee = 0.0
+    stop_px = math.nan
+    take_px = math.nan
+    t = 0  # trade rows used (the open trade is row t - 1 while a position is held)
+    pending = 2  # desired position sign at the next open: -1, 0, 1; 2 = no change
+    dead = False
+    acc = np.zeros(8)
+    acc[_A_BEST] = -math.inf
+    acc[_A_WORST] = math.inf
+    peak = cash0
+    max_dd = 0.0
+    exposed = 0
+    n_days = 0
+    prev_day_equity = math.nan
+    equity = cash0
+    for i in range(n):
+        held = pos != 0.0
+        # 1. Fills at the open for the signal of the previous bar.
+        if pending != 2:
+            if pos != 0.0 and (pending == 0 or (pos > 0.0) != (pending > 0)):
+                px = o[i] * (1.0 - slip) if pos > 0.0 else o[i] * (1.0 + slip)
+                cash += _close(trades, t - 1, i, pos, entry_px, entry_fee, px, fee, _SIGNAL, acc)
+                pos = 0.0
+            if pending != 0 and pos == 0.0:
+                px = o[i] * (1.0 + slip) if pending > 0 else o[i] * (1.0 - slip)
+                cost = px + (_FULL * px * fee) / _FULL
+                units = ((cash * _FULL) / unit) // cost * unit
+                if units > 0.0:
+                    pos = units if pending > 0 else -units
+                    entry_px = px
+                    entry_fee = units * px * fee
+                    cash -= entry_fee
+                    acc[_A_FEES] += entry_fee
+                    held = True
+                    if pending > 0:
+                        stop_px = px * (1.0 - sl)
+                        take_px = px * (1.0 + tp)
+                    else:
+                        stop_px = px * (1.0 + sl)
+                        take_px = px * (1.0 - tp)
+                    if t < trades.shape[0]:
+                        trades[t, _T_ENTRY_BAR] = i
+                        trades[t, _T_EXIT_BAR] = -1
+                        trades[t, _T_ENTRY_PX] = px
+                        trades[t, _T_UNITS] = pos
+                        trades[t, _T_ENTRY_FEE] = entry_fee
+                    t += 1
+            pending = 2
+        # 2. Stop-loss, then take-profit, inside the bar (NaN levels never trigger).
+        if pos != 0.0 and use_stops:
+            px = math.nan
+            reason = _SIGNAL
+            if pos > 0.0:
+                if lo[i] <= stop_px:
+                    px, reason = min(o[i], stop_px) * (1.0 - slip), _STOP
+                elif h[i] >= take_px:
+                    px, reason = max(o[i], take_px) * (1.0 - slip), _TAKE
+            else:
+                if h[i] >= stop_px:
+                    px, reason = max(o[i], stop_px) * (1.0 + slip), _STOP
+                elif lo[i] <= take_px:
+                    px, reason = min(o[i], take_px) * (1.0 + slip), _TAKE
+            if reason != _SIGNAL:
+                cash += _close(trades, t - 1, i, pos, entry_px, entry_fee, px, fee, reason, acc)
+                pos = 0.0
+        # 3. Mark to the close.
+        if dead:
+            equity = 0.0
+        else:
+            equity = cash + (c[i] * pos - pos * entry_px)
+            if equity <= 0.0:
+                if pos != 0.0:
+                    _close(trades, t - 1, i, pos, entry_px, entry_fee, c[i], fee, _LIQUIDATION, acc)
+                    pos = 0.0
+                cash = 0.0
+                equity = 0.0
+                dead = True
+        if held:
+            exposed += 1
+        if record_equity:
+            equity_out[i] = equity
+        if equity >= peak:
+            peak = equity
+        elif 1.0 - equity / peak > max_dd:
+            max_dd = 1.0 - equity / peak
+        if day_end[i]:
+            if prev_day_equity == prev_day_equity:  # not NaN: a previous day exists
+                r = equity / prev_day_equity - 1.0
+                if r == r:  # pct_change 0/0 is NaN and dropped, as pandas' dropna does
+                    day_returns[n_days] = r
+                    n_days += 1
+            prev_day_equity = equity
+        # 4. The signal at this close, acted on at the next open.
+        if i + 1 < n and not dead:
+            e = entries[i] and not exits[i]
+            x = exits[i] and not entries[i]
+            if pos > 0.0:
+                if x:
+                    pending = -1 if direction == 1 else 0
+            elif pos < 0.0:
+                if e:
+                    pending = 1
+            elif e:
+                pending = 1
+            elif x and direction == 1:
+                pending = -1
+    if pos != 0.0 and t - 1 < trades.shape[0]:
+        trades[t - 1, _T_EXIT_PX] = c[n - 1]
+        trades[t - 1, _T_EXIT_FEE] = 0.0
+        trades[t - 1, _T_PNL] = pos * (c[n - 1] - entry_px) - entry_fee
+        trades[t - 1, _T_REASON] = _OPEN
+    sharpe, sortino = daily_ratios(day_returns, n_days, ppy)
+    closed = acc[_A_CLOSED]
+    none = math.nan if closed == 0.0 else 0.0  # trade statistics are NaN without closed trades
+    stats = np.empty(N_STATS)
+    stats[0] = closed
+    stats[1] = equity
+    stats[2] = (equity - cash0) / cash0 * 100.0
+    stats[3] = max_dd * 100.0
+    stats[4] = acc[_A_WINS] / closed * 100.0 + none
+    stats[5] = acc[_A_GROSS_WIN] / abs(acc[_A_GROSS_LOSS]) + none
+    stats[6] = acc[_A_PNL] / closed + none
+    stats[7] = sharpe
+    stats[8] = sortino
+    stats[9] = exposed / n * 100.0
+    stats[10] = acc[_A_FEES]
+    stats[11] = acc[_A_BEST] * 100.0 + none
+    stats[12] = acc[_A_WORST] * 100.0 + none
+    return stats, min(t, trades.shape[0])
+
+
+@njit(cache=True, error_model="numpy")
+def simulate_many(
+    o: np.ndarray, h: np.ndarray, lo: np.ndarray, c: np.ndarray, day_end: np.ndarray,
+    entries: np.ndarray, exits: np.ndarray,
+    cash0: float, fee: float, unit: float, slip: float, sl: float, tp: float, direction: int, ppy: float,
+) -> np.ndarray:
+    """Backtest every row of the 2-D (combos x bars) ``entries``/``exits``; one stats row each."""
+    k = entries.shape[0]
+    out = np.empty((k, N_STATS))
+    no_equity = np.empty(0)
+    no_trades = np.empty((0, _T_FIELDS))
+    day_returns = np.empty(c.shape[0])
+    for j in range(k):
+        stats, _ = simulate(
+            o, h, lo, c, day_end, entries[j], exits[j], cash0, fee, unit, slip, sl, tp, direction, ppy,
+            no_equity, no_trades, day_returns,
+        )
+        out[j] = stats
+    return out
+
+
+def run_signals(
+    bars: pd.DataFrame | Bars,
+    entries: np.ndarray,
+    exits: np.ndarray,
+    config: BacktestConfig | None = None,
+    *,
+    strategy: str = "",
+    params: Mapping[str, Any] | None = None,
+) -> BacktestResult:
+    """Backtest given boolean entry/exit arrays (signal at a bar's close, fill at the next open)."""
+    bars = prepare_bars(bars)
+    config = config or BacktestConfig()
+    n = len(bars)
+    entries = _signal_array(entries, n, "entries")
+    exits = _signal_array(exits, n, "exits")
+    bound = int(np.count_nonzero(entries | exits))
+    trades = np.full((bound, _T_FIELDS), np.nan)
+    equity = np.empty(n)
+    stats, rows = simulate(
+        bars.open, bars.high, bars.low, bars.close, bars.day_end, entries, exits, *config.kernel_args(),
+        equity, trades, np.empty(n),
+    )
+    return BacktestResult(
+        stats=stats_dict(stats),
+        trades=_trades_frame(trades[:rows], bars.index),
+        equity=pd.Series(equity, index=bars.index, name="equity"),
+        strategy=strategy,
+        params=dict(params or {}),
+        config=config,
+    )
+
+
+def backtest(
+    bars: pd.DataFrame | Bars,
+    strategy: str = "sma_cross",
+    params: Mapping[str, Any] | None = None,
+    config: BacktestConfig | None = None,
+    *,
+    drop_bad: bool = False,
+) -> BacktestResult:
+    """Backtest a registered strategy with ``params`` (defaults fill the rest) on ``bars``."""
+    bars = prepare_bars(bars, drop_bad=drop_bad)
+    strat = get_strategy(strategy)
+    resolved = strat.resolve(params or {}, n_bars=len(bars))
+    entries, exits = strat.signals(bars, resolved)
+    return run_signals(bars, entries, exits, config, strategy=strat.name, params=resolved)
+
+
+def _signal_array(values: Any, n: int, name: str) -> np.ndarray:
+    array = np.ascontiguousarray(np.asarray(values, dtype=np.bool_))
+    if array.shape != (n,):
+        raise ConfigError(f"{name} must have one value per bar ({n}), got shape {array.shape}")
+    return array
+
+
+def _trades_frame(rows: np.ndarray, index: pd.DatetimeIndex) -> pd.DataFrame:
+    entry_bar = rows[:, _T_ENTRY_BAR].astype(np.int64)
+    exit_bar = rows[:, _T_EXIT_BAR].astype(np.int64)
+    units = rows[:, _T_UNITS]
+    return pd.DataFrame(
+        {
+            "entry_time": index[entry_bar],
+            "exit_time": index[np.maximum(exit_bar, 0)].where(exit_bar >= 0),
+            "entry_bar": entry_bar,
+            "exit_bar": exit_bar,
+            "entry_price": rows[:, _T_ENTRY_PX],
+            "exit_price": rows[:, _T_EXIT_PX],
+            "units": units,
+            "entry_fee": rows[:, _T_ENTRY_FEE],
+            "exit_fee": rows[:, _T_EXIT_FEE],
+            "pnl": rows[:, _T_PNL],
+            "return_pct": rows[:, _T_PNL] / (np.abs(units) * rows[:, _T_ENTRY_PX]) * 100.0,
+            "exit_reason": pd.Categorical.from_codes(rows[:, _T_REASON].astype(np.int64), EXIT_REASONS),
+        }
+    )

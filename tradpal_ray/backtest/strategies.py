@@ -1,0 +1,223 @@
+"""Strategies: plain functions from bars and parameters to boolean entry/exit arrays.
+
+A strategy sees the whole :class:`~tradpal_ray.backtest.data.Bars` but must decide signal
+``i`` from bars ``0..i`` only (the indicators here are causal). Register one with
+:func:`strategy`, declaring each parameter's type, default and limits; the engine then
+validates user parameters with clear :class:`~tradpal_ray.errors.ConfigError` messages::
+
+    from tradpal_ray.backtest import Param, cross_above, cross_below, sma, strategy
+
+    @strategy(n=Param(int, 20, min=2, window=True))
+    def close_sma_cross(bars, n):
+        \"\"\"Long when the close crosses above its n-bar SMA, out when it crosses below.\"\"\"
+        mean = sma(bars.close, n)
+        return cross_above(bars.close, mean), cross_below(bars.close, mean)
+
+    backtest(frame, "close_sma_cross", {"n": 50})
+
+Use the indicators from :mod:`tradpal_ray.backtest.indicators` (or wrap your own with
+``@cached``) so that a sweep computes each distinct window once.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from tradpal_ray.backtest.indicators import cross_above, cross_below, ema, rolling_std, rsi, sma
+from tradpal_ray.errors import ConfigError
+
+if TYPE_CHECKING:
+    from tradpal_ray.backtest.data import Bars
+
+Signals = tuple[np.ndarray, np.ndarray]
+Rule = tuple[Callable[[Mapping[str, Any]], bool], str]
+
+
+@dataclass(frozen=True)
+class Param:
+    """A strategy parameter: its type (int or float), default and inclusive limits.
+
+    ``window=True`` marks a look-back length: it must not exceed the number of bars.
+    """
+
+    type: type
+    default: int | float
+    min: float | None = None
+    max: float | None = None
+    window: bool = False
+    help: str = ""
+
+    def coerce(self, name: str, value: Any) -> int | float:
+        """``value`` as this parameter's type, within its limits, or a ConfigError."""
+        if isinstance(value, str):
+            try:
+                value = float(value.strip())
+            except ValueError:
+                raise ConfigError(f"parameter {name} must be a number, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+            raise ConfigError(f"parameter {name} must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"parameter {name} must be finite, got {value}")
+        if self.type is int:
+            if float(value) != int(value):
+                raise ConfigError(f"parameter {name} must be an integer, got {value}")
+            value = int(value)
+        else:
+            value = float(value)
+        if self.min is not None and value < self.min:
+            raise ConfigError(f"parameter {name} must be >= {self.min:g}, got {value}")
+        if self.max is not None and value > self.max:
+            raise ConfigError(f"parameter {name} must be <= {self.max:g}, got {value}")
+        return value
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """A registered strategy: its function, declared parameters and cross-parameter rules."""
+
+    name: str
+    func: Callable[..., Signals]
+    params: dict[str, Param]
+    rules: tuple[Rule, ...] = ()
+    doc: str = ""
+
+    def resolve(self, given: Mapping[str, Any], *, n_bars: int | None = None) -> dict[str, Any]:
+        """Defaults overlaid with ``given``, coerced and checked; ConfigError on any problem."""
+        unknown = sorted(set(given) - set(self.params))
+        if unknown:
+            raise ConfigError(
+                f"unknown parameter {', '.join(unknown)} for strategy {self.name}; "
+                f"valid: {', '.join(self.params) or 'none'}"
+            )
+        values = {name: p.coerce(name, given.get(name, p.default)) for name, p in self.params.items()}
+        for check, message in self.rules:
+            if not check(values):
+                raise ConfigError(f"{self.name}: {message} (got {_show(values)})")
+        if n_bars is not None:
+            for name, p in self.params.items():
+                if p.window and values[name] > n_bars:
+                    raise ConfigError(f"{self.name}: {name}={values[name]} needs at least {values[name]} bars, got {n_bars}")
+        return values
+
+    def allows(self, values: Mapping[str, Any]) -> bool:
+        """True when ``values`` (all parameters, already typed) satisfies the strategy's rules."""
+        return all(check(values) for check, _ in self.rules)
+
+    def signals(self, bars: Bars, values: Mapping[str, Any]) -> Signals:
+        """Entry and exit arrays for resolved ``values``, checked for shape."""
+        entries, exits = self.func(bars, **values)
+        n = len(bars)
+        out = []
+        for label, array in (("entries", entries), ("exits", exits)):
+            array = np.ascontiguousarray(np.asarray(array, dtype=np.bool_))
+            if array.shape != (n,):
+                raise ConfigError(f"strategy {self.name} returned {label} of shape {array.shape}, expected ({n},)")
+            out.append(array)
+        return out[0], out[1]
+
+
+_REGISTRY: dict[str, Strategy] = {}
+
+
+def _show(values: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in values.items())
+
+
+def strategy(
+    name: str | None = None, *, rules: tuple[Rule, ...] = (), **params: Param
+) -> Callable[[Callable[..., Signals]], Callable[..., Signals]]:
+    """Register the decorated function as a strategy with parameters ``params``.
+
+    ``rules`` are ``(predicate(values) -> bool, message)`` pairs across parameters, e.g.
+    ``(lambda p: p["fast"] < p["slow"], "fast must be below slow")``. The function is
+    returned unchanged, so it stays callable (and testable) as a plain function.
+    """
+
+    def register(func: Callable[..., Signals]) -> Callable[..., Signals]:
+        key = name or func.__name__
+        _REGISTRY[key] = Strategy(key, func, dict(params), tuple(rules), (func.__doc__ or "").strip())
+        return func
+
+    return register
+
+
+def get_strategy(name: str | Strategy) -> Strategy:
+    """The registered strategy called ``name``; ConfigError listing the known ones otherwise."""
+    if isinstance(name, Strategy):
+        return name
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ConfigError(f"unknown strategy {name!r}; known: {', '.join(sorted(_REGISTRY))}") from None
+
+
+def strategies() -> dict[str, Strategy]:
+    """All registered strategies by name."""
+    return dict(_REGISTRY)
+
+
+_FAST_BELOW_SLOW: Rule = (lambda p: p["fast"] < p["slow"], "fast must be below slow")
+
+
+@strategy(
+    fast=Param(int, 10, min=1, window=True, help="fast SMA window"),
+    slow=Param(int, 30, min=2, window=True, help="slow SMA window"),
+    rules=(_FAST_BELOW_SLOW,),
+)
+def sma_cross(bars: Bars, fast: int, slow: int) -> Signals:
+    """Long when SMA(fast) of closes crosses above SMA(slow); out when it crosses below."""
+    f, s = sma(bars.close, fast), sma(bars.close, slow)
+    return cross_above(f, s), cross_below(f, s)
+
+
+@strategy(
+    fast=Param(int, 12, min=1, window=True, help="fast EMA span"),
+    slow=Param(int, 26, min=2, window=True, help="slow EMA span"),
+    rules=(_FAST_BELOW_SLOW,),
+)
+def ema_cross(bars: Bars, fast: int, slow: int) -> Signals:
+    """Long when EMA(fast) crosses above EMA(slow); out when it crosses below."""
+    f, s = ema(bars.close, fast), ema(bars.close, slow)
+    return cross_above(f, s), cross_below(f, s)
+
+
+@strategy(
+    window=Param(int, 14, min=2, window=True, help="RSI period"),
+    lower=Param(float, 30.0, min=0.0, max=100.0, help="oversold level: enter below it"),
+    upper=Param(float, 70.0, min=0.0, max=100.0, help="overbought level: exit above it"),
+    rules=((lambda p: p["lower"] < p["upper"], "lower must be below upper"),),
+)
+def rsi_reversion(bars: Bars, window: int, lower: float, upper: float) -> Signals:
+    """Mean reversion: long while RSI(window) is below ``lower``, out once it is above ``upper``."""
+    r = rsi(bars.close, window)
+    with np.errstate(invalid="ignore"):
+        return r < lower, r > upper
+
+
+@strategy(
+    window=Param(int, 20, min=2, window=True, help="band window"),
+    k=Param(float, 2.0, min=0.0, help="band width in standard deviations"),
+)
+def bollinger_breakout(bars: Bars, window: int, k: float) -> Signals:
+    """Long when the close crosses above the upper band (SMA + k std); out below the SMA."""
+    mid = sma(bars.close, window)
+    upper = mid + k * rolling_std(bars.close, window)
+    return cross_above(bars.close, upper), cross_below(bars.close, mid)
+
+
+@strategy(
+    fast=Param(int, 12, min=1, window=True, help="fast EMA span"),
+    slow=Param(int, 26, min=2, window=True, help="slow EMA span"),
+    signal=Param(int, 9, min=1, window=True, help="signal-line EMA span"),
+    rules=(_FAST_BELOW_SLOW,),
+)
+def macd(bars: Bars, fast: int, slow: int, signal: int) -> Signals:
+    """Long when MACD (EMA fast - EMA slow) crosses above its signal EMA; out when below."""
+    line = ema(bars.close, fast) - ema(bars.close, slow)
+    trigger = ema(line, signal)
+    return cross_above(line, trigger), cross_below(line, trigger)

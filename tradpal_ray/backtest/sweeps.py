@@ -1,0 +1,81 @@
+"""In-process parameter sweep: many combinations per numba call, shared indicators.
+
+:func:`sweep` is the unit of work of a distributed sweep: a Ray task calls it for one
+symbol and one chunk of combinations (pass the chunk as a list of parameter dicts, e.g.
+from :func:`~tradpal_ray.backtest.grid.strategy_combos`), then the driver concatenates the
+frames and calls :func:`rank`. Statistics are identical to :func:`backtest` per combination.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from tradpal_ray.backtest.data import Bars, prepare_bars
+from tradpal_ray.backtest.engine import BacktestConfig, simulate_many
+from tradpal_ray.backtest.grid import strategy_combos
+from tradpal_ray.backtest.indicators import indicator_cache
+from tradpal_ray.backtest.metrics import STAT_NAMES
+from tradpal_ray.backtest.strategies import Strategy, get_strategy
+from tradpal_ray.errors import ConfigError
+
+SIGNAL_BYTES = 64 * 1024 * 1024
+"""Upper bound on the 2-D entry + exit arrays built per kernel call (combinations are chunked)."""
+
+LOWER_IS_BETTER = frozenset({"max_drawdown_pct", "fees"})
+
+
+def sweep(
+    bars: pd.DataFrame | Bars,
+    strategy: str | Strategy,
+    grid: Mapping[str, Any] | Sequence[Mapping[str, Any]],
+    config: BacktestConfig | None = None,
+    *,
+    rank_by: str | None = None,
+    drop_bad: bool = False,
+) -> pd.DataFrame:
+    """Backtest ``strategy`` for every combination; one row each: parameters then statistics.
+
+    ``grid`` is a spec (name -> values, expanded with the strategy's rules by
+    :func:`~tradpal_ray.backtest.grid.strategy_combos`) or an explicit list of parameter
+    dicts (each validated; a bad one is a ConfigError). Rows keep the combination order
+    unless ``rank_by`` names a statistic to sort by (best first).
+    """
+    bars = prepare_bars(bars, drop_bad=drop_bad)
+    strat = get_strategy(strategy)
+    config = config or BacktestConfig()
+    if isinstance(grid, Mapping):
+        combos = strategy_combos(strat, grid)
+    else:
+        combos = list(grid)
+    resolved = [strat.resolve(c, n_bars=len(bars)) for c in combos]
+    n = len(bars)
+    stats = np.empty((len(resolved), len(STAT_NAMES)))
+    chunk = max(1, SIGNAL_BYTES // (2 * n))
+    with indicator_cache(bars.open, bars.high, bars.low, bars.close, bars.volume):
+        for start in range(0, len(resolved), chunk):
+            part = resolved[start : start + chunk]
+            entries = np.empty((len(part), n), dtype=np.bool_)
+            exits = np.empty((len(part), n), dtype=np.bool_)
+            for j, values in enumerate(part):
+                entries[j], exits[j] = strat.signals(bars, values)
+            stats[start : start + len(part)] = simulate_many(
+                bars.open, bars.high, bars.low, bars.close, bars.day_end, entries, exits, *config.kernel_args()
+            )
+    columns: dict[str, Any] = {name: [values[name] for values in resolved] for name in strat.params}
+    columns.update({name: stats[:, k] for k, name in enumerate(STAT_NAMES)})
+    columns["trades"] = stats[:, 0].astype(np.int64)
+    frame = pd.DataFrame(columns)
+    return rank(frame, rank_by) if rank_by else frame
+
+
+def rank(results: pd.DataFrame, by: str, *, ascending: bool | None = None) -> pd.DataFrame:
+    """Sort sweep rows best first by statistic ``by`` (NaN last); lower is better for drawdown and fees."""
+    if by not in STAT_NAMES:
+        raise ConfigError(f"cannot rank by {by!r}; choose one of {', '.join(STAT_NAMES)}")
+    if ascending is None:
+        ascending = by in LOWER_IS_BETTER
+    return results.sort_values(by, ascending=ascending, na_position="last", kind="stable").reset_index(drop=True)

@@ -1,0 +1,52 @@
+"""The Typer application and the options every command shares."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from tradpal_ray.config import Settings, load_settings
+from tradpal_ray.errors import ConfigError
+from tradpal_ray.log import configure_logging
+
+app = typer.Typer(
+    name="tradpal-ray",
+    help="Crypto-trading research and live market data on Ray: simulate, fetch, backtest, sweep, stream, serve.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+console = Console(stderr=True)
+"""Progress bars, tables and messages for people go to stderr; stdout stays for --json."""
+
+StoreOption = Annotated[
+    str | None, typer.Option("--store", help="Store root (path or URI). Env: TRADPAL_STORE.", show_default=False)
+]
+ExchangeOption = Annotated[
+    str | None, typer.Option("--exchange", help="ccxt exchange id. Env: TRADPAL_EXCHANGE.", show_default=False)
+]
+ExchangeUrlOption = Annotated[
+    str | None,
+    typer.Option("--exchange-url", help="Exchange base URL override, e.g. the simulator. Env: TRADPAL_EXCHANGE_URL.", show_default=False),
+]
+LogLevelOption = Annotated[
+    str | None, typer.Option("--log-level", help="DEBUG, INFO, WARNING or ERROR. Env: TRADPAL_LOG_LEVEL.", show_default=False)
+]
+
+
+def settings_for(**flags: object) -> Settings:
+    """Settings from the environment with the given CLI flags on top; logging set up."""
+    try:
+        settings = load_settings(**flags)
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        raise ConfigError(str(exc).splitlines()[-1].strip()) from None
+    configure_logging(settings.log_level, settings.log_format)
+    return settings
+
+
+def split_list(value: str | None) -> list[str]:
+    """``"a, b,c"`` -> ``["a", "b", "c"]``; empty or None -> ``[]``."""
+    return [item.strip() for item in (value or "").split(",") if item.strip()]

@@ -1,0 +1,111 @@
+"""``tradpal-ray backtest``: one strategy on one series, from a file or the candle store.
+
+Output: without ``--json``, rich tables (statistics, and trades with ``--trades``) on
+stderr, like every human-facing message of the CLI; with ``--json``, exactly one JSON
+object on stdout: ``{"strategy", "params", "config", "stats"[, "trades"]}`` with NaN and
+infinities as null.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from tradpal_ray.backtest import BacktestConfig, BacktestResult, backtest as run_backtest
+from tradpal_ray.backtest import load_bars, load_store_bars, parse_params
+from tradpal_ray.backtest.data import Bars
+from tradpal_ray.cli.app import ExchangeOption, StoreOption, app, console, settings_for
+from tradpal_ray.errors import ConfigError
+from tradpal_ray.market.schema import timeframe_ms
+
+
+def load_cli_bars(
+    data: Path | None,
+    store: str | None,
+    exchange: str | None,
+    symbol: str | None,
+    timeframe: str | None,
+    since: str | None,
+    until: str | None,
+    drop_bad: bool,
+) -> Bars:
+    """Bars from ``--data FILE`` or from the store (``--store/--exchange --symbol --timeframe``)."""
+    if data is not None:
+        if store or symbol or timeframe:
+            raise ConfigError("give either --data FILE or --store/--symbol/--timeframe, not both")
+        return load_bars(data, since=since, until=until, drop_bad=drop_bad)
+    if not symbol or not timeframe:
+        raise ConfigError("give --data FILE, or --symbol and --timeframe to read from the store")
+    timeframe_ms(timeframe)
+    settings = settings_for(store=store, exchange=exchange)
+    return load_store_bars(
+        settings.store, settings.exchange, symbol, timeframe, since=since, until=until, drop_bad=drop_bad
+    )
+
+
+def _number(value: float | int) -> str:
+    return f"{value:,}" if isinstance(value, int) else f"{value:,.4f}"
+
+
+def render(result: BacktestResult, *, trades: bool) -> None:
+    """Print the statistics (and trades) as rich tables on stderr."""
+    params = ", ".join(f"{k}={v}" for k, v in result.params.items())
+    table = Table(title=f"{result.strategy}({params})", show_header=False)
+    table.add_column("statistic")
+    table.add_column("value", justify="right")
+    for name, value in result.stats.items():
+        table.add_row(name, _number(value))
+    console.print(table)
+    if trades:
+        listing = Table(title="trades")
+        for column in ("entry_time", "exit_time", "entry_price", "exit_price", "units", "pnl", "return_pct", "exit_reason"):
+            listing.add_column(column, justify="left" if column.endswith(("time", "reason")) else "right")
+        for row in result.trades.itertuples(index=False):
+            listing.add_row(
+                f"{row.entry_time:%Y-%m-%d %H:%M}", "" if row.exit_reason == "open" else f"{row.exit_time:%Y-%m-%d %H:%M}",
+                _number(row.entry_price), _number(row.exit_price), f"{row.units:g}",
+                _number(row.pnl), f"{row.return_pct:.2f}", str(row.exit_reason),
+            )
+        console.print(listing)
+
+
+@app.command()
+def backtest(
+    data: Annotated[Path | None, typer.Option("--data", help="CSV or Parquet file with open/high/low/close/volume and a time.", show_default=False)] = None,
+    store: StoreOption = None,
+    exchange: ExchangeOption = None,
+    symbol: Annotated[str | None, typer.Option("--symbol", help="Symbol in the store, e.g. BTC/USDT.", show_default=False)] = None,
+    timeframe: Annotated[str | None, typer.Option("--timeframe", help="Timeframe in the store, e.g. 1h.", show_default=False)] = None,
+    strategy: Annotated[str, typer.Option("--strategy", help="Registered strategy name.")] = "sma_cross",
+    param: Annotated[list[str] | None, typer.Option("--param", help="Strategy parameter NAME=VALUE (repeatable).", show_default=False)] = None,
+    cash: Annotated[float, typer.Option("--cash", help="Starting cash.")] = 10_000.0,
+    fee: Annotated[float, typer.Option("--fee", help="Fee rate per side (0.001 = 0.1%).")] = 0.001,
+    size_unit: Annotated[float, typer.Option("--size-unit", help="Tradable increment: 1 for shares, 1e-8 for BTC.")] = 1.0,
+    slippage_bps: Annotated[float, typer.Option("--slippage-bps", help="Slippage against every fill, in bps.")] = 0.0,
+    direction: Annotated[str, typer.Option("--direction", help="long, or longshort (exits open shorts).")] = "long",
+    stop_loss: Annotated[float | None, typer.Option("--stop-loss", help="Stop distance as a fraction of the entry price.", show_default=False)] = None,
+    take_profit: Annotated[float | None, typer.Option("--take-profit", help="Take-profit distance as a fraction of the entry price.", show_default=False)] = None,
+    periods_per_year: Annotated[float, typer.Option("--periods-per-year", help="Sharpe/Sortino annualisation: 365 crypto, 252 stocks.")] = 365.0,
+    since: Annotated[str | None, typer.Option("--since", help="First bar time (ISO or ms), inclusive.", show_default=False)] = None,
+    until: Annotated[str | None, typer.Option("--until", help="End time (ISO or ms), exclusive.", show_default=False)] = None,
+    drop_bad: Annotated[bool, typer.Option("--drop-bad", help="Drop bad rows instead of failing.")] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
+    trades: Annotated[bool, typer.Option("--trades", help="Include the trade list.")] = False,
+) -> None:
+    """Backtest one strategy on one series: signal at a bar's close, fill at the next open."""
+    params = parse_params(param or [])
+    config = BacktestConfig(
+        cash=cash, fee=fee, size_unit=size_unit, slippage_bps=slippage_bps, direction=direction,
+        stop_loss=stop_loss, take_profit=take_profit, periods_per_year=periods_per_year,
+    )
+    bars = load_cli_bars(data, store, exchange, symbol, timeframe, since, until, drop_bad)
+    result = run_backtest(bars, strategy, params, config)
+    if json_output:
+        sys.stdout.write(json.dumps(result.to_dict(trades=trades)) + "\n")
+    else:
+        render(result, trades=trades)

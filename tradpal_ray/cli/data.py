@@ -1,0 +1,103 @@
+"""Market-data commands: ``fetch`` (history backfill) and ``candles`` (what the store holds)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+import pandas as pd
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from tradpal_ray.cli.app import (
+    ExchangeOption,
+    ExchangeUrlOption,
+    StoreOption,
+    app,
+    console,
+    settings_for,
+    split_list,
+)
+from tradpal_ray.config import Settings
+from tradpal_ray.errors import ConfigError
+from tradpal_ray.market import create_exchange, to_ms
+from tradpal_ray.market.backfill import BackfillReport, backfill
+from tradpal_ray.market.store import CandleStore
+
+
+def _iso(ms: int | None) -> str:
+    return "-" if ms is None else pd.Timestamp(ms, unit="ms", tz="UTC").strftime("%Y-%m-%d %H:%M")
+
+
+async def run_backfill(
+    settings: Settings,
+    symbols: list[str],
+    timeframe: str,
+    since: int,
+    until: int | None,
+    *,
+    show_progress: bool = True,
+) -> list[BackfillReport]:
+    """Backfill ``symbols`` from the configured exchange into the configured store, with a progress bar."""
+    client = create_exchange(
+        settings.exchange,
+        url=settings.exchange_url,
+        pro=True,
+        api_key=settings.exchange_api_key.get_secret_value() if settings.exchange_api_key else None,
+        secret=settings.exchange_secret.get_secret_value() if settings.exchange_secret else None,
+    )
+    store = CandleStore(settings.store)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    try:
+        with Progress(*columns, console=console, disable=not show_progress, transient=False) as progress:
+            tasks = {symbol: progress.add_task(f"{symbol} {timeframe}", total=None) for symbol in symbols}
+
+            def on_progress(symbol: str, done: int, total: int) -> None:
+                progress.update(tasks[symbol], completed=done, total=total)
+
+            return await backfill(
+                client, store, exchange=settings.exchange, symbols=symbols, timeframe=timeframe,
+                since=since, until=until, on_progress=on_progress,
+            )
+    finally:
+        await client.close()
+
+
+@app.command()
+def fetch(
+    symbols: Annotated[str, typer.Option("--symbols", help="Comma-separated unified symbols, e.g. BTC/USDT,ETH/USDT.")],
+    since: Annotated[str, typer.Option("--since", help="Start (ISO 8601 UTC), e.g. 2024-01-01.")],
+    timeframe: Annotated[str, typer.Option("--timeframe", help="1m, 5m, 15m, 1h, 4h or 1d.")] = "1m",
+    until: Annotated[str | None, typer.Option("--until", help="End, exclusive (default: now).", show_default=False)] = None,
+    exchange: ExchangeOption = None,
+    exchange_url: ExchangeUrlOption = None,
+    store: StoreOption = None,
+) -> None:
+    """Backfill closed candles over REST into the store: resumable, idempotent, rate-limit aware."""
+    settings = settings_for(store=store, exchange=exchange, exchange_url=exchange_url)
+    wanted = split_list(symbols)
+    if not wanted:
+        raise ConfigError("--symbols is empty; give e.g. --symbols BTC/USDT,ETH/USDT")
+    reports = asyncio.run(run_backfill(settings, wanted, timeframe, to_ms(since), to_ms(until)))
+    table = Table("symbol", "timeframe", "rows written", "pages", "first", "last", "gaps", title="backfill")
+    for r in reports:
+        table.add_row(r.symbol, r.timeframe, str(r.rows_written), str(r.pages), _iso(r.first_ms), _iso(r.last_ms),
+                      str(sum(g.count for g in r.gaps)))
+    console.print(table)
+
+
+@app.command()
+def candles(store: StoreOption = None) -> None:
+    """List the candle series in the store: rows, first and last candle, missing candles."""
+    settings = settings_for(store=store)
+    print_store(CandleStore(settings.store))
+
+
+def print_store(store: CandleStore) -> None:
+    """A table of every series in ``store`` with its coverage and gap count."""
+    table = Table("exchange", "symbol", "timeframe", "rows", "first", "last", "missing", title=f"candles in {store.root}")
+    for s in store.series():
+        missing = sum(g.count for g in store.gaps(s.exchange, s.symbol, s.timeframe))
+        table.add_row(s.exchange, s.symbol, s.timeframe, str(s.rows), _iso(s.first_ms), _iso(s.last_ms), str(missing))
+    console.print(table)

@@ -1,0 +1,40 @@
+"""Joining Ray: an existing cluster when there is one, a local single-node one otherwise.
+
+Every entry point (CLI, ``scripts/``, the demo) calls :func:`connect` so the same command
+works on a laptop, under ``ray submit`` and under ``ray job submit``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from tradpal_ray.log import get_logger
+
+log = get_logger(__name__)
+
+
+def connect(address: str | None = None, *, num_cpus: int | None = None, **init_kwargs: Any) -> str:
+    """Initialise Ray once; return ``"existing"``, ``"cluster"`` or ``"local"``.
+
+    ``address`` None means: the cluster named by ``RAY_ADDRESS`` or a running local one
+    (``"auto"``) if any, else start a single-node Ray in this process.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return "existing"
+    init_kwargs.setdefault("logging_level", "WARNING")
+    init_kwargs.setdefault("log_to_driver", True)
+    target = address or os.environ.get("RAY_ADDRESS") or "auto"
+    if target != "local":
+        try:
+            ray.init(address=target, **init_kwargs)
+            log.info("ray.connected", address=target)
+            return "cluster"
+        except ConnectionError:
+            if address is not None:
+                raise
+    ray.init(address="local", num_cpus=num_cpus, **init_kwargs)
+    log.info("ray.started", mode="local", cpus=ray.cluster_resources().get("CPU"))
+    return "local"

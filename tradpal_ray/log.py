@@ -1,0 +1,67 @@
+"""Structured logging: one line per event, key=value (or JSON), secrets masked.
+
+Library code calls ``get_logger(__name__).info("event.name", key=value)``; it never prints.
+Configuration is idempotent and happens on first use in every process (driver, Ray
+worker, Serve replica), reading ``TRADPAL_LOG_LEVEL`` / ``TRADPAL_LOG_FORMAT``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+from typing import Any
+
+import structlog
+
+_SECRET_KEY = re.compile(r"(password|secret|token|api_?key|auth)", re.IGNORECASE)
+_URL_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@/\s]+@")
+_configured = False
+
+
+def redact(value: Any) -> Any:
+    """Mask the password part of URLs (``redis://:pw@host`` -> ``redis://:***@host``)."""
+    return _URL_PASSWORD.sub(r"\1***@", value) if isinstance(value, str) else value
+
+
+def _mask_secrets(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
+    for key, value in event.items():
+        event[key] = "***" if _SECRET_KEY.search(key) and value else redact(value)
+    return event
+
+
+def configure_logging(level: str | None = None, fmt: str | None = None) -> None:
+    """(Re)configure structlog for this process; later calls override earlier ones.
+
+    An unknown level falls back to INFO here; :class:`~tradpal_ray.config.Settings`
+    reports it to the user.
+    """
+    global _configured
+    level = (level or os.environ.get("TRADPAL_LOG_LEVEL", "INFO")).upper()
+    fmt = fmt or os.environ.get("TRADPAL_LOG_FORMAT", "text")
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if fmt == "json"
+        else structlog.processors.KeyValueRenderer(key_order=["timestamp", "level", "logger", "event"])
+    )
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            _mask_secrets,
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping().get(level, logging.INFO)),
+        logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+    _configured = True
+
+
+def get_logger(name: str, **context: Any) -> Any:
+    """A bound structlog logger named ``name`` carrying ``context`` on every line."""
+    if not _configured:
+        configure_logging()
+    return structlog.get_logger().bind(logger=name, **context)

@@ -1,0 +1,57 @@
+"""Filesystem plumbing shared by the candle store and the results store.
+
+Both live under one store root that is a local path or any pyarrow filesystem URI
+(``s3://bucket/prefix``); both publish files atomically (hidden temp name, then move) so a
+killed writer never leaves a partial file where readers look.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable
+from typing import IO
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+from tradpal_ray.errors import StoreError
+
+TEMP_PREFIX = ".tmp-"
+"""Readers skip names starting with this (or any dot)."""
+
+
+def open_filesystem(root: str | os.PathLike[str]) -> tuple[pafs.FileSystem, str]:
+    """The pyarrow filesystem and base path of a store root (path or URI)."""
+    root = os.fspath(root)
+    try:
+        if "://" in root:
+            fs, base = pafs.FileSystem.from_uri(root)
+        else:
+            fs, base = pafs.LocalFileSystem(), os.path.abspath(root)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise StoreError(f"cannot open store {root!r}: {exc}") from exc
+    return fs, base.rstrip("/")
+
+
+def write_atomic(fs: pafs.FileSystem, path: str, write: Callable[[IO[bytes]], None]) -> None:
+    """Publish ``path`` all at once: ``write(stream)`` fills a hidden temp file that is then moved over it."""
+    directory = path.rsplit("/", 1)[0]
+    temp = f"{directory}/{TEMP_PREFIX}{uuid.uuid4().hex}"
+    try:
+        with fs.open_output_stream(temp) as out:
+            write(out)
+        fs.move(temp, path)
+    except BaseException as exc:
+        delete_quietly(fs, temp)
+        if isinstance(exc, OSError):
+            raise StoreError(f"cannot write {path}: {exc}") from exc
+        raise
+
+
+def delete_quietly(fs: pafs.FileSystem, path: str) -> None:
+    """Delete ``path`` if it exists; a missing file is not an error."""
+    try:
+        fs.delete_file(path)
+    except (FileNotFoundError, OSError):
+        pass
