@@ -11,9 +11,18 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import hypothesis  # noqa: F401  (import now: a late import under pytest's assertion rewriting trips a CPython 3.11 AST bug)
 import pytest
 
 os.environ.setdefault("TRADPAL_LOG_LEVEL", "WARNING")
+
+pytest_plugins = ["redis_fixtures"]
+
+
+def _start_local_ray() -> None:
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
 
 
 @pytest.fixture(scope="session")
@@ -21,9 +30,59 @@ def ray_session() -> Iterator[None]:
     """A single-node Ray for the whole run (``address="local"`` so a stale cluster never hangs it)."""
     import ray
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    if not ray.is_initialized():
+        _start_local_ray()
     yield
     ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[Any]:
+    """A real multi-node Ray: a head with 0 CPUs plus two 1-CPU worker nodes (``ray.cluster_utils.Cluster``).
+
+    The driver is connected to it for the module; a single-node session Ray that was running
+    is stopped first and started again afterwards, so later modules still find one.
+    """
+    import ray
+    from ray.cluster_utils import Cluster
+
+    had_session = ray.is_initialized()
+    ray.shutdown()
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={
+            "num_cpus": 0,
+            "include_dashboard": False,
+            # Notice a killed node in ~2 s instead of ~15 s (ray-notes.md).
+            "_system_config": {"health_check_period_ms": 500, "health_check_failure_threshold": 3, "health_check_timeout_ms": 500},
+        },
+    )
+    for _ in range(2):
+        cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, log_to_driver=False)
+    try:
+        yield cluster
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+        if had_session:
+            _start_local_ray()
+
+
+@pytest.fixture
+def run_cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., tuple[int, str, str]]:
+    """Run ``tradpal-ray ARGS`` in-process: ``run_cli("sweep", ...) -> (exit code, stdout, stderr)``."""
+    from tradpal_ray.cli import main
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exit_info:
+            main(list(argv))
+        out, err = capsys.readouterr()
+        return int(exit_info.value.code or 0), out, err
+
+    return run
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -15,11 +16,12 @@ from tradpal_ray.cli import main
 from tradpal_ray.cli.app import console
 
 
-def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main(["backtest", *argv])
-    out, err = capsys.readouterr()
-    return int(exit_info.value.code or 0), out, err
+Runner = Callable[[list[str]], tuple[int, str, str]]
+
+
+@pytest.fixture
+def run(run_cli: Callable[..., tuple[int, str, str]]) -> Runner:
+    return lambda argv: run_cli("backtest", *argv)
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +31,8 @@ def goog_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def test_json_output_is_one_object_matching_the_api(goog_csv: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(["--data", str(goog_csv), "--param", "fast=10", "--param", "slow=30", "--json", "--trades"], capsys)
+def test_json_output_is_one_object_matching_the_api(goog_csv: Path, run: Runner) -> None:
+    code, out, _ = run(["--data", str(goog_csv), "--param", "fast=10", "--param", "slow=30", "--json", "--trades"])
     assert code == 0
     doc = json.loads(out)
     expected = backtest(GOOG, "sma_cross", {"fast": 10, "slow": 30}, BacktestConfig())
@@ -43,26 +45,26 @@ def test_json_output_is_one_object_matching_the_api(goog_csv: Path, capsys: pyte
     assert doc["trades"][-1]["exit_time"] is None  # the position still open at the end
 
 
-def test_nan_statistics_are_null_and_trades_key_only_on_request(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_nan_statistics_are_null_and_trades_key_only_on_request(tmp_path: Path, run: Runner) -> None:
     flat = GOOG.iloc[:200].copy()
     flat[["Open", "High", "Low", "Close"]] = 100.0
     path = tmp_path / "flat.parquet"
     flat.to_parquet(path)
-    code, out, _ = run(["--data", str(path), "--json"], capsys)
+    code, out, _ = run(["--data", str(path), "--json"])
     doc = json.loads(out)
     assert code == 0 and "trades" not in doc
     assert doc["stats"]["trades"] == 0 and doc["stats"]["win_rate_pct"] is None
 
 
-def test_human_output_goes_to_stderr(goog_csv: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_human_output_goes_to_stderr(goog_csv: Path, run: Runner, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(console, "width", 160)
-    code, out, err = run(["--data", str(goog_csv), "--trades", "--since", "2010-01-01"], capsys)
+    code, out, err = run(["--data", str(goog_csv), "--trades", "--since", "2010-01-01"])
     assert code == 0 and out == ""
     assert "final_equity" in err and "exit_reason" in err
     assert err.count(" signal ") == 13  # one row per closed trade since 2010
 
 
-def test_store_source(store_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_store_source(store_root: Path, run: Runner) -> None:
     from tradpal_ray.market.schema import candles_table
     from tradpal_ray.market.store import CandleStore
 
@@ -70,7 +72,7 @@ def test_store_source(store_root: Path, capsys: pytest.CaptureFixture[str]) -> N
     frame.index = pd.date_range("2024-01-01", periods=len(frame), freq="h", tz="UTC")
     CandleStore(store_root).write(candles_table(frame.astype(np.float64), exchange="binance", symbol="BTC/USDT", timeframe="1h"))
     code, out, _ = run(["--store", str(store_root), "--exchange", "binance", "--symbol", "BTC/USDT",
-                        "--timeframe", "1h", "--json"], capsys)
+                        "--timeframe", "1h", "--json"])
     assert code == 0
     assert json.loads(out)["stats"]["final_equity"] == pytest.approx(backtest(frame).stats["final_equity"], rel=1e-12)
 
@@ -87,13 +89,13 @@ def test_store_source(store_root: Path, capsys: pytest.CaptureFixture[str]) -> N
         (["--fee", "-1"], "fee must be in"),
     ],
 )
-def test_bad_arguments_exit_2_with_one_line(goog_csv: Path, args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run(["--data", str(goog_csv), *args], capsys)
+def test_bad_arguments_exit_2_with_one_line(goog_csv: Path, args: list[str], message: str, run: Runner) -> None:
+    code, out, err = run(["--data", str(goog_csv), *args])
     assert code == 2 and out == ""
     assert message in err and len(err.strip().splitlines()) == 1
 
 
-def test_bad_files_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_files_exit_2(tmp_path: Path, run: Runner) -> None:
     no_volume = tmp_path / "nv.csv"
     GOOG.drop(columns=["Volume"]).to_csv(no_volume)
     garbage = tmp_path / "garbage.parquet"
@@ -104,7 +106,7 @@ def test_bad_files_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
         (tmp_path / "absent.csv", "cannot read"),
     ]
     for path, message in cases:
-        code, _, err = run(["--data", str(path)], capsys)
+        code, _, err = run(["--data", str(path)])
         assert code == 2 and message in err, err
-    code, _, err = run(["--symbol", "BTC/USDT"], capsys)
+    code, _, err = run(["--symbol", "BTC/USDT"])
     assert code == 2 and "--timeframe" in err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import math
 import subprocess
 import sys
@@ -10,8 +11,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tradpal_ray.backtest import BacktestConfig, load_bars, prepare_bars, rank, run_signals, sweep
-from tradpal_ray.backtest import sweeps
+from tradpal_ray.backtest import (
+    BacktestConfig,
+    load_bars,
+    prepare_bars,
+    rank,
+    run_signals,
+    sweep,
+)
 from tradpal_ray.errors import ConfigError, DataError
 
 
@@ -203,7 +210,8 @@ def test_sweep_chunks_ranks_and_rejects_bad_combinations(monkeypatch: pytest.Mon
     data = bars(100 * np.exp(np.cumsum(rng.normal(0, 0.01, 400))))
     grid = {"fast": [3, 5, 8], "slow": [10, 20]}
     whole = sweep(data, "sma_cross", grid)
-    monkeypatch.setattr(sweeps, "SIGNAL_BYTES", 2 * 400 * 2)  # two combinations per kernel call
+    sweep_module = importlib.import_module("tradpal_ray.backtest.sweep")  # the package attribute is the function
+    monkeypatch.setattr(sweep_module, "SIGNAL_BYTES", 2 * 400 * 2)  # two combinations per kernel call
     chunked = sweep(data, "sma_cross", grid)
     pd.testing.assert_frame_equal(whole, chunked)
     ranked = rank(whole, "sharpe")

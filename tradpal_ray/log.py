@@ -1,4 +1,4 @@
-"""Structured logging: one line per event, key=value (or JSON), secrets masked.
+"""Structured logging: one line per event, logfmt key=value (or JSON), secrets masked.
 
 Library code calls ``get_logger(__name__).info("event.name", key=value)``; it never prints.
 Configuration is idempotent and happens on first use in every process (driver, Ray
@@ -43,7 +43,7 @@ def configure_logging(level: str | None = None, fmt: str | None = None) -> None:
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if fmt == "json"
-        else structlog.processors.KeyValueRenderer(key_order=["timestamp", "level", "logger", "event"])
+        else structlog.processors.LogfmtRenderer(key_order=["timestamp", "level", "logger", "event"])
     )
     structlog.configure(
         processors=[

@@ -6,12 +6,39 @@ combinations.
 """
 
 from tradpal_ray.backtest.data import Bars, load_bars, load_store_bars, prepare_bars
-from tradpal_ray.backtest.engine import EXIT_REASONS, BacktestConfig, BacktestResult, backtest, run_signals
-from tradpal_ray.backtest.grid import parse_grid, parse_params, param_grid, sample_params, strategy_combos
-from tradpal_ray.backtest.indicators import cached, cross_above, cross_below, ema, indicator_cache, rolling_std, rsi, sma
+from tradpal_ray.backtest.engine import (
+    EXIT_REASONS,
+    BacktestConfig,
+    BacktestResult,
+    backtest,
+    run_signals,
+)
+from tradpal_ray.backtest.grid import (
+    param_grid,
+    parse_grid,
+    parse_params,
+    sample_params,
+    strategy_combos,
+)
+from tradpal_ray.backtest.indicators import (
+    cached,
+    cross_above,
+    cross_below,
+    ema,
+    indicator_cache,
+    rolling_std,
+    rsi,
+    sma,
+)
 from tradpal_ray.backtest.metrics import METRICS, STAT_NAMES
-from tradpal_ray.backtest.strategies import Param, Strategy, get_strategy, strategies, strategy
-from tradpal_ray.backtest.sweeps import rank, sweep
+from tradpal_ray.backtest.strategies import (
+    Param,
+    Strategy,
+    get_strategy,
+    strategies,
+    strategy,
+)
+from tradpal_ray.backtest.sweep import rank, sweep
 
 __all__ = [
     "EXIT_REASONS",

@@ -8,7 +8,6 @@ every sweep task reuse it without re-validating.
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,13 +15,12 @@ import numpy as np
 import pandas as pd
 
 from tradpal_ray.errors import DataError
-from tradpal_ray.market.schema import OHLCV_COLUMNS, to_ms, validate_ohlcv
+from tradpal_ray.market.schema import OHLCV_COLUMNS, bad_ohlcv_rows, to_ms, validate_ohlcv
 
 TIME_COLUMNS = ("time", "open_time", "timestamp", "datetime", "date")
 """Column names (any case) taken as the bar time when the frame has no DatetimeIndex."""
 
 _NS_PER_DAY = 86_400_000_000_000
-_ROW = re.compile(r"\brow (\d+)\b")
 
 
 @dataclass(frozen=True, eq=False)
@@ -50,7 +48,7 @@ def prepare_bars(data: pd.DataFrame | Bars, *, drop_bad: bool = False, label: st
     """Validate an OHLCV frame (columns in any case; DatetimeIndex or a time column) into Bars.
 
     Bad rows (see :func:`~tradpal_ray.market.schema.validate_ohlcv`) raise :class:`DataError`
-    naming the row, or are dropped one by one when ``drop_bad`` is set.
+    naming the row, or are dropped when ``drop_bad`` is set.
     """
     if isinstance(data, Bars):
         return data
@@ -67,18 +65,11 @@ def prepare_bars(data: pd.DataFrame | Bars, *, drop_bad: bool = False, label: st
     except (TypeError, ValueError) as exc:
         raise DataError(f"OHLCV columns must be numeric: {exc}") from None
     t_ms = index.as_unit("ns").asi8 // 1_000_000
-    while True:
-        try:
-            validate_ohlcv(t_ms, cols, label=label)
-            break
-        except DataError as exc:
-            match = _ROW.search(str(exc))
-            if not drop_bad or match is None:
-                raise
-            keep = np.ones(len(t_ms), dtype=np.bool_)
-            keep[int(match.group(1))] = False
-            t_ms, index = t_ms[keep], index[keep]
-            cols = {name: values[keep] for name, values in cols.items()}
+    if drop_bad:
+        keep = ~bad_ohlcv_rows(t_ms, cols)
+        t_ms, index = t_ms[keep], index[keep]
+        cols = {name: values[keep] for name, values in cols.items()}
+    validate_ohlcv(t_ms, cols, label=label)
     days = index.as_unit("ns").asi8 // _NS_PER_DAY
     day_end = np.ones(len(days), dtype=np.bool_)
     day_end[:-1] = days[1:] != days[:-1]
@@ -143,7 +134,9 @@ def load_store_bars(
     drop_bad: bool = False,
 ) -> Bars:
     """Read ``[since, until)`` of one series from the candle store under ``root``."""
-    from tradpal_ray.market.store import CandleStore  # the store pulls in pyarrow datasets
+    from tradpal_ray.market.store import (
+        CandleStore,  # the store pulls in pyarrow datasets
+    )
 
     frame = CandleStore(root).read(exchange, symbol, timeframe, start=since, end=until)
     if frame.empty:

@@ -1,8 +1,9 @@
 """Parameter sweeps on Ray: one named task per (symbol, chunk of combinations).
 
-The driver plans chunks, starts one ``load_bars`` task per symbol (its result is shared by
+The driver plans chunks, starts one ``load-bars`` task per symbol (its result is shared by
 reference with that symbol's chunk tasks and, being a task output, is rebuilt through
 lineage if the node holding it dies), and collects chunk outcomes with a progress bar.
+Bars from a local file are loaded and validated by the driver and ``ray.put`` once.
 Chunk tasks write their rows to the :class:`ResultStore` themselves (idempotently), so a
 retried task or a resumed run never duplicates or loses a row. A symbol whose data is
 bad fails alone: its error goes into the manifest and the other symbols finish.
@@ -157,9 +158,7 @@ def _metrics() -> dict[str, Any]:
     }
 
 
-def _load_bars_task(store: str, request: SweepRequest, symbol: str) -> Bars:
-    if request.data_file:
-        return load_bars(request.data_file, since=request.since, until=request.until)
+def _load_store_bars_task(store: str, request: SweepRequest, symbol: str) -> Bars:
     if not request.timeframe:
         raise ConfigError("a sweep over the store needs a timeframe")
     return load_store_bars(store, request.exchange, symbol, request.timeframe, since=request.since, until=request.until)
@@ -231,8 +230,11 @@ def run_sweep(
     if request.metric not in STAT_NAMES:
         raise ConfigError(f"unknown metric {request.metric!r}; choose one of {', '.join(STAT_NAMES)}")
 
-    load = _remote(_load_bars_task, max_retries=3)
-    bars_refs = {s: load.options(name=f"load-bars {s}").remote(store, request, s) for s in symbols}
+    if request.data_file:  # only the driver is sure to see the file: load (and validate) it here, once
+        bars_refs = {symbols[0]: ray.put(load_bars(request.data_file, since=request.since, until=request.until))}
+    else:
+        load = _remote(_load_store_bars_task, max_retries=3)
+        bars_refs = {s: load.options(name=f"load-bars {s}").remote(store, request, s) for s in symbols}
     if chunk_size is None:
         chunk_size = plan_chunk_size(len(combos), _bar_estimate(bars_refs), len(symbols), ray.cluster_resources().get("CPU", 1))
     if manifest is None:
@@ -262,7 +264,7 @@ def run_sweep(
         try:
             ray.get(ready[0])
         except ray.exceptions.RayTaskError as exc:
-            cause = exc.as_instanceof_cause()
+            cause = exc.cause  # the exception raised in the task (or in the load task it depended on)
             if not isinstance(cause, TradpalError):
                 raise
             manifest.errors.setdefault(symbol, str(cause).splitlines()[0])

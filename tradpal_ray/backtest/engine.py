@@ -13,7 +13,8 @@ exclusive_orders=False, finalize_trades=False)`` trade for trade:
   ``cost = price + (price * (1 - eps) * fee) / (1 - eps)``: the contract's
   ``floor(cash / (price * (1 + fee)) / unit) * unit`` written with backtesting.py's own
   operations (its default order size is ``1 - eps`` of equity), so the floor lands on the
-  same integer even when ``cash / cost`` is within an ulp of one.
+  same integer as the peer's. Visible difference from the plain formula: when
+  ``cash / cost`` is exactly an integer, one unit fewer is bought (10,000 at 100, no fee: 99).
 - Books are kept as backtesting.py does: ``cash`` drops by the entry fee only; equity is
   ``cash + (close * units - units * entry_price)``; closing adds
   ``units * (exit - entry) - exit fee``. Fee = ``|units| * price * fee`` on each side.
@@ -208,7 +209,7 @@ def simulate(
     """
     n = c.shape[0]
     record_equity = equity_out.shape[0] > 0
-    use_stops = sl == sl or tp == tp  # either is not NaN
+    use_stops = not (math.isnan(sl) and math.isnan(tp))
     cash = cash0
     pos = 0.0
     entry_px = 0.0
@@ -298,9 +299,9 @@ def simulate(
         elif 1.0 - equity / peak > max_dd:
             max_dd = 1.0 - equity / peak
         if day_end[i]:
-            if prev_day_equity == prev_day_equity:  # not NaN: a previous day exists
+            if not math.isnan(prev_day_equity):  # a previous day exists
                 r = equity / prev_day_equity - 1.0
-                if r == r:  # pct_change 0/0 is NaN and dropped, as pandas' dropna does
+                if not math.isnan(r):  # pct_change 0/0 is NaN and dropped, as pandas' dropna does
                     day_returns[n_days] = r
                     n_days += 1
             prev_day_equity = equity

@@ -28,7 +28,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tradpal_ray.backtest.indicators import cross_above, cross_below, ema, rolling_std, rsi, sma
+from tradpal_ray.backtest.indicators import (
+    cross_above,
+    cross_below,
+    ema,
+    rolling_std,
+    rsi,
+    sma,
+)
 from tradpal_ray.errors import ConfigError
 
 if TYPE_CHECKING:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 
 from tradpal_ray.config import Settings, load_settings
@@ -41,8 +42,12 @@ def settings_for(**flags: object) -> Settings:
     """Settings from the environment with the given CLI flags on top; logging set up."""
     try:
         settings = load_settings(**flags)
-    except ValueError as exc:  # pydantic's ValidationError is a ValueError
-        raise ConfigError(str(exc).splitlines()[-1].strip()) from None
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, error['loc'])) or 'settings'}: {error['msg'].removeprefix('Value error, ')}"
+            for error in exc.errors()
+        )
+        raise ConfigError(f"bad setting: {problems}") from None
     configure_logging(settings.log_level, settings.log_format)
     return settings
 

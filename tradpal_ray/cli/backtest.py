@@ -16,8 +16,14 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from tradpal_ray.backtest import BacktestConfig, BacktestResult, backtest as run_backtest
-from tradpal_ray.backtest import load_bars, load_store_bars, parse_params
+from tradpal_ray.backtest import (
+    BacktestConfig,
+    BacktestResult,
+    load_bars,
+    load_store_bars,
+    parse_params,
+)
+from tradpal_ray.backtest import backtest as run_backtest
 from tradpal_ray.backtest.data import Bars
 from tradpal_ray.cli.app import ExchangeOption, StoreOption, app, console, settings_for
 from tradpal_ray.errors import ConfigError
@@ -48,7 +54,7 @@ def load_cli_bars(
     )
 
 
-def _number(value: float | int) -> str:
+def _number(value: float) -> str:
     return f"{value:,}" if isinstance(value, int) else f"{value:,.4f}"
 
 
@@ -74,27 +80,49 @@ def render(result: BacktestResult, *, trades: bool) -> None:
         console.print(listing)
 
 
+DataOption = Annotated[
+    Path | None, typer.Option("--data", help="CSV or Parquet file with open/high/low/close/volume and a time.", show_default=False)
+]
+TimeframeOption = Annotated[str | None, typer.Option("--timeframe", help="Timeframe in the store, e.g. 1h.", show_default=False)]
+StrategyOption = Annotated[str, typer.Option("--strategy", help="Registered strategy name.")]
+CashOption = Annotated[float, typer.Option("--cash", help="Starting cash.")]
+FeeOption = Annotated[float, typer.Option("--fee", help="Fee rate per side (0.001 = 0.1%).")]
+SizeUnitOption = Annotated[float, typer.Option("--size-unit", help="Tradable increment: 1 for shares, 1e-8 for BTC.")]
+SlippageOption = Annotated[float, typer.Option("--slippage-bps", help="Slippage against every fill, in bps.")]
+DirectionOption = Annotated[str, typer.Option("--direction", help="long, or longshort (exits open shorts).")]
+StopLossOption = Annotated[
+    float | None, typer.Option("--stop-loss", help="Stop distance as a fraction of the entry price.", show_default=False)
+]
+TakeProfitOption = Annotated[
+    float | None, typer.Option("--take-profit", help="Take-profit distance as a fraction of the entry price.", show_default=False)
+]
+PeriodsOption = Annotated[float, typer.Option("--periods-per-year", help="Sharpe/Sortino annualisation: 365 crypto, 252 stocks.")]
+SinceOption = Annotated[str | None, typer.Option("--since", help="First bar time (ISO or ms), inclusive.", show_default=False)]
+UntilOption = Annotated[str | None, typer.Option("--until", help="End time (ISO or ms), exclusive.", show_default=False)]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
+
+
 @app.command()
 def backtest(
-    data: Annotated[Path | None, typer.Option("--data", help="CSV or Parquet file with open/high/low/close/volume and a time.", show_default=False)] = None,
+    data: DataOption = None,
     store: StoreOption = None,
     exchange: ExchangeOption = None,
     symbol: Annotated[str | None, typer.Option("--symbol", help="Symbol in the store, e.g. BTC/USDT.", show_default=False)] = None,
-    timeframe: Annotated[str | None, typer.Option("--timeframe", help="Timeframe in the store, e.g. 1h.", show_default=False)] = None,
-    strategy: Annotated[str, typer.Option("--strategy", help="Registered strategy name.")] = "sma_cross",
+    timeframe: TimeframeOption = None,
+    strategy: StrategyOption = "sma_cross",
     param: Annotated[list[str] | None, typer.Option("--param", help="Strategy parameter NAME=VALUE (repeatable).", show_default=False)] = None,
-    cash: Annotated[float, typer.Option("--cash", help="Starting cash.")] = 10_000.0,
-    fee: Annotated[float, typer.Option("--fee", help="Fee rate per side (0.001 = 0.1%).")] = 0.001,
-    size_unit: Annotated[float, typer.Option("--size-unit", help="Tradable increment: 1 for shares, 1e-8 for BTC.")] = 1.0,
-    slippage_bps: Annotated[float, typer.Option("--slippage-bps", help="Slippage against every fill, in bps.")] = 0.0,
-    direction: Annotated[str, typer.Option("--direction", help="long, or longshort (exits open shorts).")] = "long",
-    stop_loss: Annotated[float | None, typer.Option("--stop-loss", help="Stop distance as a fraction of the entry price.", show_default=False)] = None,
-    take_profit: Annotated[float | None, typer.Option("--take-profit", help="Take-profit distance as a fraction of the entry price.", show_default=False)] = None,
-    periods_per_year: Annotated[float, typer.Option("--periods-per-year", help="Sharpe/Sortino annualisation: 365 crypto, 252 stocks.")] = 365.0,
-    since: Annotated[str | None, typer.Option("--since", help="First bar time (ISO or ms), inclusive.", show_default=False)] = None,
-    until: Annotated[str | None, typer.Option("--until", help="End time (ISO or ms), exclusive.", show_default=False)] = None,
+    cash: CashOption = 10_000.0,
+    fee: FeeOption = 0.001,
+    size_unit: SizeUnitOption = 1.0,
+    slippage_bps: SlippageOption = 0.0,
+    direction: DirectionOption = "long",
+    stop_loss: StopLossOption = None,
+    take_profit: TakeProfitOption = None,
+    periods_per_year: PeriodsOption = 365.0,
+    since: SinceOption = None,
+    until: UntilOption = None,
     drop_bad: Annotated[bool, typer.Option("--drop-bad", help="Drop bad rows instead of failing.")] = False,
-    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
+    json_output: JsonOption = False,
     trades: Annotated[bool, typer.Option("--trades", help="Include the trade list.")] = False,
 ) -> None:
     """Backtest one strategy on one series: signal at a bar's close, fill at the next open."""

@@ -64,34 +64,45 @@ def to_ms(value: int | float | str | pd.Timestamp | None) -> int | None:
     return int(stamp.value // 1_000_000)
 
 
+def ohlcv_problems(open_time_ms: np.ndarray, columns: dict[str, np.ndarray]) -> list[tuple[np.ndarray, str]]:
+    """Each candle check as (mask of failing rows, reason), in the order errors are reported.
+
+    Bad: NaN or non-finite values, non-positive prices, negative volume,
+    high < max(open, close), low > min(open, close), or a time not after every earlier time.
+    """
+    o, h, l, c = (np.asarray(columns[name], dtype=np.float64) for name in PRICE_COLUMNS)
+    v = np.asarray(columns["volume"], dtype=np.float64)
+    t = np.asarray(open_time_ms, dtype=np.int64)
+    late = np.zeros(len(t), dtype=np.bool_)
+    if len(t) > 1:
+        late[1:] = t[1:] <= np.maximum.accumulate(t)[:-1]
+    return [
+        (~(np.isfinite(o) & np.isfinite(h) & np.isfinite(l) & np.isfinite(c) & np.isfinite(v)), "NaN or infinite value"),
+        ((o <= 0) | (h <= 0) | (l <= 0) | (c <= 0), "non-positive price"),
+        (v < 0, "negative volume"),
+        (h < np.maximum(o, c), "high below open/close"),
+        (l > np.minimum(o, c), "low above open/close"),
+        (late, "time not strictly increasing"),
+    ]
+
+
+def bad_ohlcv_rows(open_time_ms: np.ndarray, columns: dict[str, np.ndarray]) -> np.ndarray:
+    """Mask of the rows that break any candle check (for callers that drop bad rows)."""
+    masks = [mask for mask, _ in ohlcv_problems(open_time_ms, columns)]
+    return np.logical_or.reduce(masks) if masks else np.zeros(0, dtype=np.bool_)
+
+
 def validate_ohlcv(
     open_time_ms: np.ndarray,
     columns: dict[str, np.ndarray],
     *,
     label: str = "",
 ) -> None:
-    """Raise :class:`DataError` naming the first bad row, else return.
-
-    Bad: NaN or non-finite values, non-positive prices, negative volume,
-    high < max(open, close), low > min(open, close), or time not strictly increasing.
-    """
-    o, h, l, c = (np.asarray(columns[name], dtype=np.float64) for name in PRICE_COLUMNS)
-    v = np.asarray(columns["volume"], dtype=np.float64)
-    checks = (
-        (~(np.isfinite(o) & np.isfinite(h) & np.isfinite(l) & np.isfinite(c) & np.isfinite(v)), "NaN or infinite value"),
-        ((o <= 0) | (h <= 0) | (l <= 0) | (c <= 0), "non-positive price"),
-        (v < 0, "negative volume"),
-        (h < np.maximum(o, c), "high below open/close"),
-        (l > np.minimum(o, c), "low above open/close"),
-    )
+    """Raise :class:`DataError` naming the first bad row (see :func:`ohlcv_problems`), else return."""
     t = np.asarray(open_time_ms, dtype=np.int64)
-    for bad, reason in checks:
+    for bad, reason in ohlcv_problems(t, columns):
         if bad.any():
             _raise_row(int(np.argmax(bad)), t, columns, reason, label)
-    if len(t) > 1:
-        order = np.diff(t) <= 0
-        if order.any():
-            _raise_row(int(np.argmax(order)) + 1, t, columns, "time not strictly increasing", label)
 
 
 def _raise_row(i: int, t: np.ndarray, columns: dict[str, np.ndarray], reason: str, label: str) -> None:

@@ -1,0 +1,175 @@
+"""Pytest plugin for the stats service tests: real redis-server processes and stores with runs.
+
+``redis_server`` is one redis-server per test session (flushed before each test through
+``redis_url``); ``make_redis`` starts private ones that a test may kill and restart
+(same port). ``make_run`` writes a real sweep run (engine statistics, kept trades and
+equity curves) straight through the ResultStore, without Ray.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import pandas as pd
+import pytest
+import redis
+
+from tradpal_ray.backtest import backtest, sweep
+from tradpal_ray.backtest.distributed import results_table
+from tradpal_ray.backtest.results import ResultStore, RunManifest
+from tradpal_ray.backtest.sweep import rank
+
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02, what: str = "condition") -> Any:
+    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+class RedisProcess:
+    """A redis-server on 127.0.0.1:``port`` (no persistence) that can be killed and restarted."""
+
+    def __init__(self, workdir: Path, port: int | None = None, password: str | None = None, extra: list[str] | None = None) -> None:
+        self.workdir = workdir
+        self.port = port or free_port()
+        self.password = password
+        self.extra = extra or []
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """redis:// URL (with the password if any)."""
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisProcess:
+        """Start the server and wait until it answers PING."""
+        args = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                "--dir", str(self.workdir), *self.extra]
+        if self.password:
+            args += ["--requirepass", self.password]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(self.ping, what=f"redis-server on port {self.port}")
+        return self
+
+    def client(self) -> redis.Redis:
+        """A synchronous client (for test set-up and inspection)."""
+        return redis.Redis(host="127.0.0.1", port=self.port, password=self.password, socket_timeout=1)
+
+    def ping(self) -> bool:
+        """True if the server answers."""
+        try:
+            with self.client() as client:
+                return bool(client.ping())
+        except redis.RedisError:
+            return False
+
+    def kill(self) -> None:
+        """SIGKILL the server and reap it."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess]:
+    """One redis-server for the whole test session."""
+    server = RedisProcess(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisProcess) -> str:
+    """URL of the session's redis-server, flushed for this test."""
+    with redis_server.client() as client:
+        client.flushall()
+    return redis_server.url
+
+
+@pytest.fixture
+def make_redis(tmp_path: Path) -> Iterator[Callable[..., RedisProcess]]:
+    """Factory of private redis-servers (``make_redis(password=...)``), all killed after the test."""
+    servers: list[RedisProcess] = []
+
+    def make(**options: Any) -> RedisProcess:
+        server = RedisProcess(tmp_path, **options).start()
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        server.kill()
+
+
+def synthetic_bars(seed: int, n: int = 600) -> pd.DataFrame:
+    """An hourly random-walk OHLCV frame."""
+    rng = np.random.default_rng(seed)
+    close = 100 * np.exp(np.cumsum(rng.normal(0, 0.01, n)))
+    open_ = np.concatenate([[close[0]], close[:-1]])
+    spread = np.abs(rng.normal(0, 0.004, n)) * close
+    index = pd.date_range("2024-01-01", periods=n, freq="h", tz="UTC", name="time")
+    return pd.DataFrame({"open": open_, "high": np.maximum(open_, close) + spread, "low": np.minimum(open_, close) - spread,
+                         "close": close, "volume": rng.uniform(1, 10, n)}, index=index)
+
+
+def write_run(
+    root: Path | str,
+    run_id: str,
+    *,
+    symbols: tuple[str, ...] = ("BTC/USDT", "ETH/USDT"),
+    grid: dict[str, list[Any]] | None = None,
+    keep: int = 2,
+    created_at: str = "2024-06-01T00:00:00+00:00",
+    seed: int = 1,
+) -> RunManifest:
+    """Write a complete sma_cross run the way the sweep runner does (results, kept details, manifest)."""
+    grid = grid or {"fast": [5, 10], "slow": [20, 40]}
+    store = ResultStore(root)
+    manifest = RunManifest(run_id=run_id, strategy="sma_cross", grid=grid, symbols=list(symbols), source="store",
+                           exchange="binance", timeframe="1h", created_at=created_at, status="running")
+    store.write_manifest(manifest)
+    total = 0
+    for k, symbol in enumerate(symbols):
+        bars = synthetic_bars(seed * 100 + k)
+        frame = sweep(bars, "sma_cross", grid)
+        names = list(grid)
+        store.write_chunk(run_id, symbol, 0, results_table(run_id, symbol, "sma_cross", frame, names))
+        stored = store.results(run_id, symbol)
+        for row in rank(stored, "sharpe").head(keep).itertuples():
+            outcome = backtest(bars, "sma_cross", orjson.loads(row.params))
+            store.write_detail(run_id, row.result_id, outcome.trades, outcome.equity)
+        total += len(frame)
+    manifest.status, manifest.results, manifest.combos = "complete", total, total // len(symbols)
+    store.write_manifest(manifest)
+    return manifest
+
+
+@pytest.fixture
+def make_run() -> Callable[..., RunManifest]:
+    """``make_run(root, run_id, **options)``: see :func:`write_run`."""
+    return write_run

@@ -1,0 +1,161 @@
+"""Sweeps on Ray (real single-node Ray): results, isolation of bad symbols, resume, CLI."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from backtesting.test import GOOG
+
+from tradpal_ray.backtest import BacktestConfig, sweep
+from tradpal_ray.backtest.distributed import SweepRequest, plan_chunk_size, run_sweep
+from tradpal_ray.backtest.results import ResultStore
+from tradpal_ray.market import CandleStore, candles_table
+
+GRID = {"fast": list(range(5, 51, 5)), "slow": list(range(20, 201, 10))}
+GRID_ARGS = ["--grid", "fast=5:50:5", "--grid", "slow=20:200:10"]
+RunCli = Callable[..., tuple[int, str, str]]
+
+
+def goog(scale: float = 1.0) -> pd.DataFrame:
+    frame = GOOG.copy()
+    frame.columns = [c.lower() for c in frame.columns]
+    frame[["open", "high", "low", "close"]] *= scale
+    return frame
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """GOOG daily bars under two symbols, plus a symbol whose only file is corrupt."""
+    root = tmp_path_factory.mktemp("store")
+    candles = CandleStore(root)
+    for symbol, scale in [("GOOG/USD", 1.0), ("GOOG2/USD", 0.37)]:
+        candles.write(candles_table(goog(scale), exchange="test", symbol=symbol, timeframe="1d"))
+    candles.write(candles_table(goog().head(50), exchange="test", symbol="BROKEN/USD", timeframe="1d"))
+    for path in (root / "candles").rglob("*.parquet"):
+        if "BROKEN" in str(path):
+            path.write_bytes(b"not parquet at all")
+    return str(root)
+
+
+def request(symbols: list[str], **kwargs: object) -> SweepRequest:
+    return SweepRequest(strategy="sma_cross", grid=GRID, symbols=symbols, exchange="test", timeframe="1d", **kwargs)
+
+
+def ordered(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.sort_values("result_id").reset_index(drop=True)
+
+
+def test_results_equal_the_in_process_sweep_and_keep_the_best(ray_session: None, store: str) -> None:
+    outcome = run_sweep(request(["GOOG/USD", "GOOG2/USD"]), store=store, chunk_size=40)
+    assert outcome.manifest.status == "complete" and outcome.manifest.errors == {}
+    assert len(outcome.results) == 2 * 174 and outcome.results["result_id"].is_unique
+    local = sweep(goog(), "sma_cross", GRID, BacktestConfig())
+    ours = outcome.results[outcome.results["symbol"] == "GOOG/USD"]
+    merged = ours.assign(fast=ours["params"].map(lambda p: json.loads(p)["fast"]), slow=ours["params"].map(lambda p: json.loads(p)["slow"]))
+    merged = merged.merge(local, on=["fast", "slow"], suffixes=("", "_local"))
+    assert len(merged) == 174
+    assert (merged["final_equity"] == merged["final_equity_local"]).all()
+    assert (merged["trades"] == merged["trades_local"]).all()
+
+    best = outcome.best_per_symbol()
+    assert list(best["symbol"]) == sorted(best["symbol"], key=lambda s: -best.set_index("symbol").loc[s, "sharpe"])
+    trades, equity = ResultStore(store).detail(outcome.run_id, best["result_id"].iloc[0])
+    assert equity["equity"].iloc[-1] == pytest.approx(best["final_equity"].iloc[0], rel=1e-12)
+    assert (trades["exit_reason"] != "open").sum() == best["trades"].iloc[0]
+    saved = ResultStore(store).manifest(outcome.run_id)
+    assert saved.status == "complete" and saved.results == 348 and saved.chunk_size == 40
+
+
+def test_a_bad_symbol_fails_alone(ray_session: None, store: str) -> None:
+    outcome = run_sweep(request(["GOOG/USD", "MISSING/USD", "BROKEN/USD"]), store=store)
+    assert outcome.manifest.status == "partial"
+    assert set(outcome.manifest.errors) == {"MISSING/USD", "BROKEN/USD"}
+    assert "no candles" in outcome.manifest.errors["MISSING/USD"]
+    assert "BROKEN" in outcome.manifest.errors["BROKEN/USD"]
+    assert set(outcome.results["symbol"]) == {"GOOG/USD"} and len(outcome.results) == 174
+    assert ResultStore(store).manifest(outcome.run_id).errors == outcome.manifest.errors
+
+
+def test_resume_runs_only_missing_chunks_and_never_duplicates(ray_session: None, store: str, tmp_path: Path) -> None:
+    first = run_sweep(request(["GOOG/USD", "GOOG2/USD"]), store=store, chunk_size=20)
+    results = ResultStore(store)
+    chunk_files = sorted(Path(store, "runs", first.run_id, "results").rglob("chunk-*.parquet"))
+    assert len(chunk_files) == 2 * 9
+    untouched = chunk_files[0]
+    stamp = untouched.stat().st_mtime_ns
+    for lost in chunk_files[3:8]:
+        lost.unlink()
+    manifest = results.manifest(first.run_id)
+    manifest.status = "running"
+    results.write_manifest(manifest)
+
+    resumed = run_sweep(store=store, resume=first.run_id)
+    assert resumed.run_id == first.run_id and resumed.manifest.status == "complete"
+    assert untouched.stat().st_mtime_ns == stamp
+    pd.testing.assert_frame_equal(ordered(resumed.results), ordered(first.results))
+    again = run_sweep(store=store, resume=first.run_id)
+    pd.testing.assert_frame_equal(ordered(again.results), ordered(first.results))
+
+
+def test_sweep_command_json(ray_session: None, store: str, run_cli: RunCli) -> None:
+    code, stdout, _ = run_cli("sweep", "--store", store, "--exchange", "test", "--symbols", "GOOG/USD,GOOG2/USD",
+                              "--timeframe", "1d", *GRID_ARGS, "--metric", "return_pct", "--top", "3", "--json")
+    assert code == 0
+    out = json.loads(stdout)
+    assert set(out) >= {"run_id", "results"} and out["status"] == "complete"
+    assert len(out["results"]) == 3
+    returns = [row["stats"]["return_pct"] for row in out["results"]]
+    assert returns == sorted(returns, reverse=True)
+    assert set(out["results"][0]) >= {"symbol", "params", "stats"} and set(out["results"][0]["params"]) == {"fast", "slow"}
+
+    code, stdout, _ = run_cli("sweep", "--store", store, "--exchange", "test", "--symbols", "GOOG/USD", "--timeframe", "1d",
+                              *GRID_ARGS, "--top", "0", "--json")
+    assert code == 0 and len(json.loads(stdout)["results"]) == 174
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--symbols", "GOOG/USD", "--timeframe", "1d"], "give at least one --grid"),
+        (["--symbols", "GOOG/USD", "--timeframe", "1d", "--strategy", "nope", *GRID_ARGS], "unknown strategy 'nope'"),
+        (["--symbols", "GOOG/USD", "--timeframe", "1d", "--grid", "window=5:10:1"], "unknown parameter window"),
+        (["--symbols", "GOOG/USD", "--timeframe", "1d", "--grid", "fast=50", "--grid", "slow=20"], "gives no valid combination"),
+        (["--symbols", "GOOG/USD", "--timeframe", "1d", "--grid", "fast=5:1:1"], "fast"),
+        (["--symbols", "GOOG/USD", "--timeframe", "1d", *GRID_ARGS, "--metric", "luck"], "unknown metric 'luck'"),
+        (["--timeframe", "1d", *GRID_ARGS], "give --data FILE, or --symbols and --timeframe"),
+        (["--data", "/nonexistent.csv", *GRID_ARGS], "no such file"),
+        (["--resume", "no-such-run"], "unknown run 'no-such-run'"),
+    ],
+)
+def test_sweep_command_rejects_bad_input(ray_session: None, store: str, run_cli: RunCli, args: list[str], message: str) -> None:
+    code, _, err = run_cli("sweep", "--store", store, "--exchange", "test", *args)
+    assert code == 2
+    assert message in err and "Traceback" not in err
+
+
+def test_file_without_needed_columns(ray_session: None, store: str, tmp_path: Path, run_cli: RunCli) -> None:
+    bad = tmp_path / "prices.csv"
+    pd.DataFrame({"time": pd.date_range("2024-01-01", periods=5, freq="D"), "price": range(5)}).to_csv(bad, index=False)
+    code, stdout, err = run_cli("sweep", "--store", store, "--data", str(bad), *GRID_ARGS, "--json")
+    assert code == 2 and stdout == ""
+    assert "missing column(s) open, high, low, close, volume" in err and "Traceback" not in err
+
+
+def test_sweep_over_a_data_file(ray_session: None, store: str, tmp_path: Path, run_cli: RunCli) -> None:
+    path = tmp_path / "GOOG.csv"
+    GOOG.to_csv(path)
+    code, stdout, _ = run_cli("sweep", "--store", store, "--data", str(path), *GRID_ARGS, "--top", "0", "--json")
+    out = json.loads(stdout)
+    assert code == 0 and len(out["results"]) == 174 and {row["symbol"] for row in out["results"]} == {"GOOG"}
+
+
+def test_chunk_plan_fills_cpus_and_keeps_tasks_busy() -> None:
+    assert plan_chunk_size(174, 5_000, 1, 2) == 174  # 174 x 5k bars is under 100 ms of work: one task
+    assert plan_chunk_size(10_000, 100_000, 1, 8) == 417  # 24 tasks for 8 CPUs
+    assert plan_chunk_size(10_000, 1_000_000, 4, 2) == 5_000  # balanced over symbols x CPUs
+    assert plan_chunk_size(3, 10, 1, 64) == 3
+    assert plan_chunk_size(0, 10, 1, 2) == 1

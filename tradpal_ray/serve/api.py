@@ -1,0 +1,166 @@
+"""The read-only HTTP API of the statistics service, as a FastAPI app over a :class:`StatsService`.
+
+The same app runs under Ray Serve (see :mod:`tradpal_ray.serve.deployment`) and under plain
+uvicorn. Handlers return the service's bytes as they are (cached payloads are never
+decoded and re-encoded). ``/`` is left free for the HTML page.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import APIKeyHeader
+
+from tradpal_ray.backtest.metrics import STAT_NAMES
+from tradpal_ray.errors import ConfigError, StoreError
+from tradpal_ray.market.schema import TIMEFRAMES
+from tradpal_ray.stats import NotFound, StatsService
+
+API_KEY_HEADER = "X-API-Key"
+RUN_ID = r"^[A-Za-z0-9_.-]{1,128}$"
+RESULT_ID = r"^[0-9a-f]{16}$"
+
+Metric = Literal[STAT_NAMES]  # type: ignore[valid-type]
+Timeframe = Literal[tuple(TIMEFRAMES)]  # type: ignore[valid-type]
+TradeStatus = Literal["all", "open", "closed"]
+RunId = Annotated[str, Path(pattern=RUN_ID, description="A run id, as listed by /runs.")]
+Text = Annotated[str | None, Query(min_length=1, max_length=64)]
+
+
+def _json(payload: bytes, status_code: int = 200) -> Response:
+    return Response(content=payload, status_code=status_code, media_type="application/json")
+
+
+class _Unauthorized(Exception):
+    """No or a wrong API key (answered 401)."""
+
+
+def api_key_guard(keys: Sequence[str]) -> Any:
+    """A dependency accepting requests whose ``X-API-Key`` is one of ``keys`` (constant-time compare)."""
+    header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False, description="Required when the API is bound off loopback.")
+    encoded = [key.encode() for key in keys]
+
+    async def check(key: Annotated[str | None, Depends(header)]) -> None:
+        given = (key or "").encode()
+        if not any(hmac.compare_digest(given, k) for k in encoded):
+            raise _Unauthorized
+
+    return Depends(check)
+
+
+def build_app(
+    service: StatsService,
+    *,
+    require_key: bool,
+    api_keys: Sequence[str] = (),
+    cors_origins: Sequence[str] = (),
+    manage_service: bool = True,
+) -> FastAPI:
+    """The FastAPI app. ``require_key``: every route but ``/health`` needs a valid ``X-API-Key``
+    (ConfigError if no key is configured). ``manage_service``: start and close ``service`` with
+    the app's lifespan (plain uvicorn); Serve replicas manage it themselves."""
+    if require_key and not api_keys:
+        raise ConfigError("the API is reachable off loopback: set TRADPAL_API_KEYS (comma-separated keys)")
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if manage_service:
+            await service.start()
+        try:
+            yield
+        finally:
+            if manage_service:
+                await service.close()
+
+    app = FastAPI(
+        title="tradpal-ray statistics", version="1", lifespan=lifespan, docs_url="/docs",
+        description="Read-only statistics over sweep runs, candle coverage, feeds and recorded trades. "
+        "Times are epoch milliseconds; NaN and infinite statistics are null.",
+    )
+    if cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET"],
+                           allow_headers=[API_KEY_HEADER])
+
+    @app.exception_handler(NotFound)
+    async def not_found(_request: Request, exc: NotFound) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=404)
+
+    @app.exception_handler(ConfigError)
+    async def bad_request(_request: Request, exc: ConfigError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=422)
+
+    @app.exception_handler(StoreError)
+    async def store_error(_request: Request, exc: StoreError) -> JSONResponse:
+        return JSONResponse({"detail": f"store unavailable: {exc}"}, status_code=503)
+
+    @app.exception_handler(_Unauthorized)
+    async def unauthorized(_request: Request, _exc: _Unauthorized) -> JSONResponse:
+        return JSONResponse({"detail": f"missing or invalid {API_KEY_HEADER} header"}, status_code=401)
+
+    @app.get("/health", tags=["health"], summary="Liveness: the process answers.")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    api = APIRouter(dependencies=[api_key_guard(api_keys)] if require_key else [])
+
+    @api.get("/ready", tags=["health"], summary="Readiness: the store can be listed and Redis answers (503 if not).")
+    async def ready() -> JSONResponse:
+        state = await service.readiness()
+        return JSONResponse(state, status_code=200 if state["ready"] else 503)
+
+    @api.get("/runs", tags=["runs"], summary="Every sweep run, newest first.")
+    async def runs() -> Response:
+        return _json(await service.runs())
+
+    @api.get("/runs/{run_id}", tags=["runs"], summary="One run's manifest and a per-symbol summary of its results.")
+    async def run(run_id: RunId) -> Response:
+        return _json(await service.run(run_id))
+
+    @api.get("/runs/{run_id}/leaderboard", tags=["runs"], summary="A run's top results by a metric.")
+    async def leaderboard(
+        run_id: RunId,
+        metric: Annotated[Metric | None, Query(description="Statistic to rank by; default: the run's.")] = None,
+        top: Annotated[int, Query(ge=1, le=1000)] = 10,
+        symbol: Text = None,
+        strategy: Text = None,
+        timeframe: Timeframe | None = None,
+    ) -> Response:
+        return _json(await service.leaderboard(run_id, metric, top, symbol, strategy, timeframe))
+
+    @api.get("/runs/{run_id}/results/{result_id}/equity", tags=["runs"],
+             summary="Equity curve and trades of one kept result (the best few per symbol).")
+    async def equity(run_id: RunId, result_id: Annotated[str, Path(pattern=RESULT_ID)]) -> Response:
+        return _json(await service.equity(run_id, result_id))
+
+    @api.get("/symbols/stats", tags=["symbols"], summary="Per-symbol statistics across runs.")
+    async def symbol_stats(exchange: Text = None, symbol: Text = None, timeframe: Timeframe | None = None) -> Response:
+        return _json(await service.symbol_stats(exchange, symbol, timeframe))
+
+    @api.get("/candles/coverage", tags=["market data"], summary="Stored candle series: ranges and gaps.")
+    async def coverage() -> Response:
+        return _json(await service.coverage())
+
+    @api.get("/feeds", tags=["market data"], summary="Latest status of each live feed.")
+    async def feeds() -> Response:
+        return _json(await service.feeds())
+
+    @api.get("/trades/count", tags=["trades"], summary="Recorded trades: all, open or closed.")
+    async def trade_count(status: TradeStatus = "all") -> Response:
+        return _json(await service.trade_counts(status))
+
+    @api.get("/trades/stats", tags=["trades"], summary="Win rate, PnL and profit factor of the recorded trades.")
+    async def trade_stats() -> Response:
+        return _json(await service.trade_stats())
+
+    @api.get("/cache/stats", tags=["health"], summary="Cache hits, misses, errors and latencies of this replica.")
+    async def cache_stats() -> Response:
+        return _json(service.cache_stats())
+
+    app.include_router(api)
+    return app
