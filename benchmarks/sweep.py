@@ -13,7 +13,8 @@ Prints one JSON object on stdout:
   ours (``backtest()``: signals + kernel + trade list) vs vectorbt (``from_signals``).
 - ``cold_start``: a fresh ``python -c`` that imports the engine and returns its first
   result (numba cache warm), ours and vectorbt's; plus the import cost breakdown.
-- ``ray_workers``: placeholder, see :func:`ray_workers_figure`.
+- ``ray_workers``: the same multi-symbol sweep on Ray with 1 and with 2 CPUs (see
+  :func:`bench_ray_workers`).
 
 Times are the best of ``--repeat`` runs after one warm-up. Run:
 ``.venv/bin/python benchmarks/sweep.py [--repeat 5] [--peer-combos 12]``.
@@ -225,13 +226,43 @@ def bench_cold_start(repeat: int) -> dict[str, Any]:
     }
 
 
-def ray_workers_figure() -> dict[str, Any] | None:
-    """PLACEHOLDER for the Ray step: the same sweep on 1 vs 2 Ray workers.
+def bench_ray_workers(symbols: int = 8, bars: int = 600_000) -> dict[str, Any]:
+    """The same multi-symbol sweep through ``run_sweep`` on a 1-CPU and a 2-CPU local Ray.
 
-    Replace with the distributed figure (e.g. ``{"workers_1_s": ..., "workers_2_s": ...}``);
-    ``None`` means "not measured yet".
+    Each symbol is a ``bars``-long random walk in a temporary candle store; the 174-combination
+    grid per symbol. Timed after a warm-up run (worker start-up, numba cache load), results
+    written to the results store as in production.
     """
-    return None
+    import tempfile
+
+    import ray
+
+    from tradpal_ray.backtest.distributed import SweepRequest, run_sweep
+    from tradpal_ray.market import CandleStore, candles_table
+
+    root = tempfile.mkdtemp(prefix="tradpal-bench-")
+    names = [f"WALK{k}/USD" for k in range(symbols)]
+    for k, name in enumerate(names):
+        walk = random_walk(bars, seed=k + 10)
+        CandleStore(root).write(candles_table(walk, exchange="bench", symbol=name, timeframe="1m"))
+    request = SweepRequest(strategy="sma_cross", grid={k: list(v) for k, v in GRID.items()}, symbols=names,
+                           exchange="bench", timeframe="1m", config=CONFIG)
+    seconds = {}
+    for cpus in (1, 2):
+        ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+        try:
+            run_sweep(request, store=root, keep_best=0)
+            start = time.perf_counter()
+            outcome = run_sweep(request, store=root, keep_best=0)
+            seconds[cpus] = time.perf_counter() - start
+            assert outcome.manifest.status == "complete" and len(outcome.results) == symbols * 174
+        finally:
+            ray.shutdown()
+    return {
+        "symbols": symbols, "bars_per_symbol": bars, "combinations_per_symbol": 174,
+        "workers_1_s": round(seconds[1], 3), "workers_2_s": round(seconds[2], 3),
+        "speedup": round(seconds[1] / seconds[2], 2), "target_speedup": 1.8,
+    }
 
 
 def main() -> None:
@@ -244,7 +275,7 @@ def main() -> None:
         "sweep_eurusd": bench_sweep(args.repeat, args.peer_combos),
         "one_million_bars": bench_million(max(1, args.repeat // 2)),
         "cold_start": bench_cold_start(max(1, args.repeat // 2)),
-        "ray_workers": ray_workers_figure(),
+        "ray_workers": bench_ray_workers(),
         "cpu_count": os.cpu_count(),
     }
     sys.stdout.write(json.dumps(report, indent=2) + "\n")

@@ -35,8 +35,9 @@ from tradpal_ray.market.store import encode_key
 
 log = get_logger(__name__)
 
-MIN_TASK_BAR_COMBOS = 2_000_000
-"""Bar x combination steps that keep one task busy for >= ~100 ms (task overhead is ~2 ms)."""
+MIN_TASK_BAR_COMBOS = 10_000_000
+"""Bar x combination steps that keep one task busy for >= ~100 ms (the kernel does ~100M/s
+on one core here; a task round trip costs ~2 ms)."""
 TASKS_PER_CPU = 3
 """Enough tasks per CPU to balance uneven chunks without drowning in overhead."""
 

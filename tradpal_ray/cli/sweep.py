@@ -38,7 +38,11 @@ from tradpal_ray.cli.backtest import (
 from tradpal_ray.cluster import connect
 from tradpal_ray.errors import ConfigError
 
-SHOWN_STATS = ("trades", "return_pct", "max_drawdown_pct", "win_rate_pct", "sharpe", "final_equity")
+SHOWN_STATS = {
+    "trades": "trades", "return_pct": "return %", "max_drawdown_pct": "max dd %",
+    "win_rate_pct": "win %", "sharpe": "sharpe",
+}
+"""Statistics in the human tables, with their column headers."""
 
 
 @app.command()
@@ -145,23 +149,31 @@ def render(outcome: SweepOutcome, top: int) -> None:
     if ranked["symbol"].nunique() > 1 if len(ranked) else False:
         _table("best per symbol", outcome.best_per_symbol())
         across = outcome.across_symbols().head(10)
-        table = Table("params", manifest.metric, f"min_{manifest.metric}", "symbols", title="parameters across symbols")
+        table = Table("params", f"mean {manifest.metric}", f"min {manifest.metric}", "symbols", title="parameters across symbols")
         for row in across.itertuples(index=False):
-            table.add_row(str(row[0]), f"{row[1]:.3f}", f"{row[2]:.3f}", str(row[3]))
+            table.add_row(params_label(row[0]), _cell(row[1]), _cell(row[2]), str(row[3]))
         console.print(table)
     for symbol, error in manifest.errors.items():
         console.print(f"[red]failed[/red] {symbol}: {error}", highlight=False)
     console.print(f"run [bold]{manifest.run_id}[/bold]: {manifest.status}, {manifest.results} results", highlight=False)
 
 
+def params_label(params: str) -> str:
+    """``'{"fast":10,"slow":30}'`` -> ``'fast=10 slow=30'``."""
+    return " ".join(f"{key}={value}" for key, value in orjson.loads(params).items())
+
+
 def _table(title: str, frame: pd.DataFrame) -> None:
-    table = Table("symbol", "params", *SHOWN_STATS, title=title)
+    table = Table("symbol", title=title)
+    table.add_column("params", no_wrap=True)
+    for header in SHOWN_STATS.values():
+        table.add_column(header, justify="right")
     for row in frame.to_dict("records"):
-        table.add_row(row["symbol"], row["params"], *(_cell(row[name]) for name in SHOWN_STATS))
+        table.add_row(row["symbol"], params_label(row["params"]), *(_cell(row[name]) for name in SHOWN_STATS))
     console.print(table)
 
 
 def _cell(value: Any) -> str:
     if isinstance(value, (int,)) or (hasattr(value, "dtype") and value.dtype.kind == "i"):
         return str(int(value))
-    return "-" if value is None or (isinstance(value, float) and not math.isfinite(value)) else f"{value:,.3f}"
+    return "-" if value is None or (isinstance(value, float) and not math.isfinite(value)) else f"{value:,.2f}"

@@ -9,7 +9,7 @@ ends at the exchange's current forming candle.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,6 +72,40 @@ def ranges_to_fetch(since: int, until: int, stored_first: int | None, stored_las
     return ranges
 
 
+async def iter_kline_pages(
+    client: Any,
+    symbol: str,
+    timeframe: str,
+    start: int,
+    end: int | None,
+    *,
+    policy: Backoff = Backoff(),
+    what: str = "klines",
+) -> AsyncIterator[list[list[float]]]:
+    """Pages of REST klines ``[t, o, h, l, c, v]`` with open time in ``[start, end)``, oldest first.
+
+    ``end=None`` pages up to the newest candle, which may still be forming. Shared by the
+    history backfill and the live feeds' gap repair.
+    """
+    step = timeframe_ms(timeframe)
+    cursor = start
+    while end is None or cursor < end:
+        params = {} if end is None else {"endTime": end - 1}
+        rows = await call_with_retry(
+            lambda: client.fetch_ohlcv(symbol, timeframe, since=cursor, limit=PAGE_LIMIT, params=params),
+            policy=policy,
+            what=f"{what} {symbol} {timeframe}",
+            client=client,
+        )
+        rows = [row for row in rows if cursor <= row[0] and (end is None or row[0] < end)]
+        if not rows:
+            return
+        yield rows
+        if end is None and len(rows) < PAGE_LIMIT:
+            return  # a short open-ended page reached the newest candle
+        cursor = rows[-1][0] + step
+
+
 async def backfill_symbol(
     client: Any,
     store: CandleStore,
@@ -96,16 +130,7 @@ async def backfill_symbol(
     done = 0
     for start, end in ranges:
         cursor = start
-        while cursor < end:
-            rows = await call_with_retry(
-                lambda: client.fetch_ohlcv(symbol, timeframe, since=cursor, limit=PAGE_LIMIT, params={"endTime": end - 1}),
-                policy=policy,
-                what=f"{exchange} klines {symbol} {timeframe}",
-                client=client,
-            )
-            rows = [row for row in rows if cursor <= row[0] < end]
-            if not rows:
-                break
+        async for rows in iter_kline_pages(client, symbol, timeframe, start, end, policy=policy, what=f"{exchange} klines"):
             table = candles_table(rows, exchange=exchange, symbol=symbol, timeframe=timeframe)
             await asyncio.to_thread(store.write, table)
             report.rows_written += len(rows)
