@@ -23,7 +23,9 @@ from aiohttp import WSMsgType, web
 
 SYMBOL = "BTC/USDT"
 TRADES_PER_MINUTE = 60_000
-SPEED = 600.0  # 600 simulated minutes of 60k trades per real minute: ~600k trades/s offered
+SPEED = (
+    600.0  # 600 simulated minutes of 60k trades per real minute: ~600k trades/s offered
+)
 
 
 def _serve_simulator(ports: Any) -> None:
@@ -31,7 +33,12 @@ def _serve_simulator(ports: Any) -> None:
     from tradpal_ray.sim.runner import new_event_loop
 
     async def main() -> None:
-        sim = ExchangeSimulator([SYMBOL], speed=SPEED, trades_per_minute=TRADES_PER_MINUTE, start="2024-03-01")
+        sim = ExchangeSimulator(
+            [SYMBOL],
+            speed=SPEED,
+            trades_per_minute=TRADES_PER_MINUTE,
+            start="2024-03-01",
+        )
         await sim.start()
         ports.put(sim.port)
         await asyncio.Event().wait()
@@ -45,7 +52,9 @@ def _serve_replayer(ports: Any) -> None:
     from tradpal_ray.sim.runner import new_event_loop
 
     source = SyntheticSource([SYMBOL])
-    frames = wire.trade_frames(source.specs()[SYMBOL], source.bar_trades(SYMBOL, source.genesis_ms))
+    frames = wire.trade_frames(
+        source.specs()[SYMBOL], source.bar_trades(SYMBOL, source.genesis_ms)
+    )
     frames = (frames * (10_000 // len(frames) + 1))[:10_000]
 
     async def stream(request: web.Request) -> web.WebSocketResponse:
@@ -76,11 +85,19 @@ def _serve_replayer(ports: Any) -> None:
     new_event_loop().run_until_complete(main())
 
 
-async def _read_rate(port: int, seconds: float, warmup: float = 1.0) -> dict[str, float]:
+async def _read_rate(
+    port: int, seconds: float, warmup: float = 1.0
+) -> dict[str, float]:
     """Messages/s one bare aiohttp client receives (after a warm-up), and a parse check."""
     async with aiohttp.ClientSession() as session:
-        ws = await session.ws_connect(f"ws://127.0.0.1:{port}/stream/ws/0", max_msg_size=0)
-        await ws.send_str(orjson.dumps({"method": "SUBSCRIBE", "params": ["btcusdt@trade"], "id": 1}).decode())
+        ws = await session.ws_connect(
+            f"ws://127.0.0.1:{port}/stream/ws/0", max_msg_size=0
+        )
+        await ws.send_str(
+            orjson.dumps(
+                {"method": "SUBSCRIBE", "params": ["btcusdt@trade"], "id": 1}
+            ).decode()
+        )
         count, started, last = 0, None, None
         begin = time.monotonic()
         while True:
@@ -97,10 +114,13 @@ async def _read_rate(port: int, seconds: float, warmup: float = 1.0) -> dict[str
             if now - started >= seconds:
                 last = msg.data
                 break
-        await ws.close()
+        # no close handshake: the replayer never reads; leaving the session drops the socket
         event = orjson.loads(last)
         assert event.get("e") == "trade", event
-        return {"messages_per_s": round(count / (time.monotonic() - started)), "messages": count}
+        return {
+            "messages_per_s": round(count / (time.monotonic() - started)),
+            "messages": count,
+        }
 
 
 def _measure(target: Any, seconds: float) -> dict[str, float]:
@@ -119,7 +139,9 @@ def _measure(target: Any, seconds: float) -> dict[str, float]:
 def main() -> None:
     """Run both measurements and print one JSON object."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=6.0, help="measurement window per server")
+    parser.add_argument(
+        "--seconds", type=float, default=6.0, help="measurement window per server"
+    )
     args = parser.parse_args()
     ours = _measure(_serve_simulator, args.seconds)
     ceiling = _measure(_serve_replayer, args.seconds)
@@ -127,7 +149,11 @@ def main() -> None:
         json.dumps(
             {
                 "benchmark": "sim_ws_throughput_one_client",
-                "simulator": {**ours, "trades_per_minute": TRADES_PER_MINUTE, "speed": SPEED},
+                "simulator": {
+                    **ours,
+                    "trades_per_minute": TRADES_PER_MINUTE,
+                    "speed": SPEED,
+                },
                 "ceiling_trivial_aiohttp_replayer": ceiling,
                 "ratio": round(ours["messages_per_s"] / ceiling["messages_per_s"], 3),
             }

@@ -7,30 +7,67 @@ from typing import Annotated
 
 import typer
 
-from tradpal_ray.cli.app import LogLevelOption, app, console, settings_for, split_list
+from tradpal_ray.cli.app import LogLevelOption, StoreOption, app, console, settings_for, split_list
 from tradpal_ray.errors import ConfigError
 
 
 @app.command()
 def sim(
-    symbols: Annotated[str | None, typer.Option("--symbols", help="Comma-separated unified symbols, e.g. BTC/USDT,ETH/USDT.")] = None,
-    port: Annotated[int, typer.Option("--port", help="Port to listen on (0 picks a free one).", min=0, max=65535)] = 8765,
-    host: Annotated[str, typer.Option("--host", help="Interface to bind.")] = "127.0.0.1",
-    speed: Annotated[float, typer.Option("--speed", help="Simulated seconds per real second.")] = 1.0,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the synthetic market.")] = 7,
-    start: Annotated[str | None, typer.Option("--start", help="Simulated start time (ISO 8601); default now.")] = None,
-    replay: Annotated[list[str] | None, typer.Option("--replay", help="Candle file (.parquet/.csv) or store root to replay; repeatable.")] = None,
+    symbols: Annotated[
+        str | None,
+        typer.Option(
+            "--symbols", help="Comma-separated unified symbols, e.g. BTC/USDT,ETH/USDT."
+        ),
+    ] = None,
+    port: Annotated[
+        int,
+        typer.Option(
+            "--port", help="Port to listen on (0 picks a free one).", min=0, max=65535
+        ),
+    ] = 8765,
+    host: Annotated[
+        str, typer.Option("--host", help="Interface to bind.")
+    ] = "127.0.0.1",
+    speed: Annotated[
+        float, typer.Option("--speed", help="Simulated seconds per real second.")
+    ] = 1.0,
+    seed: Annotated[
+        int, typer.Option("--seed", help="Seed of the synthetic market.")
+    ] = 7,
+    start: Annotated[
+        str | None,
+        typer.Option("--start", help="Simulated start time (ISO 8601); default now."),
+    ] = None,
+    replay: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--replay",
+            help="Candle file (.parquet/.csv), store root, or 'store' (the --store) to replay; repeatable.",
+        ),
+    ] = None,
+    store: StoreOption = None,
     log_level: LogLevelOption = None,
 ) -> None:
     """Serve Binance spot REST + WebSocket for ccxt from synthetic or replayed candles."""
     from tradpal_ray.sim import open_replay, run_simulator
 
-    settings_for(log_level=log_level)
+    settings = settings_for(store=store, log_level=log_level)
     names = split_list(symbols)
-    source = open_replay(replay, names or None) if replay else None
+    locations = [settings.store if location == "store" else location for location in replay or []]
+    source = open_replay(locations, names or None) if locations else None
     if source is None and not names:
         raise ConfigError("give --symbols (e.g. BTC/USDT,ETH/USDT) or --replay FILE")
-    with run_simulator(names or None, seed=seed, speed=speed, start=start, host=host, port=port, source=source) as handle:
-        console.print(f"simulator at {handle.url} for {', '.join(handle.symbols)} (speed {speed:g}x); Ctrl-C stops it")
+    with run_simulator(
+        names or None,
+        seed=seed,
+        speed=speed,
+        start=start,
+        host=host,
+        port=port,
+        source=source,
+    ) as handle:
+        console.print(
+            f"simulator at {handle.url} for {', '.join(handle.symbols)} (speed {speed:g}x); Ctrl-C stops it"
+        )
         print(handle.url, flush=True)  # stdout: machine-readable URL for scripts
         threading.Event().wait()  # until Ctrl-C (KeyboardInterrupt) leaves the context and stops the server

@@ -46,6 +46,8 @@ class SimulatorActor:
         """Current simulated time in ms."""
         return self._sim.now_ms()
 
-    async def closed_candles(self, symbol: str, timeframe: str, start_ms: int | str, end_ms: int | str) -> pa.Table:
+    async def closed_candles(
+        self, symbol: str, timeframe: str, start_ms: int | str, end_ms: int | str
+    ) -> pa.Table:
         """The simulator's closed candles (the truth) as CANDLE_SCHEMA."""
         return self._sim.closed_candles(symbol, timeframe, start_ms, end_ms)

@@ -55,11 +55,15 @@ def parse_fault(body: Mapping[str, Any]) -> Fault:
         raise ConfigError('fault must be a JSON object like {"kind": "close"}')
     kind = body.get("kind")
     if kind not in FAULT_PARAMS:
-        raise ConfigError(f"unknown fault kind {kind!r}; valid: {', '.join(FAULT_PARAMS)}")
+        raise ConfigError(
+            f"unknown fault kind {kind!r}; valid: {', '.join(FAULT_PARAMS)}"
+        )
     unknown = set(body) - FAULT_PARAMS[kind]
     if unknown:
         allowed = ", ".join(sorted(FAULT_PARAMS[kind] - {"kind"})) or "none"
-        raise ConfigError(f"fault {kind!r} does not take {', '.join(sorted(unknown))}; it takes: {allowed}")
+        raise ConfigError(
+            f"fault {kind!r} does not take {', '.join(sorted(unknown))}; it takes: {allowed}"
+        )
     params: dict[str, Any] = {"kind": kind}
     if body.get("connection") is not None:
         params["connection"] = _number(body, "connection", int, 1)
@@ -76,7 +80,9 @@ def parse_fault(body: Mapping[str, Any]) -> Fault:
     if "status" in body:
         status = body["status"]
         if status not in REST_ERROR_STATUSES:
-            raise ConfigError(f"rest_error status must be one of {', '.join(map(str, REST_ERROR_STATUSES))}, got {status!r}")
+            raise ConfigError(
+                f"rest_error status must be one of {', '.join(map(str, REST_ERROR_STATUSES))}, got {status!r}"
+            )
         params["status"] = status
     if "text" in body:
         if not isinstance(body["text"], str) or not body["text"]:
@@ -87,10 +93,18 @@ def parse_fault(body: Mapping[str, Any]) -> Fault:
 
 def _number(body: Mapping[str, Any], name: str, kind: type, minimum: float) -> Any:
     value = body[name]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
-        raise ConfigError(f"fault parameter {name!r} must be {'an integer' if kind is int else 'a number'}, got {value!r}")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or (kind is int and not isinstance(value, int))
+    ):
+        raise ConfigError(
+            f"fault parameter {name!r} must be {'an integer' if kind is int else 'a number'}, got {value!r}"
+        )
     if not math.isfinite(value) or value < minimum:
-        raise ConfigError(f"fault parameter {name!r} must be >= {minimum}, got {value!r}")
+        raise ConfigError(
+            f"fault parameter {name!r} must be >= {minimum}, got {value!r}"
+        )
     return kind(value)
 
 
@@ -108,7 +122,9 @@ class FaultState:
         """Remember a lasting or counted fault (other kinds are acted on by the server)."""
         self.injected[fault.kind] += 1
         if fault.kind in ("stall", "freeze", "latency"):
-            deadline = math.inf if fault.duration is None else self._clock() + fault.duration
+            deadline = (
+                math.inf if fault.duration is None else self._clock() + fault.duration
+            )
             self._timed.append((fault, deadline))
         elif fault.kind == "rest_error":
             self._rest_errors.extend([fault] * fault.count)
@@ -121,7 +137,11 @@ class FaultState:
     def _active(self, kind: str, connection: int | None) -> list[Fault]:
         now = self._clock()
         self._timed = [(f, deadline) for f, deadline in self._timed if deadline > now]
-        return [f for f, _ in self._timed if f.kind == kind and f.connection in (None, connection)]
+        return [
+            f
+            for f, _ in self._timed
+            if f.kind == kind and f.connection in (None, connection)
+        ]
 
     def frozen(self, connection: int) -> bool:
         """Whether ``connection`` must send nothing at all (no data, no pings, no pongs)."""

@@ -24,7 +24,21 @@ from tradpal_ray.errors import ConfigError
 from tradpal_ray.market.schema import candles_table, timeframe_ms
 
 EXCHANGE = "binance"
-QUOTE_ASSETS = ("USDT", "USDC", "FDUSD", "BUSD", "TUSD", "DAI", "BTC", "ETH", "BNB", "EUR", "TRY", "BRL", "JPY")
+QUOTE_ASSETS = (
+    "USDT",
+    "USDC",
+    "FDUSD",
+    "BUSD",
+    "TUSD",
+    "DAI",
+    "BTC",
+    "ETH",
+    "BNB",
+    "EUR",
+    "TRY",
+    "BRL",
+    "JPY",
+)
 STABLE_QUOTES = frozenset({"USDT", "USDC", "FDUSD", "BUSD", "TUSD", "DAI"})
 _SYMBOL = re.compile(r"^([A-Z0-9]{2,12})/([A-Z0-9]{2,8})$")
 _NO_TRADES = np.empty(0, dtype=np.int64)
@@ -46,7 +60,9 @@ def decimals_of(values: np.ndarray, max_decimals: int = 8) -> int:
     values = np.asarray(values, dtype=np.float64)
     for decimals in range(max_decimals + 1):
         scaled = values * 10.0**decimals
-        if np.all(np.abs(scaled - np.round(scaled)) <= 1e-9 * np.maximum(1.0, np.abs(scaled))):
+        if np.all(
+            np.abs(scaled - np.round(scaled)) <= 1e-9 * np.maximum(1.0, np.abs(scaled))
+        ):
             return decimals
     return max_decimals
 
@@ -58,7 +74,9 @@ def parse_symbol(symbol: str) -> tuple[str, str]:
         raise ConfigError(f"malformed symbol {symbol!r}; use BASE/QUOTE, e.g. BTC/USDT")
     base, quote = match.groups()
     if quote not in QUOTE_ASSETS:
-        raise ConfigError(f"unknown quote asset in {symbol!r}; known: {', '.join(QUOTE_ASSETS)}")
+        raise ConfigError(
+            f"unknown quote asset in {symbol!r}; known: {', '.join(QUOTE_ASSETS)}"
+        )
     if base == quote:
         raise ConfigError(f"symbol {symbol!r} has the same base and quote")
     return base, quote
@@ -104,7 +122,9 @@ class SymbolSpec:
 
     def notional(self, lots: int, ticks: int) -> str:
         """Decimal string of ``qty * price``."""
-        return fmt_decimal(int(lots) * int(ticks), self.qty_decimals + self.price_decimals)
+        return fmt_decimal(
+            int(lots) * int(ticks), self.qty_decimals + self.price_decimals
+        )
 
     @classmethod
     def for_price(cls, symbol: str, price: float) -> SymbolSpec:
@@ -127,7 +147,7 @@ class Bars:
     t: np.ndarray
     o: np.ndarray
     h: np.ndarray
-    l: np.ndarray  # noqa: E741
+    l: np.ndarray
     c: np.ndarray
     v: np.ndarray
     n: np.ndarray
@@ -151,7 +171,9 @@ class Bars:
             return cls.empty()
         if len(parts) == 1:
             return parts[0]
-        return cls(*(np.concatenate([getattr(p, name) for p in parts]) for name in cls.FIELDS))
+        return cls(
+            *(np.concatenate([getattr(p, name) for p in parts]) for name in cls.FIELDS)
+        )
 
     def take(self, index: slice | np.ndarray) -> Bars:
         """The bars selected by a slice or mask/index array."""
@@ -181,7 +203,9 @@ class Trades:
     @classmethod
     def empty(cls) -> Trades:
         """No trades."""
-        return cls(_NO_TRADES, _NO_TRADES, _NO_TRADES, _NO_TRADES, np.empty(0, dtype=bool))
+        return cls(
+            _NO_TRADES, _NO_TRADES, _NO_TRADES, _NO_TRADES, np.empty(0, dtype=bool)
+        )
 
     @classmethod
     def concat(cls, parts: list[Trades]) -> Trades:
@@ -191,7 +215,9 @@ class Trades:
             return cls.empty()
         if len(parts) == 1:
             return parts[0]
-        return cls(*(np.concatenate([getattr(p, name) for p in parts]) for name in cls.FIELDS))
+        return cls(
+            *(np.concatenate([getattr(p, name) for p in parts]) for name in cls.FIELDS)
+        )
 
     def take(self, index: slice | np.ndarray) -> Trades:
         """The trades selected by a slice or mask/index array."""
@@ -230,13 +256,15 @@ def aggregate(bars: Bars, period_ms: int) -> Bars:
 def trades_bar(trades: Trades, open_ms: int, open_ticks: int) -> Bars:
     """One bar made of ``trades`` (flat at ``open_ticks`` with no volume when there are none)."""
     if not len(trades):
-        o = h = l = c = open_ticks  # noqa: E741
+        o = h = l = c = open_ticks
         v, n, f = 0, 0, -1
     else:
         o, c = int(trades.p[0]), int(trades.p[-1])
-        h, l = int(trades.p.max()), int(trades.p.min())  # noqa: E741
+        h, l = int(trades.p.max()), int(trades.p.min())
         v, n, f = int(trades.q.sum()), len(trades), int(trades.id[0])
-    return Bars(*(np.array([x], dtype=np.int64) for x in (open_ms, o, h, l, c, v, n, f)))
+    return Bars(
+        *(np.array([x], dtype=np.int64) for x in (open_ms, o, h, l, c, v, n, f))
+    )
 
 
 class MarketSource(Protocol):
@@ -274,7 +302,9 @@ class MarketSource(Protocol):
 class LRU:
     """A small least-recently-used cache bounded by the total weight of its values."""
 
-    def __init__(self, max_weight: int, weigh: Callable[[Any], int] = lambda _value: 1) -> None:
+    def __init__(
+        self, max_weight: int, weigh: Callable[[Any], int] = lambda _value: 1
+    ) -> None:
         self._data: OrderedDict[Hashable, tuple[Any, int]] = OrderedDict()
         self._weight = 0
         self._max = max_weight
@@ -326,21 +356,29 @@ class MarketView:
         try:
             return self.specs[symbol]
         except KeyError:
-            raise ConfigError(f"symbol {symbol!r} is not simulated; have {', '.join(self.specs)}") from None
+            raise ConfigError(
+                f"symbol {symbol!r} is not simulated; have {', '.join(self.specs)}"
+            ) from None
 
     def check_timeframe(self, symbol: str, timeframe: str) -> int:
         """Length of ``timeframe`` if it can be served for ``symbol``, else ConfigError."""
         period = timeframe_ms(timeframe)
         base = self.source.base_ms(symbol)
         if period % base:
-            raise ConfigError(f"timeframe {timeframe} is finer than the data of {symbol} ({base // 60000}m)")
+            raise ConfigError(
+                f"timeframe {timeframe} is finer than the data of {symbol} ({base // 60000}m)"
+            )
         return period
 
-    def candles(self, symbol: str, timeframe: str, start_ms: int, end_ms: int, now_ms: int) -> Bars:
+    def candles(
+        self, symbol: str, timeframe: str, start_ms: int, end_ms: int, now_ms: int
+    ) -> Bars:
         """Candles with open time in ``[start_ms, end_ms)`` and at or before ``now_ms``; last may be forming."""
         period = self.check_timeframe(symbol, timeframe)
         base = self.source.base_ms(symbol)
-        start = max(ceil_to(start_ms, period), floor_to(self.source.first_ms(symbol), period))
+        start = max(
+            ceil_to(start_ms, period), floor_to(self.source.first_ms(symbol), period)
+        )
         end = min(ceil_to(end_ms, period), floor_to(now_ms, period) + period)
         if end <= start:
             return Bars.empty()
@@ -360,25 +398,47 @@ class MarketView:
         trades = self.source.bar_trades(symbol, open_ms).between(open_ms, now_ms + 1)
         return trades_bar(trades, open_ms, int(full.o[0]))
 
-    def closed_candles(self, symbol: str, timeframe: str, start_ms: int, end_ms: int, now_ms: int) -> Bars:
+    def closed_candles(
+        self, symbol: str, timeframe: str, start_ms: int, end_ms: int, now_ms: int
+    ) -> Bars:
         """Only the candles in ``[start_ms, end_ms)`` that have closed by ``now_ms``."""
         period = self.check_timeframe(symbol, timeframe)
         bars = self.candles(symbol, timeframe, start_ms, end_ms, now_ms)
         return bars.take(bars.t + period - 1 <= now_ms)
 
-    def latest_candles(self, symbol: str, timeframe: str, limit: int, now_ms: int, end_ms: int | None = None) -> Bars:
+    def latest_candles(
+        self,
+        symbol: str,
+        timeframe: str,
+        limit: int,
+        now_ms: int,
+        end_ms: int | None = None,
+    ) -> Bars:
         """The last ``limit`` candles opening at or before ``min(end_ms, now_ms)``."""
         period = self.check_timeframe(symbol, timeframe)
-        last_open = floor_to(min(now_ms, end_ms if end_ms is not None else now_ms), period)
-        return self.candles(symbol, timeframe, last_open - (limit - 1) * period, last_open + 1, now_ms)
+        last_open = floor_to(
+            min(now_ms, end_ms if end_ms is not None else now_ms), period
+        )
+        return self.candles(
+            symbol, timeframe, last_open - (limit - 1) * period, last_open + 1, now_ms
+        )
 
-    def trades(self, symbol: str, start_ms: int, end_ms: int, now_ms: int, limit: int | None = None) -> Trades:
+    def trades(
+        self,
+        symbol: str,
+        start_ms: int,
+        end_ms: int,
+        now_ms: int,
+        limit: int | None = None,
+    ) -> Trades:
         """Trades with time in ``[start_ms, min(end_ms, now_ms + 1))``, the first ``limit`` of them."""
         base = self.source.base_ms(symbol)
         end = min(end_ms, now_ms + 1)
         parts: list[Trades] = []
         count = 0
-        open_ms = max(floor_to(start_ms, base), floor_to(self.source.first_ms(symbol), base))
+        open_ms = max(
+            floor_to(start_ms, base), floor_to(self.source.first_ms(symbol), base)
+        )
         while open_ms < end and (limit is None or count < limit):
             part = self.source.bar_trades(symbol, open_ms).between(start_ms, end)
             parts.append(part)
@@ -414,4 +474,6 @@ class MarketView:
                 bars.v / qty_scale,
             ]
         )
-        return candles_table(rows, exchange=EXCHANGE, symbol=symbol, timeframe=timeframe, validate=False)
+        return candles_table(
+            rows, exchange=EXCHANGE, symbol=symbol, timeframe=timeframe, validate=False
+        )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+from itertools import pairwise
 from pathlib import Path
 from typing import Protocol
 
@@ -20,10 +21,27 @@ import pyarrow.parquet as pq
 
 from tradpal_ray.errors import ConfigError, DataError
 from tradpal_ray.market.schema import CANDLE_SCHEMA, TIMEFRAMES, candles_table
-from tradpal_ray.sim.market import EXCHANGE, Bars, SymbolSpec, Trades, decimals_of, parse_symbol
+from tradpal_ray.market.store import CandleStore
+from tradpal_ray.sim.market import (
+    EXCHANGE,
+    Bars,
+    SymbolSpec,
+    Trades,
+    decimals_of,
+    parse_symbol,
+)
 
 TRADES_PER_BAR = 4
-_COLUMNS = ("symbol", "timeframe", "open_time", "open", "high", "low", "close", "volume")
+_COLUMNS = (
+    "symbol",
+    "timeframe",
+    "open_time",
+    "open",
+    "high",
+    "low",
+    "close",
+    "volume",
+)
 
 
 class CandleReader(Protocol):
@@ -41,30 +59,51 @@ class CandleReader(Protocol):
 class ReplaySource:
     """A :class:`~tradpal_ray.sim.market.MarketSource` over recorded candles."""
 
-    def __init__(self, candles: pa.Table | pd.DataFrame, *, symbols: Iterable[str] | None = None) -> None:
+    def __init__(
+        self, candles: pa.Table | pd.DataFrame, *, symbols: Iterable[str] | None = None
+    ) -> None:
         frame = candle_frame(candles)
-        wanted = None if symbols is None else {f"{b}/{q}" for b, q in map(parse_symbol, symbols)}
+        wanted = (
+            None
+            if symbols is None
+            else {f"{b}/{q}" for b, q in map(parse_symbol, symbols)}
+        )
         available = set(frame["symbol"].unique())
         if wanted is not None and wanted - available:
-            raise ConfigError(f"symbol(s) {', '.join(sorted(wanted - available))} not in the replay data; have {', '.join(sorted(available))}")
+            raise ConfigError(
+                f"symbol(s) {', '.join(sorted(wanted - available))} not in the replay data; have {', '.join(sorted(available))}"
+            )
         self._specs: dict[str, SymbolSpec] = {}
         self._bars: dict[str, Bars] = {}
         self._base: dict[str, int] = {}
         for symbol in sorted(wanted if wanted is not None else available):
             rows = frame[frame["symbol"] == symbol]
-            timeframe = min(rows["timeframe"].unique(), key=lambda tf: TIMEFRAMES.get(tf, float("inf")))
+            timeframe = min(
+                rows["timeframe"].unique(),
+                key=lambda tf: TIMEFRAMES.get(tf, float("inf")),
+            )
             rows = rows[rows["timeframe"] == timeframe]
-            self._load(symbol, timeframe, candles_table(rows, exchange=EXCHANGE, symbol=symbol, timeframe=timeframe))
+            self._load(
+                symbol,
+                timeframe,
+                candles_table(
+                    rows, exchange=EXCHANGE, symbol=symbol, timeframe=timeframe
+                ),
+            )
         if not self._specs:
             raise ConfigError("the replay data holds no candles")
 
     def _load(self, symbol: str, timeframe: str, table: pa.Table) -> None:
         base, quote = parse_symbol(symbol)
-        prices = np.concatenate([table[name].to_numpy() for name in ("open", "high", "low", "close")])
+        prices = np.concatenate(
+            [table[name].to_numpy() for name in ("open", "high", "low", "close")]
+        )
         volume = table["volume"].to_numpy()
         spec = SymbolSpec(symbol, base, quote, decimals_of(prices), decimals_of(volume))
         ticks = {
-            name: np.rint(table[name].to_numpy() * 10**spec.price_decimals).astype(np.int64)
+            name: np.rint(table[name].to_numpy() * 10**spec.price_decimals).astype(
+                np.int64
+            )
             for name in ("open", "high", "low", "close")
         }
         t = table["open_time"].cast(pa.int64()).to_numpy()
@@ -83,7 +122,9 @@ class ReplaySource:
         )
 
     @classmethod
-    def from_store(cls, store: CandleReader, symbols: Iterable[str] | None = None) -> ReplaySource:
+    def from_store(
+        cls, store: CandleReader, symbols: Iterable[str] | None = None
+    ) -> ReplaySource:
         """Replay every series of a candle store."""
         return cls(store_candles(store), symbols=symbols)
 
@@ -112,7 +153,9 @@ class ReplaySource:
         bar = self._bars[symbol].between(open_ms, open_ms + 1)
         if not len(bar):
             return Trades.empty()
-        o, h, l, c, v, f = (int(getattr(bar, name)[0]) for name in ("o", "h", "l", "c", "v", "f"))  # noqa: E741
+        o, h, l, c, v, f = (
+            int(getattr(bar, name)[0]) for name in ("o", "h", "l", "c", "v", "f")
+        )
         path = [o, h, l, c] if c >= o else [o, l, h, c]
         qty = np.full(TRADES_PER_BAR, v // TRADES_PER_BAR, dtype=np.int64)
         qty[-1] += v - int(qty.sum())
@@ -122,7 +165,7 @@ class ReplaySource:
             t=open_ms + step * np.arange(TRADES_PER_BAR, dtype=np.int64),
             p=np.array(path, dtype=np.int64),
             q=qty,
-            m=np.array([False, *(b < a for a, b in zip(path, path[1:]))]),
+            m=np.array([False, *(b < a for a, b in pairwise(path))]),
         )
 
 
@@ -148,17 +191,20 @@ def store_candles(store: CandleReader) -> pa.Table:
     if not chosen:
         raise ConfigError("the candle store holds no candles to replay")
     return pa.concat_tables(
-        [store.read_table(exchange, symbol, timeframe).cast(CANDLE_SCHEMA) for (symbol, timeframe), exchange in chosen.items()]
+        [
+            store.read_table(exchange, symbol, timeframe).cast(CANDLE_SCHEMA)
+            for (symbol, timeframe), exchange in chosen.items()
+        ]
     )
 
 
-def open_replay(locations: Iterable[str | os.PathLike], symbols: Iterable[str] | None = None) -> ReplaySource:
+def open_replay(
+    locations: Iterable[str | os.PathLike], symbols: Iterable[str] | None = None
+) -> ReplaySource:
     """A replay source from candle files and/or candle-store roots (directories)."""
     frames: list[pd.DataFrame] = []
     for location in locations:
         if Path(location).is_dir():
-            from tradpal_ray.market.store import CandleStore  # written in parallel; only needed here
-
             frames.append(candle_frame(store_candles(CandleStore(location))))
         else:
             frames.append(candle_frame(read_candle_file(location)))
@@ -169,7 +215,9 @@ def open_replay(locations: Iterable[str | os.PathLike], symbols: Iterable[str] |
 
 def candle_frame(candles: pa.Table | pd.DataFrame) -> pd.DataFrame:
     """Candles as a frame of symbol, timeframe, open_time (int ms) and OHLCV; DataError if columns lack."""
-    frame = candles.to_pandas() if isinstance(candles, pa.Table) else candles.reset_index()
+    frame = (
+        candles.to_pandas() if isinstance(candles, pa.Table) else candles.reset_index()
+    )
     if "open_time" not in frame.columns and "time" in frame.columns:
         frame = frame.rename(columns={"time": "open_time"})
     missing = set(_COLUMNS) - set(frame.columns)
@@ -177,5 +225,9 @@ def candle_frame(candles: pa.Table | pd.DataFrame) -> pd.DataFrame:
         raise DataError(f"replay candles lack column(s) {', '.join(sorted(missing))}")
     frame = frame[list(_COLUMNS)].copy()
     if not pd.api.types.is_integer_dtype(frame["open_time"]):
-        frame["open_time"] = pd.to_datetime(frame["open_time"], utc=True).dt.as_unit("ms").astype("int64")
+        frame["open_time"] = (
+            pd.to_datetime(frame["open_time"], utc=True)
+            .dt.as_unit("ms")
+            .astype("int64")
+        )
     return frame

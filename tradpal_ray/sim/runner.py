@@ -31,7 +31,9 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
 class SimulatorThread:
     """Thread-safe handle on a simulator running in a background thread."""
 
-    def __init__(self, simulator: ExchangeSimulator, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, simulator: ExchangeSimulator, loop: asyncio.AbstractEventLoop
+    ) -> None:
         self.simulator = simulator
         self._loop = loop
 
@@ -65,15 +67,23 @@ class SimulatorThread:
         """Current simulated time in ms."""
         return self.simulator.now_ms()
 
-    def closed_candles(self, symbol: str, timeframe: str, start_ms: int | str, end_ms: int | str) -> pa.Table:
+    def closed_candles(
+        self, symbol: str, timeframe: str, start_ms: int | str, end_ms: int | str
+    ) -> pa.Table:
         """See :meth:`ExchangeSimulator.closed_candles`."""
-        return self.call(self.simulator.closed_candles, symbol, timeframe, start_ms, end_ms)
+        return self.call(
+            self.simulator.closed_candles, symbol, timeframe, start_ms, end_ms
+        )
 
 
 @contextmanager
-def run_simulator(symbols: Iterable[str] | None = None, **options: Any) -> Iterator[SimulatorThread]:
+def run_simulator(
+    symbols: Iterable[str] | None = None, **options: Any
+) -> Iterator[SimulatorThread]:
     """Start an :class:`ExchangeSimulator` (same arguments) in a thread; stop it on exit."""
-    simulator = ExchangeSimulator(symbols, **options)  # argument errors surface here, in the caller
+    simulator = ExchangeSimulator(
+        symbols, **options
+    )  # argument errors surface here, in the caller
     loop = new_event_loop()
     ready = threading.Event()
     failure: list[BaseException] = []

@@ -9,7 +9,7 @@ import asyncio
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from typing import Any, Self
 
 import orjson
 import pyarrow as pa
@@ -20,7 +20,13 @@ from tradpal_ray.log import get_logger
 from tradpal_ray.market.schema import TIMEFRAMES, to_ms
 from tradpal_ray.sim import wire
 from tradpal_ray.sim.faults import Fault, FaultState, parse_fault
-from tradpal_ray.sim.market import MarketSource, MarketView, SymbolSpec, Trades, parse_symbol
+from tradpal_ray.sim.market import (
+    MarketSource,
+    MarketView,
+    SymbolSpec,
+    Trades,
+    parse_symbol,
+)
 from tradpal_ray.sim.stream import MALFORMED_FRAME, SimClock, StreamHub
 from tradpal_ray.sim.synthetic import SyntheticSource, WalkParams
 
@@ -29,8 +35,17 @@ log = get_logger(__name__)
 MAX_LIMIT = 1000
 DEFAULT_LIMIT = 500
 _REST_ERROR_BODIES = {
-    418: (wire.error_body(-1003, "Way too many requests; IP banned until later."), "application/json"),
-    429: (wire.error_body(-1003, "Too many requests; current limit is 6000 request weight per 1 MINUTE."), "application/json"),
+    418: (
+        wire.error_body(-1003, "Way too many requests; IP banned until later."),
+        "application/json",
+    ),
+    429: (
+        wire.error_body(
+            -1003,
+            "Too many requests; current limit is 6000 request weight per 1 MINUTE.",
+        ),
+        "application/json",
+    ),
 }
 
 
@@ -43,8 +58,15 @@ class BadRequest(Exception):
         self.msg = msg
 
 
-def _json(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(body=orjson.dumps(payload), status=status, content_type="application/json", headers=headers)
+def _json(
+    payload: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(payload),
+        status=status,
+        content_type="application/json",
+        headers=headers,
+    )
 
 
 class ExchangeSimulator:
@@ -76,21 +98,38 @@ class ExchangeSimulator:
             raise ConfigError("ping_interval and emit_interval must be positive")
         if source is None:
             if not symbols:
-                raise ConfigError("give symbols to simulate (e.g. BTC/USDT) or a replay source")
+                raise ConfigError(
+                    "give symbols to simulate (e.g. BTC/USDT) or a replay source"
+                )
             source = SyntheticSource(
-                symbols, seed=seed, genesis=genesis, params=WalkParams(trades_per_minute=trades_per_minute)
+                symbols,
+                seed=seed,
+                genesis=genesis,
+                params=WalkParams(trades_per_minute=trades_per_minute),
             )
         self.view = MarketView(source)
         if symbols is not None:
-            unknown = {f"{b}/{q}" for b, q in map(parse_symbol, symbols)} - set(self.view.specs)
+            unknown = {f"{b}/{q}" for b, q in map(parse_symbol, symbols)} - set(
+                self.view.specs
+            )
             if unknown:
-                raise ConfigError(f"symbol(s) {', '.join(sorted(unknown))} not served by the source")
+                raise ConfigError(
+                    f"symbol(s) {', '.join(sorted(unknown))} not served by the source"
+                )
         start_ms = to_ms(start) if start is not None else int(time.time() * 1000)
         if start is None and all(source.end_ms(s) is not None for s in self.view.specs):
-            start_ms = min(source.first_ms(s) for s in self.view.specs)  # replay: play from the beginning
+            start_ms = min(
+                source.first_ms(s) for s in self.view.specs
+            )  # replay: play from the beginning
         self.clock = SimClock(start_ms, speed)
         self.faults = FaultState()
-        self.hub = StreamHub(self.view, self.clock, self.faults, ping_interval=ping_interval, emit_interval=emit_interval)
+        self.hub = StreamHub(
+            self.view,
+            self.clock,
+            self.faults,
+            ping_interval=ping_interval,
+            emit_interval=emit_interval,
+        )
         self.host, self.port = host, port
         self.rest_requests: Counter[str] = Counter()
         self._runner: web.AppRunner | None = None
@@ -128,11 +167,18 @@ class ExchangeSimulator:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
         await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # the real port when port=0
+        self.port = site._server.sockets[0].getsockname()[
+            1
+        ]  # the real port when port=0
         self.clock.start()
         self.hub.cursor = dict.fromkeys(self.hub.cursor, self.clock.now_ms())
         self._emitter = asyncio.create_task(self.hub.run())
-        log.info("sim.started", url=self.url, symbols=",".join(self.symbols), speed=self.clock.speed)
+        log.info(
+            "sim.started",
+            url=self.url,
+            symbols=",".join(self.symbols),
+            speed=self.clock.speed,
+        )
         return self.url
 
     async def stop(self) -> None:
@@ -149,7 +195,7 @@ class ExchangeSimulator:
             await asyncio.gather(*self._background, return_exceptions=True)
         log.info("sim.stopped", url=self.url)
 
-    async def __aenter__(self) -> ExchangeSimulator:
+    async def __aenter__(self) -> Self:
         await self.start()
         return self
 
@@ -162,7 +208,9 @@ class ExchangeSimulator:
         """Current simulated time in ms."""
         return self.clock.now_ms()
 
-    def closed_candles(self, symbol: str, timeframe: str, start_ms: int | str, end_ms: int | str) -> pa.Table:
+    def closed_candles(
+        self, symbol: str, timeframe: str, start_ms: int | str, end_ms: int | str
+    ) -> pa.Table:
         """The closed candles in ``[start_ms, end_ms)`` as CANDLE_SCHEMA (exchange "binance")."""
         start, end = to_ms(start_ms), to_ms(end_ms)
         bars = self.view.closed_candles(symbol, timeframe, start, end, self.now_ms())
@@ -180,7 +228,9 @@ class ExchangeSimulator:
                 conn.duplicates = conn.reorders = 0
             return {"kind": "clear"}
         self.faults.arm(fault)
-        targets = self.hub.targets(fault.connection) if fault.kind != "rest_error" else []
+        targets = (
+            self.hub.targets(fault.connection) if fault.kind != "rest_error" else []
+        )
         for conn in targets:
             if fault.kind == "close":
                 self.faults.served["close"] += 1
@@ -208,15 +258,23 @@ class ExchangeSimulator:
         return {
             "now_ms": self.now_ms(),
             **self.hub.stats(),
-            "rest_requests": {"total": sum(self.rest_requests.values()), **dict(self.rest_requests)},
-            "faults": {"injected": dict(self.faults.injected), "served": dict(self.faults.served)},
+            "rest_requests": {
+                "total": sum(self.rest_requests.values()),
+                **dict(self.rest_requests),
+            },
+            "faults": {
+                "injected": dict(self.faults.injected),
+                "served": dict(self.faults.served),
+            },
         }
 
     # -- REST ----------------------------------------------------------------------------------
 
     @web.middleware
     async def _rest_middleware(
-        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+        self,
+        request: web.Request,
+        handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
     ) -> web.StreamResponse:
         if not request.path.startswith("/api/"):
             return await handler(request)
@@ -227,37 +285,65 @@ class ExchangeSimulator:
             await asyncio.sleep(delay)
         fault = self.faults.take_rest_error()
         if fault is not None:
-            body, content_type = _REST_ERROR_BODIES.get(fault.status, (b"Service Unavailable", "text/plain"))
+            body, content_type = _REST_ERROR_BODIES.get(
+                fault.status, (b"Service Unavailable", "text/plain")
+            )
             return web.Response(
-                body=body, status=fault.status, content_type=content_type, headers={"Retry-After": str(fault.retry_after)}
+                body=body,
+                status=fault.status,
+                content_type=content_type,
+                headers={"Retry-After": str(fault.retry_after)},
             )
         try:
             return await handler(request)
         except BadRequest as exc:
-            return web.Response(body=wire.error_body(exc.code, exc.msg), status=400, content_type="application/json")
+            return web.Response(
+                body=wire.error_body(exc.code, exc.msg),
+                status=400,
+                content_type="application/json",
+            )
         except ConfigError as exc:
-            return web.Response(body=wire.error_body(-1130, str(exc)), status=400, content_type="application/json")
+            return web.Response(
+                body=wire.error_body(-1130, str(exc)),
+                status=400,
+                content_type="application/json",
+            )
 
     def _symbol(self, request: web.Request) -> SymbolSpec:
         sid = request.query.get("symbol")
         if not sid:
-            raise BadRequest(-1102, "Mandatory parameter 'symbol' was not sent, was empty/null, or malformed.")
+            raise BadRequest(
+                -1102,
+                "Mandatory parameter 'symbol' was not sent, was empty/null, or malformed.",
+            )
         spec = self.view.by_id.get(sid.upper())
         if spec is None:
             raise BadRequest(-1121, "Invalid symbol.")
         return spec
 
     @staticmethod
-    def _int(request: web.Request, name: str, default: int | None = None, lo: int | None = None, hi: int | None = None) -> int | None:
+    def _int(
+        request: web.Request,
+        name: str,
+        default: int | None = None,
+        lo: int | None = None,
+        hi: int | None = None,
+    ) -> int | None:
         raw = request.query.get(name)
         if raw is None or raw == "":
             return default
         try:
             value = int(raw)
         except ValueError:
-            raise BadRequest(-1100, f"Illegal characters found in parameter '{name}'; legal range is '^[0-9]{{1,20}}$'.") from None
+            raise BadRequest(
+                -1100,
+                f"Illegal characters found in parameter '{name}'; legal range is '^[0-9]{{1,20}}$'.",
+            ) from None
         if (lo is not None and value < lo) or (hi is not None and value > hi):
-            raise BadRequest(-1130, f"Invalid data sent for a parameter: {name}={value} (allowed {lo}..{hi}).")
+            raise BadRequest(
+                -1130,
+                f"Invalid data sent for a parameter: {name}={value} (allowed {lo}..{hi}).",
+            )
         return value
 
     async def _ping(self, request: web.Request) -> web.Response:
@@ -273,7 +359,9 @@ class ExchangeSimulator:
                 "serverTime": self.now_ms(),
                 "rateLimits": [],
                 "exchangeFilters": [],
-                "symbols": [wire.exchange_symbol(spec) for spec in self.view.specs.values()],
+                "symbols": [
+                    wire.exchange_symbol(spec) for spec in self.view.specs.values()
+                ],
             }
         )
 
@@ -288,7 +376,11 @@ class ExchangeSimulator:
         now = self.now_ms()
         period = TIMEFRAMES[interval]
         if start is not None:
-            stop = start + limit * period if end is None else min(end + 1, start + limit * period)
+            stop = (
+                start + limit * period
+                if end is None
+                else min(end + 1, start + limit * period)
+            )
             bars = self.view.candles(spec.symbol, interval, start, stop, now)
             bars = bars.take(slice(0, limit))
         else:
@@ -298,7 +390,10 @@ class ExchangeSimulator:
     def _trade_window(self, request: web.Request, spec: SymbolSpec) -> Trades:
         limit = self._int(request, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
         if request.query.get("fromId"):
-            raise BadRequest(-1101, "fromId is not supported by the simulator; use startTime/endTime.")
+            raise BadRequest(
+                -1101,
+                "fromId is not supported by the simulator; use startTime/endTime.",
+            )
         start = self._int(request, "startTime", lo=0)
         end = self._int(request, "endTime", lo=0)
         now = self.now_ms()
@@ -320,17 +415,29 @@ class ExchangeSimulator:
     async def _trades(self, request: web.Request) -> web.Response:
         spec = self._symbol(request)
         limit = self._int(request, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
-        return _json(wire.trade_rows(spec, self.view.recent_trades(spec.symbol, limit, self.now_ms())))
+        return _json(
+            wire.trade_rows(
+                spec, self.view.recent_trades(spec.symbol, limit, self.now_ms())
+            )
+        )
 
     async def _ticker(self, request: web.Request) -> web.Response:
         now = self.now_ms()
-        specs = [self._symbol(request)] if "symbol" in request.query else list(self.view.specs.values())
+        specs = (
+            [self._symbol(request)]
+            if "symbol" in request.query
+            else list(self.view.specs.values())
+        )
         tickers = []
         for spec in specs:
             base = self.view.source.base_ms(spec.symbol)
-            day = self.view.candles(spec.symbol, _timeframe_of(base), now - 86_400_000 + 1, now + 1, now)
+            day = self.view.candles(
+                spec.symbol, _timeframe_of(base), now - 86_400_000 + 1, now + 1, now
+            )
             last = self.view.recent_trades(spec.symbol, 1, now)
-            tickers.append(wire.ticker_24h(spec, day, now, int(last.q[-1]) if len(last) else 0))
+            tickers.append(
+                wire.ticker_24h(spec, day, now, int(last.q[-1]) if len(last) else 0)
+            )
         return _json(tickers[0] if "symbol" in request.query else tickers)
 
     # -- control -------------------------------------------------------------------------------

@@ -29,8 +29,12 @@ from tradpal_ray.sim.market import MarketView, SymbolSpec, floor_to
 
 log = get_logger(__name__)
 
-HIGH_WATER_BYTES = 4 << 20  # pause a writer while its socket buffer holds more than this
-MAX_BACKLOG = 200_000  # frames queued for one connection before the emitter waits for it
+HIGH_WATER_BYTES = (
+    4 << 20
+)  # pause a writer while its socket buffer holds more than this
+MAX_BACKLOG = (
+    200_000  # frames queued for one connection before the emitter waits for it
+)
 SLOW_CONSUMER_S = 10.0  # ... and how long it waits before dropping that connection
 MALFORMED_FRAME = '{"e":"kline","E":17000000000'  # truncated JSON
 
@@ -51,7 +55,9 @@ class SimClock:
         """Current simulated time (``start_ms`` until started)."""
         if self._origin is None:
             return self.start_ms
-        return self.start_ms + int((time.monotonic() - self._origin) * self.speed * 1000.0)
+        return self.start_ms + int(
+            (time.monotonic() - self._origin) * self.speed * 1000.0
+        )
 
 
 @dataclass(frozen=True)
@@ -76,13 +82,17 @@ def parse_stream(name: Any, by_stream_id: dict[str, SymbolSpec]) -> Stream:
         return Stream(name, spec.symbol, channel)
     if channel.startswith("kline_") and channel[6:] in TIMEFRAMES:
         return Stream(name, spec.symbol, "kline", channel[6:])
-    raise ValueError(f"Invalid stream {name!r}; served: <symbol>@trade, @aggTrade, @kline_<{'|'.join(TIMEFRAMES)}>")
+    raise ValueError(
+        f"Invalid stream {name!r}; served: <symbol>@trade, @aggTrade, @kline_<{'|'.join(TIMEFRAMES)}>"
+    )
 
 
 class Connection:
     """One WebSocket client: its subscriptions, outgoing queue and one-shot fault state."""
 
-    def __init__(self, cid: int, ws: web.WebSocketResponse, request: web.Request, hub: StreamHub) -> None:
+    def __init__(
+        self, cid: int, ws: web.WebSocketResponse, request: web.Request, hub: StreamHub
+    ) -> None:
         self.id = cid
         self.ws = ws
         self.path = request.path
@@ -97,7 +107,9 @@ class Connection:
         self.duplicates = 0
         self.reorders = 0
         self.held: bytes | None = None
-        self.last_pong = time.monotonic()
+        self.unanswered_since: float | None = (
+            None  # first ping not yet answered by a pong
+        )
         self.closed = False
 
     def send(self, kind: str, frames: list[bytes]) -> None:
@@ -106,9 +118,13 @@ class Connection:
             return
         faults = self.hub.faults
         if faults.silenced(self.id):
-            faults.served["freeze" if faults.frozen(self.id) else "stall"] += len(frames)
+            faults.served["freeze" if faults.frozen(self.id) else "stall"] += len(
+                frames
+            )
             return
-        if kind == "kline" and (self.duplicates or self.reorders or self.held is not None):
+        if kind == "kline" and (
+            self.duplicates or self.reorders or self.held is not None
+        ):
             frames = self._disorder(frames)
         self.queue.append((asyncio.get_running_loop().time(), kind, frames))
         self.backlog += len(frames)
@@ -119,7 +135,9 @@ class Connection:
         out: list[bytes] = []
         served = self.hub.faults.served
         for frame in frames:
-            if self.held is not None:  # the newer event first, then the held-back older one
+            if (
+                self.held is not None
+            ):  # the newer event first, then the held-back older one
                 out += [frame, self.held]
                 self.held = None
                 served["out_of_order"] += 1
@@ -155,8 +173,13 @@ class Connection:
                     for frame in frames:
                         await ws.send_frame(frame, text)
                     sent[kind] += len(frames)
-                    while self.transport is not None and self.transport.get_write_buffer_size() > HIGH_WATER_BYTES:
-                        await asyncio.sleep(0.001)  # the client reads slower than we write
+                    while (
+                        self.transport is not None
+                        and self.transport.get_write_buffer_size() > HIGH_WATER_BYTES
+                    ):
+                        await asyncio.sleep(
+                            0.001
+                        )  # the client reads slower than we write
                         if self.transport.is_closing():
                             return
                 self.drained.set()
@@ -172,7 +195,9 @@ class Connection:
             return
         sock = self.transport.get_extra_info("socket")
         if sock is not None:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.setsockopt(
+                socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+            )
         self.transport.abort()
 
 
@@ -212,7 +237,10 @@ class StreamHub:
         self.total_connections += 1
         conn = Connection(self.total_connections, ws, request, self)
         self.connections[conn.id] = conn
-        tasks = [asyncio.create_task(conn.write_loop()), asyncio.create_task(self._ping_loop(conn))]
+        tasks = [
+            asyncio.create_task(conn.write_loop()),
+            asyncio.create_task(self._ping_loop(conn)),
+        ]
         try:
             async for msg in ws:
                 if msg.type is WSMsgType.TEXT:
@@ -223,9 +251,12 @@ class StreamHub:
                     else:
                         await ws.pong(msg.data)
                 elif msg.type is WSMsgType.PONG:
-                    conn.last_pong = time.monotonic()
+                    conn.unanswered_since = None
                 elif msg.type is WSMsgType.BINARY:
-                    conn.send("error", [wire.ws_error(None, "Binary frames are not supported")])
+                    conn.send(
+                        "error",
+                        [wire.ws_error(None, "Binary frames are not supported")],
+                    )
         except (ConnectionError, RuntimeError):
             pass
         finally:
@@ -244,16 +275,23 @@ class StreamHub:
         conn.streams.clear()
 
     async def _ping_loop(self, conn: Connection) -> None:
-        """Ping every ``ping_interval``; drop a client silent for three intervals (as Binance does)."""
+        """Ping every ``ping_interval``; drop a client that leaves pings unanswered for three intervals."""
         while not conn.closed:
             await asyncio.sleep(self.ping_interval)
             if self.faults.frozen(conn.id):
+                conn.unanswered_since = None  # we sent nothing, so nothing is owed
                 continue
-            if time.monotonic() - conn.last_pong > 3 * self.ping_interval + 1.0:
+            now = time.monotonic()
+            if (
+                conn.unanswered_since is not None
+                and now - conn.unanswered_since > 3 * self.ping_interval + 1.0
+            ):
                 await conn.ws.close(code=1008, message=b"pong timeout")
                 return
             await conn.ws.ping(b"sim")
             self.sent["ping"] += 1
+            if conn.unanswered_since is None:
+                conn.unanswered_since = now
 
     def targets(self, connection: int | None) -> list[Connection]:
         """The connections a fault aims at (all open ones for None)."""
@@ -271,17 +309,29 @@ class StreamHub:
             conn.send("error", [wire.ws_error(None, f"Invalid JSON: {data[:80]!r}")])
             return
         if not isinstance(request, dict):
-            conn.send("error", [wire.ws_error(None, "Invalid request: expected a JSON object")])
+            conn.send(
+                "error",
+                [wire.ws_error(None, "Invalid request: expected a JSON object")],
+            )
             return
-        request_id, method, params = request.get("id"), request.get("method"), request.get("params", [])
+        request_id, method, params = (
+            request.get("id"),
+            request.get("method"),
+            request.get("params", []),
+        )
         if method == "LIST_SUBSCRIPTIONS":
             conn.send("result", [wire.ws_result(request_id, sorted(conn.streams))])
             return
         if method not in ("SUBSCRIBE", "UNSUBSCRIBE"):
-            conn.send("error", [wire.ws_error(request_id, f"Unknown method: {method!r}")])
+            conn.send(
+                "error", [wire.ws_error(request_id, f"Unknown method: {method!r}")]
+            )
             return
         if not isinstance(params, list):
-            conn.send("error", [wire.ws_error(request_id, "Invalid request: params must be a list")])
+            conn.send(
+                "error",
+                [wire.ws_error(request_id, "Invalid request: params must be a list")],
+            )
             return
         try:
             streams = [parse_stream(name, self.by_stream_id) for name in params]
@@ -314,17 +364,21 @@ class StreamHub:
             started = time.monotonic()
             try:
                 self.tick(self.clock.now_ms())
-            except Exception:  # noqa: BLE001 - a bug in one tick must not end the stream
+            except Exception:
                 log.exception("sim.tick_failed")
             await self._wait_for_slow_clients()
-            await asyncio.sleep(max(0.0, self.emit_interval - (time.monotonic() - started)))
+            await asyncio.sleep(
+                max(0.0, self.emit_interval - (time.monotonic() - started))
+            )
 
     async def _wait_for_slow_clients(self) -> None:
         for conn in [c for c in self.connections.values() if c.backlog > MAX_BACKLOG]:
             try:
                 await asyncio.wait_for(conn.drained.wait(), SLOW_CONSUMER_S)
             except TimeoutError:
-                log.warning("sim.slow_consumer", connection=conn.id, backlog=conn.backlog)
+                log.warning(
+                    "sim.slow_consumer", connection=conn.id, backlog=conn.backlog
+                )
                 await conn.ws.close(code=1008, message=b"slow consumer")
 
     def tick(self, now_ms: int) -> None:
@@ -343,7 +397,9 @@ class StreamHub:
                 self._emit(symbol, streams, start, end)
                 self.cursor[symbol] = end
 
-    def _emit(self, symbol: str, streams: Iterable[Stream], start: int, end: int) -> None:
+    def _emit(
+        self, symbol: str, streams: Iterable[Stream], start: int, end: int
+    ) -> None:
         """Events of ``symbol`` for the simulated window ``(start, end]``."""
         spec = self.view.spec(symbol)
         trades = self.view.trades(symbol, start + 1, end + 1, end)
@@ -353,29 +409,47 @@ class StreamHub:
             elif stream.kind == "aggTrade":
                 frames = wire.agg_trade_frames(spec, trades)
             else:
-                frames = self._kline_frames(spec, stream.timeframe, trades.t, start, end)
+                frames = self._kline_frames(
+                    spec, stream.timeframe, trades.t, start, end
+                )
             for conn in self.subscribers.get(stream.name, ()):
                 conn.send(stream.kind, frames)
 
-    def _kline_frames(self, spec: SymbolSpec, timeframe: str, trade_times: Any, start: int, end: int) -> list[bytes]:
+    def _kline_frames(
+        self, spec: SymbolSpec, timeframe: str, trade_times: Any, start: int, end: int
+    ) -> list[bytes]:
         period = TIMEFRAMES[timeframe]
         view = self.view
         # candles whose close time T = t + period - 1 falls in (start, end]: final events
-        closed = view.candles(spec.symbol, timeframe, start - period + 2, end - period + 2, end)
+        closed = view.candles(
+            spec.symbol, timeframe, start - period + 2, end - period + 2, end
+        )
         frames = wire.kline_frames(spec, timeframe, period, closed, True, end)
         forming_open = floor_to(end, period)
-        if forming_open + period - 1 > end and len(trade_times) and trade_times[-1] >= forming_open:
-            forming = view.candles(spec.symbol, timeframe, forming_open, forming_open + period, end)
+        if (
+            forming_open + period - 1 > end
+            and len(trade_times)
+            and trade_times[-1] >= forming_open
+        ):
+            forming = view.candles(
+                spec.symbol, timeframe, forming_open, forming_open + period, end
+            )
             frames += wire.kline_frames(spec, timeframe, period, forming, False, end)
         return frames
 
     def stats(self) -> dict[str, Any]:
         """Connections, subscriptions and messages sent by type."""
         return {
-            "connections": {"open": len(self.connections), "total": self.total_connections, "ids": sorted(self.connections)},
+            "connections": {
+                "open": len(self.connections),
+                "total": self.total_connections,
+                "ids": sorted(self.connections),
+            },
             "subscriptions": {
                 "total": sum(len(c.streams) for c in self.connections.values()),
-                "streams": {name: len(conns) for name, conns in sorted(self.subscribers.items())},
+                "streams": {
+                    name: len(conns) for name, conns in sorted(self.subscribers.items())
+                },
             },
             "messages_sent": dict(self.sent),
         }

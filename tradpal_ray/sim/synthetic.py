@@ -67,32 +67,57 @@ def _rng(*key: int) -> np.random.Generator:
 
 
 def generate_day(
-    spec: SymbolSpec, params: WalkParams, seed: int, day: int, day_ms: int, open_ticks: int, first_id: int
+    spec: SymbolSpec,
+    params: WalkParams,
+    seed: int,
+    day: int,
+    day_ms: int,
+    open_ticks: int,
+    first_id: int,
 ) -> Bars:
     """The 1440 one-minute bars of day number ``day`` (since genesis) opening at ``open_ticks``."""
     rng = _rng(seed, spec.key, 0, day)
     sigma = params.volatility * math.exp(0.35 * rng.standard_normal())
     returns = rng.standard_normal(MINUTES_PER_DAY) * sigma
-    close = np.maximum(np.rint(open_ticks * np.exp(np.cumsum(returns))).astype(np.int64), 1)
+    close = np.maximum(
+        np.rint(open_ticks * np.exp(np.cumsum(returns))).astype(np.int64), 1
+    )
     opens = np.concatenate(([open_ticks], close[:-1])).astype(np.int64)
     wicks = rng.exponential(0.5 * sigma, (2, MINUTES_PER_DAY))
     top, bottom = np.maximum(opens, close), np.minimum(opens, close)
     high = top + np.rint(top * wicks[0]).astype(np.int64)
     low = np.maximum(bottom - np.rint(bottom * wicks[1]).astype(np.int64), 1)
-    counts = MIN_TRADES + rng.poisson(max(params.trades_per_minute - MIN_TRADES, 0.0), MINUTES_PER_DAY)
-    activity = rng.lognormal(0.0, 0.4, MINUTES_PER_DAY) * (1.0 + np.abs(returns) / sigma)
+    counts = MIN_TRADES + rng.poisson(
+        max(params.trades_per_minute - MIN_TRADES, 0.0), MINUTES_PER_DAY
+    )
+    activity = rng.lognormal(0.0, 0.4, MINUTES_PER_DAY) * (
+        1.0 + np.abs(returns) / sigma
+    )
     price = open_ticks / 10**spec.price_decimals
-    notional = params.notional_per_minute if spec.quote in STABLE_QUOTES else params.notional_per_minute / 40_000
+    notional = (
+        params.notional_per_minute
+        if spec.quote in STABLE_QUOTES
+        else params.notional_per_minute / 40_000
+    )
     mean_lots = notional / price * 10**spec.qty_decimals / 2.0  # E[activity] is about 2
     volume = np.maximum(np.rint(mean_lots * activity).astype(np.int64), counts)
     first = first_id + np.concatenate(([0], np.cumsum(counts)[:-1]))
     times = day_ms + np.arange(MINUTES_PER_DAY, dtype=np.int64) * MINUTE_MS
-    return Bars(t=times, o=opens, h=high, l=low, c=close, v=volume, n=counts.astype(np.int64), f=first)
+    return Bars(
+        t=times,
+        o=opens,
+        h=high,
+        l=low,
+        c=close,
+        v=volume,
+        n=counts.astype(np.int64),
+        f=first,
+    )
 
 
 def generate_minute_trades(spec: SymbolSpec, seed: int, bar: Bars) -> Trades:
     """The trades of a one-bar ``bar``: first at o, last at c, one at h and one at l, volume v exactly."""
-    open_ms, o, h, l, c, v, n, f = (int(getattr(bar, name)[0]) for name in Bars.FIELDS)  # noqa: E741
+    open_ms, o, h, l, c, v, n, f = (int(getattr(bar, name)[0]) for name in Bars.FIELDS)
     rng = _rng(seed, spec.key, 1, open_ms // MINUTE_MS)
     prices = rng.integers(l, h + 1, n, dtype=np.int64)
     prices[0], prices[-1] = o, c
@@ -109,7 +134,9 @@ def generate_minute_trades(spec: SymbolSpec, seed: int, bar: Bars) -> Trades:
     qty += 1
     times = open_ms + np.sort(rng.integers(0, MINUTE_MS, n, dtype=np.int64))
     maker = rng.random(n) < 0.5
-    return Trades(id=f + np.arange(n, dtype=np.int64), t=times, p=prices, q=qty, m=maker)
+    return Trades(
+        id=f + np.arange(n, dtype=np.int64), t=times, p=prices, q=qty, m=maker
+    )
 
 
 class SyntheticSource:
@@ -131,14 +158,18 @@ class SyntheticSource:
         self.params = params or WalkParams()
         if self.params.trades_per_minute < MIN_TRADES:
             raise ConfigError(f"trades_per_minute must be at least {MIN_TRADES}")
-        self.genesis_ms = floor_to(to_ms(genesis) if genesis is not None else DEFAULT_GENESIS_MS, DAY_MS)
+        self.genesis_ms = floor_to(
+            to_ms(genesis) if genesis is not None else DEFAULT_GENESIS_MS, DAY_MS
+        )
         self._specs: dict[str, SymbolSpec] = {}
         self._start_ticks: dict[str, int] = {}
         for symbol in symbols:
             price = initial_price(symbol)
             spec = SymbolSpec.for_price(symbol, price)
             self._specs[spec.symbol] = spec
-            self._start_ticks[spec.symbol] = max(1, round(price * 10**spec.price_decimals))
+            self._start_ticks[spec.symbol] = max(
+                1, round(price * 10**spec.price_decimals)
+            )
         if not self._specs:
             raise ConfigError("no symbols to simulate")
         # per symbol: open ticks and first trade id of day 0, 1, 2, ... (grown on demand)
@@ -170,12 +201,20 @@ class SyntheticSource:
 
     def _make_day(self, symbol: str, day: int) -> Bars:
         opens, first_ids = self._chain[symbol]
-        while len(opens) <= day:  # cumulative pass: each day opens where the previous closed
+        while (
+            len(opens) <= day
+        ):  # cumulative pass: each day opens where the previous closed
             previous = self.day(symbol, len(opens) - 1)
             opens.append(int(previous.c[-1]))
             first_ids.append(int(previous.f[-1] + previous.n[-1]))
         return generate_day(
-            self._specs[symbol], self.params, self.seed, day, self.genesis_ms + day * DAY_MS, opens[day], first_ids[day]
+            self._specs[symbol],
+            self.params,
+            self.seed,
+            day,
+            self.genesis_ms + day * DAY_MS,
+            opens[day],
+            first_ids[day],
         )
 
     def bars(self, symbol: str, start_ms: int, end_ms: int) -> Bars:
@@ -185,16 +224,25 @@ class SyntheticSource:
             return Bars.empty()
         first_day = (start - self.genesis_ms) // DAY_MS
         last_day = (end_ms - 1 - self.genesis_ms) // DAY_MS
-        return Bars.concat([self.day(symbol, d).between(start, end_ms) for d in range(first_day, last_day + 1)])
+        return Bars.concat(
+            [
+                self.day(symbol, d).between(start, end_ms)
+                for d in range(first_day, last_day + 1)
+            ]
+        )
 
     def bar_trades(self, symbol: str, open_ms: int) -> Trades:
         """Trades of the minute opening at ``open_ms`` (cached)."""
         if open_ms < self.genesis_ms or open_ms % MINUTE_MS:
             return Trades.empty()
-        return self._trades.get((symbol, open_ms), lambda: self._make_trades(symbol, open_ms))
+        return self._trades.get(
+            (symbol, open_ms), lambda: self._make_trades(symbol, open_ms)
+        )
 
     def _make_trades(self, symbol: str, open_ms: int) -> Trades:
         index = (open_ms - self.genesis_ms) // MINUTE_MS
         day = self.day(symbol, index // MINUTES_PER_DAY)
         minute = index % MINUTES_PER_DAY
-        return generate_minute_trades(self._specs[symbol], self.seed, day.take(slice(minute, minute + 1)))
+        return generate_minute_trades(
+            self._specs[symbol], self.seed, day.take(slice(minute, minute + 1))
+        )

@@ -28,9 +28,24 @@ def exchange_symbol(spec: SymbolSpec) -> dict[str, Any]:
         "permissions": [],
         "permissionSets": [["SPOT"]],
         "filters": [
-            {"filterType": "PRICE_FILTER", "minPrice": tick, "maxPrice": "10000000", "tickSize": tick},
-            {"filterType": "LOT_SIZE", "minQty": step, "maxQty": "90000000", "stepSize": step},
-            {"filterType": "NOTIONAL", "minNotional": "5", "applyMinToMarket": True, "maxNotional": "9000000"},
+            {
+                "filterType": "PRICE_FILTER",
+                "minPrice": tick,
+                "maxPrice": "10000000",
+                "tickSize": tick,
+            },
+            {
+                "filterType": "LOT_SIZE",
+                "minQty": step,
+                "maxQty": "90000000",
+                "stepSize": step,
+            },
+            {
+                "filterType": "NOTIONAL",
+                "minNotional": "5",
+                "applyMinToMarket": True,
+                "maxNotional": "9000000",
+            },
         ],
     }
 
@@ -39,7 +54,11 @@ def _quote_parts(spec: SymbolSpec, bars: Bars, i: int) -> tuple[str, str, str]:
     """Quote volume, taker-buy base and taker-buy quote volume of bar ``i`` (priced at its mid)."""
     mid = (int(bars.h[i]) + int(bars.l[i])) // 2
     volume = int(bars.v[i])
-    return spec.notional(volume, mid), spec.qty(volume // 2), spec.notional(volume // 2, mid)
+    return (
+        spec.notional(volume, mid),
+        spec.qty(volume // 2),
+        spec.notional(volume // 2, mid),
+    )
 
 
 def kline_rows(spec: SymbolSpec, period_ms: int, bars: Bars) -> list[list[Any]]:
@@ -57,7 +76,14 @@ def kline_rows(spec: SymbolSpec, period_ms: int, bars: Bars) -> list[list[Any]]:
     return rows
 
 
-def kline_frames(spec: SymbolSpec, timeframe: str, period_ms: int, bars: Bars, closed: bool, event_ms: int) -> list[bytes]:
+def kline_frames(
+    spec: SymbolSpec,
+    timeframe: str,
+    period_ms: int,
+    bars: Bars,
+    closed: bool,
+    event_ms: int,
+) -> list[bytes]:
     """Kline stream events for ``bars`` (``"x": closed``)."""
     frames = []
     for i in range(len(bars)):
@@ -70,11 +96,15 @@ def kline_frames(spec: SymbolSpec, timeframe: str, period_ms: int, bars: Bars, c
             "l": spec.price(bars.l[i]), "v": spec.qty(bars.v[i]), "n": n, "x": closed,
             "q": quote, "V": taker_base, "Q": taker_quote, "B": "0",
         }  # fmt: skip
-        frames.append(orjson.dumps({"e": "kline", "E": event_ms, "s": spec.id, "k": kline}))
+        frames.append(
+            orjson.dumps({"e": "kline", "E": event_ms, "s": spec.id, "k": kline})
+        )
     return frames
 
 
-def _trade_columns(spec: SymbolSpec, trades: Trades) -> Iterator[tuple[int, int, str, str, bool]]:
+def _trade_columns(
+    spec: SymbolSpec, trades: Trades
+) -> Iterator[tuple[int, int, str, str, bool]]:
     """Per trade: id, time, price string, quantity string, buyer-is-maker."""
     pd, qd = spec.price_decimals, spec.qty_decimals
     prices = [fmt_decimal(p, pd) for p in trades.p.tolist()]
@@ -118,12 +148,24 @@ def agg_trade_rows(spec: SymbolSpec, trades: Trades) -> list[dict[str, Any]]:
 def trade_rows(spec: SymbolSpec, trades: Trades) -> list[dict[str, Any]]:
     """``/api/v3/trades`` rows."""
     return [
-        {"id": i, "price": p, "qty": q, "quoteQty": spec.notional(qi, pi), "time": t, "isBuyerMaker": m, "isBestMatch": True}
-        for (i, t, p, q, m), pi, qi in zip(_trade_columns(spec, trades), trades.p.tolist(), trades.q.tolist())
+        {
+            "id": i,
+            "price": p,
+            "qty": q,
+            "quoteQty": spec.notional(qi, pi),
+            "time": t,
+            "isBuyerMaker": m,
+            "isBestMatch": True,
+        }
+        for (i, t, p, q, m), pi, qi in zip(
+            _trade_columns(spec, trades), trades.p.tolist(), trades.q.tolist()
+        )
     ]
 
 
-def ticker_24h(spec: SymbolSpec, day: Bars, now_ms: int, last_qty: int) -> dict[str, Any]:
+def ticker_24h(
+    spec: SymbolSpec, day: Bars, now_ms: int, last_qty: int
+) -> dict[str, Any]:
     """``/api/v3/ticker/24hr`` entry from the base bars of the last 24 hours."""
     if not len(day):
         zero = spec.price(0)

@@ -1,0 +1,29 @@
+"""The README's Python examples run as written."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from backtesting.test import GOOG
+
+from tradpal_ray.backtest import backtest, get_strategy
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_python_examples_run() -> None:
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    assert blocks
+    for block in blocks:
+        exec(compile(block, str(README), "exec"), {})
+    result = backtest(GOOG, "golden_cross", {"fast": 20, "slow": 100})
+    assert get_strategy("golden_cross").params.keys() == {"fast", "slow"}
+    assert result.stats["trades"] > 0
+
+
+def test_readme_opens_with_the_two_setup_commands() -> None:
+    first_block = re.search(r"```bash\n(.*?)```", README.read_text(), flags=re.S)
+    assert first_block is not None
+    commands = [line.split("#")[0].strip() for line in first_block.group(1).splitlines() if line.strip()]
+    assert commands == ["make demo", "make test"]
