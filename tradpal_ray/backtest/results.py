@@ -34,6 +34,11 @@ from tradpal_ray.market.store import encode_key
 from tradpal_ray.storage import open_filesystem, write_atomic
 
 RUN_STATUSES = ("running", "complete", "partial", "failed")
+HEADLINE_STATS = {
+    "trades": "trades", "return_pct": "return %", "max_drawdown_pct": "max dd %",
+    "win_rate_pct": "win %", "sharpe": "sharpe",
+}
+"""The statistics that summaries (CLI tables, reports) show, with their column headers."""
 _RUN_ID = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 _CHUNK = re.compile(r"^chunk-(\d+)\.parquet$")
 
@@ -97,6 +102,11 @@ def result_id(symbol: str, params: dict[str, Any]) -> str:
     """Stable id of one (symbol, parameters) result: the same inputs give the same id in every run."""
     key = orjson.dumps({"symbol": symbol, "params": params}, option=orjson.OPT_SORT_KEYS)
     return hashlib.blake2b(key, digest_size=8).hexdigest()
+
+
+def params_label(params: str) -> str:
+    """A stored params JSON as a label: ``'{"fast":10,"slow":30}'`` -> ``'fast=10 slow=30'``."""
+    return " ".join(f"{key}={value}" for key, value in orjson.loads(params).items())
 
 
 def new_run_id(strategy: str) -> str:

@@ -18,6 +18,7 @@ from rich.table import Table
 
 from tradpal_ray.backtest import STAT_NAMES, BacktestConfig, parse_grid
 from tradpal_ray.backtest.distributed import SweepOutcome, SweepRequest, run_sweep
+from tradpal_ray.backtest.results import HEADLINE_STATS, params_label
 from tradpal_ray.cli.app import ExchangeOption, StoreOption, app, console, settings_for, split_list
 from tradpal_ray.cli.backtest import (
     CashOption,
@@ -38,11 +39,6 @@ from tradpal_ray.cli.backtest import (
 from tradpal_ray.cluster import connect
 from tradpal_ray.errors import ConfigError
 
-SHOWN_STATS = {
-    "trades": "trades", "return_pct": "return %", "max_drawdown_pct": "max dd %",
-    "win_rate_pct": "win %", "sharpe": "sharpe",
-}
-"""Statistics in the human tables, with their column headers."""
 
 
 @app.command()
@@ -158,18 +154,13 @@ def render(outcome: SweepOutcome, top: int) -> None:
     console.print(f"run [bold]{manifest.run_id}[/bold]: {manifest.status}, {manifest.results} results", highlight=False)
 
 
-def params_label(params: str) -> str:
-    """``'{"fast":10,"slow":30}'`` -> ``'fast=10 slow=30'``."""
-    return " ".join(f"{key}={value}" for key, value in orjson.loads(params).items())
-
-
 def _table(title: str, frame: pd.DataFrame) -> None:
     table = Table("symbol", title=title)
     table.add_column("params", no_wrap=True)
-    for header in SHOWN_STATS.values():
+    for header in HEADLINE_STATS.values():
         table.add_column(header, justify="right")
     for row in frame.to_dict("records"):
-        table.add_row(row["symbol"], params_label(row["params"]), *(_cell(row[name]) for name in SHOWN_STATS))
+        table.add_row(row["symbol"], params_label(row["params"]), *(_cell(row[name]) for name in HEADLINE_STATS))
     console.print(table)
 
 

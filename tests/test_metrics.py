@@ -1,0 +1,42 @@
+"""Our ray.util.metrics reach the node's Prometheus export port, as the dashboard reads them."""
+
+from __future__ import annotations
+
+import time
+import urllib.request
+
+import pytest
+import ray
+from backtesting.test import GOOG
+
+from tradpal_ray.backtest.distributed import SweepRequest, run_sweep
+from tradpal_ray.market import CandleStore, candles_table
+
+
+def scrape_until(names: set[str], timeout: float = 45.0) -> dict[str, float]:
+    """Scrape every node's export port until each metric in ``names`` shows a sample; their summed values."""
+    ports = [node["MetricsExportPort"] for node in ray.nodes() if node["Alive"]]
+    deadline = time.monotonic() + timeout
+    found: dict[str, float] = {}
+    while time.monotonic() < deadline:
+        found = {}
+        for port in ports:
+            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+            for line in text.splitlines():
+                name = line.split("{", 1)[0].split(" ", 1)[0]
+                if not line.startswith("#") and name in names:
+                    found[name] = found.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
+        if names <= found.keys():
+            return found
+        time.sleep(1.0)  # polling an exporter that flushes every few seconds
+    pytest.fail(f"metrics never exported: {sorted(names - found.keys())}")
+
+
+def test_sweep_metrics_are_exported(ray_session: None, tmp_path: pytest.TempPathFactory) -> None:
+    frame = GOOG.rename(columns=str.lower)
+    CandleStore(tmp_path).write(candles_table(frame, exchange="test", symbol="GOOG/USD", timeframe="1d"))
+    request = SweepRequest(strategy="sma_cross", grid={"fast": [5, 10], "slow": [20, 30, 40]}, symbols=["GOOG/USD"],
+                           exchange="test", timeframe="1d")
+    run_sweep(request, store=str(tmp_path), keep_best=0)
+    found = scrape_until({"ray_tradpal_sweep_backtests_total", "ray_tradpal_sweep_chunk_seconds_count"})
+    assert found["ray_tradpal_sweep_backtests_total"] >= 6

@@ -1,0 +1,104 @@
+"""scripts/backtest_universe.py as `ray submit` runs it: the script alone, in another directory, as a process."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pandas as pd
+import pytest
+from backtesting.test import GOOG
+
+from tradpal_ray.backtest import BacktestConfig, sweep
+from tradpal_ray.errors import ConfigError
+from tradpal_ray.market import CandleStore, candles_table
+from tradpal_ray.market.store import SeriesInfo
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "backtest_universe.py"
+
+
+def goog(scale: float = 1.0) -> pd.DataFrame:
+    frame = GOOG.copy()
+    frame.columns = [c.lower() for c in frame.columns]
+    frame[["open", "high", "low", "close"]] *= scale
+    return frame
+
+
+@pytest.fixture(scope="module")
+def script_module() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("backtest_universe", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def lone_script(tmp_path: Path) -> Path:
+    """The script copied alone into an empty directory, as `ray submit` copies it to ~/ on the head."""
+    home = tmp_path / "home"
+    home.mkdir()
+    return Path(shutil.copy(SCRIPT, home))
+
+
+def run_script(script: Path, *args: str, ray_address: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
+    if ray_address:
+        env["RAY_ADDRESS"] = ray_address
+    return subprocess.run([sys.executable, str(script), *args], check=False, cwd=script.parent, env=env,
+                          capture_output=True, text=True, timeout=240)
+
+
+def test_universe_is_every_stored_symbol_of_the_exchange_and_timeframe(script_module: ModuleType) -> None:
+    series = [SeriesInfo("test", s, tf, 10, 0, 1) for s, tf in [("B/USD", "1d"), ("A/USD", "1d"), ("A/USD", "1h")]]
+    series.append(SeriesInfo("other", "C/USD", "1d", 10, 0, 1))
+    assert script_module.universe(series, "test", "1d") == ("1d", ["A/USD", "B/USD"])
+    assert script_module.universe(series, "other", None) == ("1d", ["C/USD"])
+    with pytest.raises(ConfigError, match="give --timeframe: the store has 1d, 1h test candles"):
+        script_module.universe(series, "test", None)
+    with pytest.raises(ConfigError, match="no test 4h candles"):
+        script_module.universe(series, "test", "4h")
+
+
+def test_joins_the_running_cluster_sweeps_the_store_universe_and_prints_json(
+    ray_session: None, lone_script: Path, tmp_path: Path
+) -> None:
+    import ray
+    from ray._private.state import jobs
+
+    drivers_before = len(jobs())
+
+    store = CandleStore(tmp_path / "store")
+    for symbol, scale in [("GOOG/USD", 1.0), ("GOOG2/USD", 0.37)]:
+        store.write(candles_table(goog(scale), exchange="test", symbol=symbol, timeframe="1d"))
+    store.write(candles_table(goog(), exchange="elsewhere", symbol="NOT/USD", timeframe="1d"))
+
+    done = run_script(lone_script, "--store", str(tmp_path / "store"), "--exchange", "test", "--grid", "fast=5,10",
+                      "--grid", "slow=20,30", "--metric", "return_pct", "--top", "0", "--json",
+                      ray_address=ray.get_runtime_context().gcs_address)
+    assert done.returncode == 0, done.stderr
+    assert len(jobs()) == drivers_before + 1  # it joined the session's cluster as a new driver
+    doc = json.loads(done.stdout)
+    assert doc["status"] == "complete" and doc["metric"] == "return_pct" and doc["errors"] == {}
+    assert {row["symbol"] for row in doc["results"]} == {"GOOG/USD", "GOOG2/USD"} and len(doc["results"]) == 8
+    returns = [row["stats"]["return_pct"] for row in doc["results"]]
+    assert returns == sorted(returns, reverse=True)
+    expected = sweep(goog(), "sma_cross", {"fast": [5, 10], "slow": [20, 30]}, BacktestConfig()).set_index(["fast", "slow"])
+    for row in doc["results"]:
+        if row["symbol"] == "GOOG/USD":
+            key = (row["params"]["fast"], row["params"]["slow"])
+            assert row["stats"]["final_equity"] == pytest.approx(expected.loc[key, "final_equity"], rel=1e-12)
+
+
+def test_help_and_bad_input(lone_script: Path, tmp_path: Path) -> None:
+    shown = run_script(lone_script, "--help")
+    assert shown.returncode == 0
+    assert all(option in shown.stdout for option in ("--symbols", "--timeframe", "--grid", "--metric", "--top", "--json"))
+
+    empty = run_script(lone_script, "--store", str(tmp_path / "empty"), "--exchange", "test", "--grid", "fast=5")
+    assert empty.returncode == 2 and empty.stderr.strip() == "error: give --timeframe: the store has no test candles"
