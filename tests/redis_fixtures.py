@@ -50,34 +50,48 @@ def wait_for(condition: Callable[[], Any], timeout: float = 10.0, interval: floa
 
 
 class RedisProcess:
-    """A redis-server on 127.0.0.1:``port`` (no persistence) that can be killed and restarted."""
+    """A redis-server on 127.0.0.1:``port`` (no persistence) that can be killed and restarted.
 
-    def __init__(self, workdir: Path, port: int | None = None, password: str | None = None, extra: list[str] | None = None) -> None:
+    ``tls``: serve TLS only, with a self-signed certificate for 127.0.0.1 (made with openssl).
+    """
+
+    def __init__(self, workdir: Path, port: int | None = None, password: str | None = None, tls: bool = False) -> None:
         self.workdir = workdir
         self.port = port or free_port()
         self.password = password
-        self.extra = extra or []
+        self.cert = workdir / "redis-cert.pem" if tls else None
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        """redis:// URL (with the password if any)."""
+        """redis:// (or rediss:// with the CA file) URL, with the password if any."""
         auth = f":{self.password}@" if self.password else ""
+        if self.cert:
+            return f"rediss://{auth}127.0.0.1:{self.port}/0?ssl_ca_certs={self.cert}"
         return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self) -> RedisProcess:
         """Start the server and wait until it answers PING."""
         args = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                "--dir", str(self.workdir), *self.extra]
+                "--dir", str(self.workdir)]
         if self.password:
             args += ["--requirepass", self.password]
+        if self.cert:
+            key = self.workdir / "redis-key.pem"
+            if not self.cert.exists():
+                subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
+                                "-out", str(self.cert), "-days", "1", "-subj", "/CN=127.0.0.1",
+                                "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True, timeout=60)
+            args[1:3] = ["--port", "0"]
+            args += ["--tls-port", str(self.port), "--tls-cert-file", str(self.cert), "--tls-key-file", str(key),
+                     "--tls-ca-cert-file", str(self.cert), "--tls-auth-clients", "no"]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for(self.ping, what=f"redis-server on port {self.port}")
         return self
 
     def client(self) -> redis.Redis:
         """A synchronous client (for test set-up and inspection)."""
-        return redis.Redis(host="127.0.0.1", port=self.port, password=self.password, socket_timeout=1)
+        return redis.Redis.from_url(self.url, socket_timeout=1)
 
     def ping(self) -> bool:
         """True if the server answers."""

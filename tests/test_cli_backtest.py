@@ -12,7 +12,6 @@ import pytest
 from backtesting.test import GOOG
 
 from tradpal_ray.backtest import BacktestConfig, backtest
-from tradpal_ray.cli import main
 from tradpal_ray.cli.app import console
 
 

@@ -54,6 +54,11 @@ class Settings(BaseSettings):
         return self.model_validate({**self.model_dump(), **given}) if given else self
 
 
+def split_list(value: str | None) -> list[str]:
+    """A comma-separated setting as a list: ``"a, b,c"`` -> ``["a", "b", "c"]``; empty -> ``[]``."""
+    return [item.strip() for item in (value or "").split(",") if item.strip()]
+
+
 def load_settings(**flags: Any) -> Settings:
     """Settings from the environment, with explicit CLI flags on top."""
     return Settings().override(**flags)

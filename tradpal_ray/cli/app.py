@@ -50,8 +50,3 @@ def settings_for(**flags: object) -> Settings:
         raise ConfigError(f"bad setting: {problems}") from None
     configure_logging(settings.log_level, settings.log_format)
     return settings
-
-
-def split_list(value: str | None) -> list[str]:
-    """``"a, b,c"`` -> ``["a", "b", "c"]``; empty or None -> ``[]``."""
-    return [item.strip() for item in (value or "").split(",") if item.strip()]

@@ -17,9 +17,8 @@ from tradpal_ray.cli.app import (
     app,
     console,
     settings_for,
-    split_list,
 )
-from tradpal_ray.config import Settings
+from tradpal_ray.config import Settings, split_list
 from tradpal_ray.errors import ConfigError
 from tradpal_ray.market import create_exchange, to_ms
 from tradpal_ray.market.backfill import BackfillReport, backfill

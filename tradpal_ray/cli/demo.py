@@ -15,11 +15,11 @@ from rich.progress import Progress
 
 from tradpal_ray.backtest import BacktestConfig
 from tradpal_ray.backtest.distributed import SweepOutcome, SweepRequest, run_sweep
-from tradpal_ray.cli.app import StoreOption, app, console, settings_for, split_list
+from tradpal_ray.cli.app import StoreOption, app, console, settings_for
 from tradpal_ray.cli.data import print_store, run_backfill
 from tradpal_ray.cli.sweep import render
 from tradpal_ray.cluster import connect
-from tradpal_ray.config import Settings
+from tradpal_ray.config import Settings, split_list
 from tradpal_ray.errors import ConfigError
 from tradpal_ray.market import CandleStore
 

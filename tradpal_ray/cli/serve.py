@@ -44,6 +44,8 @@ def serve(
     if fast:
         os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
         os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
+    for drain in ("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "RAY_SERVE_PROXY_MIN_DRAINING_PERIOD_S"):
+        os.environ.setdefault(drain, "2")  # one node: Ctrl-C need not wait 30 s for load balancers
 
     import ray
     from ray import serve as ray_serve

@@ -19,7 +19,8 @@ from rich.table import Table
 from tradpal_ray.backtest import STAT_NAMES, BacktestConfig, parse_grid
 from tradpal_ray.backtest.distributed import SweepOutcome, SweepRequest, run_sweep
 from tradpal_ray.backtest.results import HEADLINE_STATS, params_label
-from tradpal_ray.cli.app import ExchangeOption, StoreOption, app, console, settings_for, split_list
+from tradpal_ray.config import split_list
+from tradpal_ray.cli.app import ExchangeOption, StoreOption, app, console, settings_for
 from tradpal_ray.cli.backtest import (
     CashOption,
     DataOption,

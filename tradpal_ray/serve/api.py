@@ -7,6 +7,7 @@ decoded and re-encoded). ``/`` is left free for the HTML page.
 
 from __future__ import annotations
 
+import gc
 import hmac
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -46,7 +47,7 @@ def api_key_guard(keys: Sequence[str]) -> Any:
     header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False, description="Required when the API is bound off loopback.")
     encoded = [key.encode() for key in keys]
 
-    async def check(key: Annotated[str | None, Depends(header)]) -> None:
+    async def check(key: str | None = Depends(header)) -> None:
         given = (key or "").encode()
         if not any(hmac.compare_digest(given, k) for k in encoded):
             raise _Unauthorized
@@ -72,6 +73,7 @@ def build_app(
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         if manage_service:
             await service.start()
+            gc.freeze()  # see StatsDeployment: keeps full collections off the request path
         try:
             yield
         finally:

@@ -13,6 +13,7 @@ Serve shows in its config and dashboard.
 
 from __future__ import annotations
 
+import gc
 import os
 from typing import Any
 
@@ -97,6 +98,9 @@ class StatsDeployment:
         self.app = build_app(self.service, require_key=not is_loopback(bound), api_keys=api.keys(),
                              cors_origins=api.origins(), manage_service=False)
         await self.service.start()
+        # Everything allocated so far (pandas, pyarrow, FastAPI...) lives as long as the replica:
+        # move it out of the cyclic GC's reach. Full collections over it cost p99 150-200 ms here.
+        gc.freeze()
         log.info("stats.replica.ready", store=settings.store, host=bound, api_key_required=not is_loopback(bound))
 
     async def __call__(self, request: Request) -> Response:

@@ -7,7 +7,7 @@ import ipaddress
 from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from tradpal_ray.cli.app import split_list
+from tradpal_ray.config import split_list
 
 
 class ServeSettings(BaseSettings):

@@ -5,9 +5,9 @@
 * After a failure the cache is *degraded*: Redis is skipped for ``retry_after`` seconds
   (answers come from the stores), then one request probes it again; success resumes
   caching. Going down and coming back are each logged once.
-* Single-flight: concurrent requests for the same cold key share one computation; the
-  result stays shared for ``share_s`` after it completes, which closes the race with
-  requests whose Redis read was already in flight.
+* Single-flight: concurrent requests for one key share one lookup, and on a miss one
+  computation; the shared task ends after the value is written back, so a request that
+  arrives later finds it in Redis.
 * Values are bytes (orjson or Arrow IPC, produced by the caller); a value that fails the
   caller's validation is a miss, never a crash. Nothing is pickled.
 """
@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -43,13 +44,11 @@ class RedisCache:
         timeout: float = 0.1,
         retry_after: float = 1.0,
         max_connections: int = 64,
-        share_s: float = 0.5,
         metrics: CacheMetrics | None = None,
     ) -> None:
         self.prefix = prefix
         self.timeout = timeout
         self.retry_after = retry_after
-        self.share_s = share_s
         self.metrics = metrics or CacheMetrics()
         self.url = redact(url) if url else None
         self._redis: aioredis.Redis | None = None
@@ -62,6 +61,7 @@ class RedisCache:
         self._down_until = 0.0
         self._down = False
         self._inflight: dict[str, asyncio.Future[bytes]] = {}
+        """key -> the lookup in flight for it (single-flight)."""
 
     @property
     def available(self) -> bool:
@@ -127,11 +127,23 @@ class RedisCache:
     async def get_or_compute(
         self, kind: str, key: str, ttl: float, compute: Callable[[], Awaitable[bytes]], valid: Validator
     ) -> bytes:
-        """Cached bytes of ``key`` if present and ``valid``; else ``compute()`` once for all concurrent callers."""
-        shared = self._inflight.get(key)
-        if shared is not None:
+        """Cached bytes of ``key`` if present and ``valid``, else ``compute()`` (then cached).
+
+        Concurrent callers for one key share a single lookup (and computation) that runs as
+        its own task, so a caller that goes away does not cancel it for the others.
+        """
+        task = self._inflight.get(key)
+        if task is None:
+            task = asyncio.ensure_future(self._lookup(kind, key, ttl, compute, valid))
+            self._inflight[key] = task
+            task.add_done_callback(functools.partial(self._forget, key))
+        else:
             self.metrics.count(kind, "shared")
-            return await asyncio.shield(shared)
+        return await asyncio.shield(task)
+
+    async def _lookup(
+        self, kind: str, key: str, ttl: float, compute: Callable[[], Awaitable[bytes]], valid: Validator
+    ) -> bytes:
         cached = await self.get(key)
         if cached is not None:
             if valid(cached):
@@ -139,29 +151,16 @@ class RedisCache:
                 return cached
             self.metrics.count(kind, "invalid")
             log.warning("stats.cache.invalid_value", kind=kind, key=key)
-        shared = self._inflight.get(key)
-        if shared is not None:
-            self.metrics.count(kind, "shared")
-            return await asyncio.shield(shared)
-        self.metrics.count(kind, "miss" if self.available else "degraded")
-        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        self._inflight[key] = future
-        try:
-            started = time.perf_counter()
-            value = await compute()
-            self.metrics.compute_latency(kind, time.perf_counter() - started)
-        except BaseException as exc:
-            self._inflight.pop(key, None)
-            future.set_exception(exc)
-            future.exception()  # retrieved here: waiters re-raise it, nobody else needs to
-            raise
-        future.set_result(value)
-        try:
-            await self.set(key, value, ttl)
-        finally:
-            asyncio.get_running_loop().call_later(self.share_s, self._forget, key, future)
+        else:
+            self.metrics.count(kind, "miss" if self.available else "degraded")
+        started = time.perf_counter()
+        value = await compute()
+        self.metrics.compute_latency(kind, time.perf_counter() - started)
+        await self.set(key, value, ttl)
         return value
 
-    def _forget(self, key: str, future: asyncio.Future[bytes]) -> None:
-        if self._inflight.get(key) is future:
+    def _forget(self, key: str, task: asyncio.Future[bytes]) -> None:
+        if self._inflight.get(key) is task:
             del self._inflight[key]
+        if not task.cancelled():
+            task.exception()  # retrieved: the callers awaiting it re-raise it

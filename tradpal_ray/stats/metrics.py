@@ -8,7 +8,7 @@ from collections import Counter, deque
 from typing import Any
 
 OUTCOMES = ("hit", "miss", "shared", "invalid", "degraded")
-"""hit: valid bytes from Redis; miss: computed, Redis up; shared: joined a computation in
+"""hit: valid bytes from Redis; miss: computed, Redis up; shared: joined a lookup in
 flight; invalid: Redis held bytes that failed validation (then computed); degraded:
 computed while Redis was down or slow."""
 _SAMPLES = 2048

@@ -17,9 +17,9 @@ import orjson
 import pandas as pd
 import pyarrow as pa
 
+from tradpal_ray.backtest import rank
 from tradpal_ray.backtest.metrics import STAT_NAMES
 from tradpal_ray.backtest.results import ResultStore, RunManifest
-from tradpal_ray.backtest import rank
 from tradpal_ray.errors import ConfigError
 from tradpal_ray.feeds.status_store import FeedStatusStore
 from tradpal_ray.market.store import CandleStore
@@ -71,9 +71,9 @@ def _pnl_stats(trades: pd.DataFrame) -> dict[str, Any]:
     wins, losses = pnl[pnl > 0], pnl[pnl < 0]
     gross_loss = -losses.sum()
     return {
-        "closed": int(len(pnl)),
-        "wins": int(len(wins)),
-        "losses": int(len(losses)),
+        "closed": len(pnl),
+        "wins": len(wins),
+        "losses": len(losses),
         "win_rate_pct": float(len(wins) / len(pnl) * 100) if len(pnl) else None,
         "pnl_total": float(pnl.sum()),
         "pnl_mean": float(pnl.mean()) if len(pnl) else None,
@@ -122,13 +122,13 @@ class StatsQueries:
                 finite = values[np.isfinite(values)]
                 best = rows.iloc[0]
                 per_symbol.append({
-                    "symbol": symbol, "results": int(len(rows)), "best_result_id": best["result_id"],
+                    "symbol": symbol, "results": len(rows), "best_result_id": best["result_id"],
                     "best_params": orjson.loads(best["params"]), "best": float(best[metric]),
                     "median": float(np.median(finite)) if len(finite) else None,
                     "mean_return_pct": float(rows["return_pct"].mean()),
                 })
         doc = orjson.loads(manifest.to_json())
-        doc["summary"] = {"results": int(len(frame)), "metric": manifest.metric, "symbols": per_symbol}
+        doc["summary"] = {"results": len(frame), "metric": manifest.metric, "symbols": per_symbol}
         return doc
 
     def leaderboard(
@@ -163,7 +163,7 @@ class StatsQueries:
         rows = rank(frame, metric).head(top) if len(frame) else frame
         return {
             "run_id": run_id, "metric": metric, "strategy": manifest.strategy, "timeframe": manifest.timeframe,
-            "total": int(len(frame)), "results": _records(rows),
+            "total": len(frame), "results": _records(rows),
         }
 
     def equity(self, run_id: str, rid: str) -> dict[str, Any]:
@@ -191,9 +191,9 @@ class StatsQueries:
         for manifest in self.results.runs():
             if (exchange and manifest.exchange != exchange) or (timeframe and manifest.timeframe != timeframe):
                 continue
-            if symbol and symbol not in manifest.symbols:
-                continue
-            frame = self.results.results(manifest.run_id, symbol)
+            frame = self.results.results(manifest.run_id)  # a data-file run lists no symbols: filter the rows
+            if symbol and len(frame):
+                frame = frame[frame["symbol"] == symbol]
             for sym, rows in (frame.groupby("symbol", sort=False) if len(frame) else []):
                 groups.setdefault((manifest.exchange, sym, manifest.timeframe), []).append(rows)
         if symbol and not groups and symbol not in {s.symbol for s in self.candles.series()}:
@@ -204,7 +204,7 @@ class StatsQueries:
             best = rank(rows, "sharpe").iloc[0]
             out.append({
                 "exchange": exch, "symbol": sym, "timeframe": tf, "runs": int(rows["run_id"].nunique()),
-                "results": int(len(rows)),
+                "results": len(rows),
                 "best": {"run_id": best["run_id"], "result_id": best["result_id"], "strategy": best["strategy"],
                          "params": orjson.loads(best["params"]), "sharpe": float(best["sharpe"]),
                          "return_pct": float(best["return_pct"])},
@@ -260,7 +260,7 @@ class StatsQueries:
             raise ConfigError(f"status must be one of {', '.join(TRADE_STATUSES)}")
         frame = (table if table is not None else self.trades_table()).to_pandas()
         open_ = int((frame["exit_reason"] == "open").sum())
-        counts = {"all": int(len(frame)), "open": open_, "closed": int(len(frame)) - open_}
+        counts = {"all": len(frame), "open": open_, "closed": len(frame) - open_}
         return {"status": status, "count": counts[status], **counts}
 
     def trade_stats(self, table: pa.Table | None = None) -> dict[str, Any]:

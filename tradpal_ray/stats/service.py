@@ -91,6 +91,7 @@ class StatsService:
         timeout: float = 0.1,
         retry_after: float = 1.0,
         version_interval: float = 0.5,
+        warm_up: bool = True,
         warm_runs: int = 3,
         metrics: CacheMetrics | None = None,
     ) -> None:
@@ -102,6 +103,7 @@ class StatsService:
                                 retry_after=retry_after, metrics=self.metrics)
         self.ttls = {**DEFAULT_TTLS, **(ttls or {})}
         self.version_interval = version_interval
+        self.warm_up = warm_up
         self.warm_runs = warm_runs
         self._versions = RunVersions(store)
         self._global = ""
@@ -151,17 +153,21 @@ class StatsService:
                 self._warm()
 
     def _warm(self) -> None:
-        if self._warming is None or self._warming.done():
+        if self.warm_up and (self._warming is None or self._warming.done()):
             self._warming = asyncio.create_task(self._warm_up(), name="stats-warm-up")
 
     async def _warm_up(self) -> None:
         """Compute the keys most clients ask for first: the runs, the newest runs' pages, the overviews."""
         started = time.perf_counter()
-        jobs = [self.runs(), self.coverage(), self.feeds(), self.trade_stats(), self.symbol_stats()]
-        jobs += [job for run_id in list(self._runs)[-self.warm_runs:] for job in (self.run(run_id), self.leaderboard(run_id))]
+        try:
+            newest = [run["run_id"] for run in orjson.loads(await self.runs())[: self.warm_runs]]
+        except Exception:  # noqa: BLE001 - warm-up is best effort; requests will report errors
+            newest = []
+        jobs = [self.coverage(), self.feeds(), self.trade_stats(), self.symbol_stats()]
+        jobs += [job for run_id in newest for job in (self.run(run_id), self.leaderboard(run_id))]
         outcomes = await asyncio.gather(*jobs, return_exceptions=True)
         failed = [type(o).__name__ for o in outcomes if isinstance(o, BaseException)]
-        log.info("stats.warm_up", keys=len(jobs), failed=len(failed), seconds=round(time.perf_counter() - started, 3))
+        log.info("stats.warm_up", keys=len(jobs) + 1, failed=failed, seconds=round(time.perf_counter() - started, 3))
 
     # --------------------------------------------------------------- plumbing
     def _key(self, kind: str, stamp: str, *args: Any) -> str:

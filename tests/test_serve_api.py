@@ -1,0 +1,200 @@
+"""The HTTP API (FastAPI app under uvicorn on a free port, real Redis): endpoints, validation,
+404s, API keys, CORS, and schemathesis over the OpenAPI spec."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Self
+
+import httpx
+import orjson
+import pytest
+import schemathesis
+import uvicorn
+from hypothesis import HealthCheck, given, settings
+from redis_fixtures import RedisProcess, free_port, wait_for, write_run
+
+from tradpal_ray.errors import ConfigError
+from tradpal_ray.serve import ServeSettings, app, build_app, is_loopback
+from tradpal_ray.stats import StatsService
+
+KEY = "k-test-0123456789"
+
+
+class Server:
+    """uvicorn running an app in a thread (lifespan included)."""
+
+    def __init__(self, app: Any) -> None:
+        self.port = free_port()
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> Self:
+        self.thread.start()
+        wait_for(lambda: self.server.started, what="uvicorn start")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("api-store")
+    write_run(root, "r1")
+    return root
+
+
+@pytest.fixture(scope="module")
+def api(store: Path, redis_server: RedisProcess) -> Iterator[str]:
+    """Base URL of the app on loopback (no key needed)."""
+    with Server(build_app(StatsService(store, redis_server.url), require_key=False)) as server:
+        yield server.url
+
+
+@pytest.fixture(scope="module")
+def client(api: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=api, timeout=10) as http:
+        yield http
+
+
+def test_endpoints(client: httpx.Client) -> None:
+    assert client.get("/health").json() == {"status": "ok"}
+    assert client.get("/ready").json() == {"ready": True, "store": True, "redis": True}
+    [run] = client.get("/runs").json()
+    assert run["run_id"] == "r1" and run["status"] == "complete"
+    assert client.get("/runs/r1").json()["summary"]["results"] == 8
+    board = client.get("/runs/r1/leaderboard", params={"metric": "return_pct", "top": 2, "symbol": "ETH/USDT"})
+    assert board.status_code == 200 and board.headers["content-type"] == "application/json"
+    rows = board.json()["results"]
+    assert len(rows) == 2 and rows[0]["return_pct"] >= rows[1]["return_pct"] and rows[0]["symbol"] == "ETH/USDT"
+    best = client.get("/runs/r1/leaderboard", params={"top": 1}).json()["results"][0]
+    equity = client.get(f"/runs/r1/results/{best['result_id']}/equity").json()
+    assert len(equity["equity"]["equity"]) == 600 and equity["trades"]
+    assert {s["symbol"] for s in client.get("/symbols/stats").json()} == {"BTC/USDT", "ETH/USDT"}
+    assert client.get("/symbols/stats", params={"symbol": "ETH/USDT", "timeframe": "1h"}).json()[0]["runs"] == 1
+    assert client.get("/candles/coverage").json() == [] and client.get("/feeds").json() == []
+    counts = client.get("/trades/count", params={"status": "closed"}).json()
+    assert counts["count"] == counts["closed"] == counts["all"] - counts["open"]
+    assert client.get("/trades/stats").json()["closed"] == counts["closed"]
+    stats = client.get("/cache/stats").json()
+    assert stats["redis"]["available"] and stats["by_kind"]["leaderboard"]
+    assert client.get("/docs").status_code == 200
+    paths = client.get("/openapi.json").json()["paths"]
+    assert "/runs/{run_id}/leaderboard" in paths and "/" not in paths and client.get("/").status_code == 404
+
+
+def test_responses_are_the_cached_bytes(client: httpx.Client, redis_server: RedisProcess) -> None:
+    first = client.get("/runs/r1/leaderboard", params={"metric": "sortino", "top": 3})
+    second = client.get("/runs/r1/leaderboard", params={"metric": "sortino", "top": 3})
+    with redis_server.client() as redis:
+        stored = {redis.get(key) for key in redis.keys("tradpal:stats:*:leaderboard:*")}
+    assert first.content == second.content and second.content in stored
+
+
+@pytest.mark.parametrize(("path", "params", "message"), [
+    ("/runs/r1/leaderboard", {"metric": "luck"}, "metric"),
+    ("/runs/r1/leaderboard", {"top": 0}, "greater than or equal to 1"),
+    ("/runs/r1/leaderboard", {"top": "ten"}, "valid integer"),
+    ("/runs/r1/leaderboard", {"timeframe": "7x"}, "timeframe"),
+    ("/trades/count", {"status": "pending"}, "status"),
+    ("/runs/r1/results/not-an-id/equity", {}, "pattern"),
+    ("/runs/bad id!/leaderboard", {}, "pattern"),
+])
+def test_bad_parameters_are_422_with_a_clear_message(client: httpx.Client, path: str, params: dict[str, Any], message: str) -> None:
+    response = client.get(path, params=params)
+    assert response.status_code == 422 and message in response.text
+
+
+@pytest.mark.parametrize(("path", "params"), [
+    ("/runs/no-such-run", {}),
+    ("/runs/no-such-run/leaderboard", {}),
+    ("/runs/r1/leaderboard", {"symbol": "SOL/USDT"}),
+    ("/runs/r1/results/0123456789abcdef/equity", {}),
+    ("/symbols/stats", {"symbol": "DOGE/USDT"}),
+])
+def test_unknown_run_result_or_symbol_is_404(client: httpx.Client, path: str, params: dict[str, Any]) -> None:
+    response = client.get(path, params=params)
+    assert response.status_code == 404 and response.json()["detail"]
+
+
+def test_api_key_is_required_off_loopback(store: Path, redis_server: RedisProcess, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRADPAL_API_KEYS", f" {KEY} , other-key ")
+    monkeypatch.setenv("TRADPAL_CORS_ORIGINS", "https://dash.example")
+    api = ServeSettings()
+    assert api.keys() == [KEY, "other-key"] and KEY not in repr(api) and not is_loopback("0.0.0.0")
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    with pytest.raises(ConfigError, match="TRADPAL_API_KEYS"):
+        build_app(StatsService(store, None), require_key=True, api_keys=[])
+    app = build_app(StatsService(store, redis_server.url), require_key=True, api_keys=api.keys(), cors_origins=api.origins())
+
+    async def scenario() -> None:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://stats") as http:
+            assert (await http.get("/health")).status_code == 200
+            for headers in ({}, {"X-API-Key": "wrong"}, {"X-API-Key": KEY + "x"}):
+                response = await http.get("/runs", headers=headers)
+                assert response.status_code == 401 and "X-API-Key" in response.json()["detail"]
+            assert (await http.get("/runs", headers={"X-API-Key": KEY})).json()[0]["run_id"] == "r1"
+            assert (await http.get("/cache/stats", headers={"X-API-Key": "other-key"})).status_code == 200
+            allowed = await http.get("/health", headers={"Origin": "https://dash.example"})
+            assert allowed.headers["access-control-allow-origin"] == "https://dash.example"
+            other = await http.get("/health", headers={"Origin": "https://evil.example"})
+            assert "access-control-allow-origin" not in other.headers
+            spec = (await http.get("/openapi.json")).json()
+            assert "X-API-Key" in orjson.dumps(spec["components"]["securitySchemes"]).decode()
+
+    asyncio.run(scenario())
+
+
+def test_no_5xx_for_any_generated_input(api: str) -> None:
+    """schemathesis: cases generated from /openapi.json for every operation, sent over HTTP."""
+    schema = schemathesis.openapi.from_url(f"{api}/openapi.json")
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert len(operations) == 12
+    for operation in operations:
+
+        @given(case=operation.as_strategy())
+        @settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True, database=None)
+        def no_server_error(case: Any) -> None:
+            response = case.call(base_url=api, timeout=10)
+            assert response.status_code < 500, (case.formatted_path, case.query, response.text[:300])
+
+        no_server_error()
+
+
+def test_schemathesis_reaches_real_runs(client: httpx.Client, make_run: Callable[..., Any]) -> None:
+    """The generated cases mostly hit unknown run ids; real ids with odd filters must not 5xx either."""
+    for params in ({"symbol": "\u0000"}, {"symbol": "../../x"}, {"strategy": "é" * 64}, {"metric": "fees", "top": 1000}):
+        assert client.get("/runs/r1/leaderboard", params=params).status_code in (200, 404)
+    assert client.get("/symbols/stats", params={"symbol": "../x", "exchange": "\t"}).status_code == 404
+
+
+def test_serve_config_and_builder() -> None:
+    import yaml
+    from ray.serve import Application
+    from ray.serve.schema import ServeDeploySchema
+
+    config = ServeDeploySchema.model_validate(yaml.safe_load(Path("serve_config.yaml").read_text()))
+    [application] = config.applications
+    assert application.import_path == "tradpal_ray.serve:app" and application.route_prefix == "/"
+    assert isinstance(app(application.args), Application)
+    assert isinstance(app({"store": "/x", "autoscaling_config": {"min_replicas": 1, "max_replicas": 3}}), Application)
+
+
+def test_cli_refuses_to_serve_off_loopback_without_keys(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from tradpal_ray.cli import main
+
+    monkeypatch.delenv("TRADPAL_API_KEYS", raising=False)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["serve", "--host", "0.0.0.0", "--redis-url", "redis://:cli-secret@127.0.0.1:1/0"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "TRADPAL_API_KEYS" in err and "cli-secret" not in err

@@ -1,0 +1,91 @@
+"""The stats app on real Ray Serve (the shared ``ray_session``), over HTTP. Started once per module."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pydantic
+import pytest
+from redis_fixtures import RedisProcess, free_port, synthetic_bars, wait_for, write_run
+
+from tradpal_ray.serve import app
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("serve-store")
+    write_run(root, "r1")
+    return root
+
+
+@pytest.fixture(scope="module")
+def base_url(ray_session: None, store: Path, redis_server: RedisProcess) -> Iterator[str]:
+    from ray import serve
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:
+        serve.run(app({"store": str(store), "redis_url": redis_server.url, "max_ongoing_requests": 64}),
+                  name="stats", route_prefix="/")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        serve.shutdown()
+
+
+@pytest.fixture(scope="module")
+def client(base_url: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=base_url, timeout=30) as http:
+        yield http
+
+
+def test_endpoints_through_serve(client: httpx.Client) -> None:
+    assert client.get("/health").json() == {"status": "ok"}
+    assert client.get("/ready").json()["ready"] is True  # loopback: no API key needed
+    assert [r["run_id"] for r in client.get("/runs").json()] == ["r1"]
+    board = client.get("/runs/r1/leaderboard", params={"top": 2, "metric": "profit_factor"})
+    assert board.status_code == 200 and board.headers["content-type"] == "application/json"
+    assert len(board.json()["results"]) == 2
+    best = board.json()["results"][0]["result_id"]
+    assert client.get(f"/runs/r1/results/{best}/equity").json()["result_id"] == best
+    assert client.get("/runs/nope").status_code == 404
+    bad = client.get("/runs/r1/leaderboard", params={"top": -1})
+    assert bad.status_code == 422 and "top" in bad.text
+    assert client.get("/docs").status_code == 200
+
+
+def test_cache_hits_and_a_new_run_through_serve(client: httpx.Client, store: Path) -> None:
+    path, params = "/runs/r1/leaderboard", {"metric": "sortino", "top": 3}
+    first = client.get(path, params=params).content
+    assert client.get(path, params=params).content == first
+    assert client.get("/cache/stats").json()["by_kind"]["leaderboard"].get("hit", 0) >= 1
+    write_run(store, "r2", created_at="2025-01-01T00:00:00+00:00", seed=4)
+    landed = time.monotonic()
+    wait_for(lambda: [r["run_id"] for r in client.get("/runs").json()] == ["r2", "r1"], timeout=1.5,
+             what="the new run through Serve")
+    assert time.monotonic() - landed < 1.5  # 1 s budget plus HTTP round trips on a busy CI box
+
+
+def test_a_sweep_run_by_ray_is_served(client: httpx.Client, store: Path, tmp_path: Path) -> None:
+    from tradpal_ray.backtest.distributed import SweepRequest, run_sweep
+
+    data = tmp_path / "SYNTH.csv"
+    synthetic_bars(9).to_csv(data)
+    outcome = run_sweep(SweepRequest(strategy="sma_cross", grid={"fast": [5, 8], "slow": [20, 30]}, data_file=str(data)),
+                        store=str(store), keep_best=1)
+    run_id = outcome.run_id
+    wait_for(lambda: client.get(f"/runs/{run_id}").json().get("status") == "complete", timeout=1.5,
+             what="the finished sweep (the service saw it running, with no results yet)")
+    board = client.get(f"/runs/{run_id}/leaderboard", params={"symbol": "SYNTH"}).json()
+    assert board["total"] == 4 and board["results"][0]["symbol"] == "SYNTH"
+    best = board["results"][0]["result_id"]
+    assert client.get(f"/runs/{run_id}/results/{best}/equity").json()["equity"]["equity"]
+    [synth] = client.get("/symbols/stats", params={"symbol": "SYNTH"}).json()
+    assert synth["runs"] == 1 and synth["results"] == 4 and synth["exchange"] == "binance"
+
+
+def test_builder_rejects_unknown_arguments() -> None:
+    with pytest.raises(pydantic.ValidationError, match="replicas"):
+        app({"replicas": 2})

@@ -1,0 +1,283 @@
+"""StatsService over a real redis-server: hits, invalidation, single-flight, Redis failures."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import orjson
+import pytest
+from redis_fixtures import RedisProcess, free_port
+
+from tradpal_ray.stats import NotFound, StatsService
+
+T = TypeVar("T")
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+async def started(store: Path, redis_url: str | None, **options: Any) -> StatsService:
+    options.setdefault("warm_up", False)
+    service = StatsService(store, redis_url, metrics=None, **options)
+    await service.start()
+    return service
+
+
+async def until(condition: Callable[[], Awaitable[Any]], timeout: float = 5.0, what: str = "condition") -> Any:
+    """Await ``condition()`` until truthy, polling; fail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not (value := await condition()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.02)
+    return value
+
+
+def outcomes(service: StatsService, kind: str) -> dict[str, int]:
+    return orjson.loads(service.cache_stats())["by_kind"].get(kind, {})
+
+
+def test_miss_then_hit_returns_the_stored_bytes(store_root: Path, make_run: Callable[..., Any], redis_url: str,
+                                                redis_server: RedisProcess) -> None:
+    make_run(store_root, "r1")
+
+    async def scenario() -> None:
+        service = await started(store_root, redis_url)
+        try:
+            first = await service.leaderboard("r1", "return_pct", 3)
+            second = await service.leaderboard("r1", "return_pct", 3)
+            assert first == second and len(orjson.loads(first)["results"]) == 3
+            assert outcomes(service, "leaderboard") == {"miss": 1, "hit": 1}
+            with redis_server.client() as client:
+                [key] = client.keys("tradpal:stats:*:leaderboard:*")
+                assert client.get(key) == first and 0 < client.ttl(key) <= service.ttls["leaderboard"]
+                [table_key] = client.keys("tradpal:stats:*:results:*")
+                assert client.get(table_key)[:4] == b"\xff\xff\xff\xff"  # an Arrow IPC stream, not JSON
+            other = await service.leaderboard("r1", "return_pct", 4)  # new key, shared results table
+            assert len(orjson.loads(other)["results"]) == 4
+            assert outcomes(service, "results") == {"miss": 1, "hit": 1}
+            stats = orjson.loads(service.cache_stats())
+            assert stats["redis"]["available"] and stats["latency"]["redis_get"]["count"] >= 3
+            with pytest.raises(NotFound):
+                await service.leaderboard("nope")
+        finally:
+            await service.close()
+
+    run(scenario())
+
+
+def test_a_new_or_updated_run_is_visible_within_a_second(store_root: Path, make_run: Callable[..., Any], redis_url: str) -> None:
+    make_run(store_root, "r1")
+
+    async def scenario() -> None:
+        service = await started(store_root, redis_url)
+        try:
+            assert [r["run_id"] for r in orjson.loads(await service.runs())] == ["r1"]
+            assert orjson.loads(await service.runs()) and outcomes(service, "runs")["hit"] == 1
+            await asyncio.to_thread(make_run, store_root, "r2", created_at="2025-01-01T00:00:00+00:00", seed=5)
+            landed = time.monotonic()
+
+            async def visible() -> bool:
+                return [r["run_id"] for r in orjson.loads(await service.runs())] == ["r2", "r1"]
+
+            await until(visible, timeout=1.0, what="the new run in /runs")
+            assert time.monotonic() - landed < 1.0
+            trades_before = orjson.loads(await service.trade_counts("all"))["all"]
+            assert trades_before > 0
+        finally:
+            await service.close()
+
+    run(scenario())
+
+
+def test_warm_up_fills_the_hot_keys_at_start(store_root: Path, make_run: Callable[..., Any], redis_url: str) -> None:
+    make_run(store_root, "r1")
+
+    async def scenario() -> None:
+        service = await started(store_root, redis_url, warm_up=True)
+        try:
+            queries = {"leaderboard": lambda: service.leaderboard("r1"), "run": lambda: service.run("r1"),
+                       "trade_stats": service.trade_stats, "runs": service.runs, "coverage": service.coverage}
+            for kind, query in queries.items():
+                async def hit(kind: str = kind, query: Callable[[], Awaitable[bytes]] = query) -> bool:
+                    await query()
+                    return bool(outcomes(service, kind).get("hit"))
+
+                await until(hit, what=f"a {kind} hit")
+                assert outcomes(service, kind)["miss"] == 1  # computed once, by the warm-up
+        finally:
+            await service.close()
+
+    run(scenario())
+
+
+def test_fifty_concurrent_cold_requests_compute_once(store_root: Path, make_run: Callable[..., Any], redis_url: str) -> None:
+    make_run(store_root, "r1")
+
+    async def scenario() -> None:
+        service = await started(store_root, redis_url)
+        try:
+            payloads = await asyncio.gather(*(service.leaderboard("r1", "sortino", 5) for _ in range(50)))
+            assert len(set(payloads)) == 1
+            counts = outcomes(service, "leaderboard")
+            assert counts.get("miss") == 1 and sum(counts.values()) == 50
+            latency = orjson.loads(service.cache_stats())["latency"]
+            assert latency["compute_leaderboard"]["count"] == 1 and latency["compute_results"]["count"] == 1
+        finally:
+            await service.close()
+
+    run(scenario())
+
+
+def test_redis_killed_then_restarted(store_root: Path, make_run: Callable[..., Any],
+                                     make_redis: Callable[..., RedisProcess]) -> None:
+    make_run(store_root, "r1")
+    server = make_redis()
+
+    async def scenario() -> None:
+        service = await started(store_root, server.url, timeout=0.2, retry_after=0.2)
+        try:
+            expected = await service.leaderboard("r1")
+            assert await service.leaderboard("r1") == expected and outcomes(service, "leaderboard")["hit"] == 1
+            await asyncio.to_thread(server.kill)
+            for _ in range(5):  # answered from the stores, never an error
+                assert await service.leaderboard("r1") == expected
+                assert orjson.loads(await service.trade_stats())["closed"] > 0
+            stats = orjson.loads(service.cache_stats())
+            assert stats["degraded"] >= 5 and stats["errors"] and not stats["redis"]["available"]
+            assert (await service.readiness())["redis"] is False
+            await asyncio.to_thread(server.start)  # same port
+
+            async def hit_again() -> bool:
+                before = outcomes(service, "leaderboard").get("hit", 0)
+                await service.leaderboard("r1")
+                return outcomes(service, "leaderboard").get("hit", 0) > before
+
+            await until(hit_again, timeout=5.0, what="cache hits after Redis came back")
+            assert (await service.readiness())["ready"] is True
+        finally:
+            await service.close()
+
+    run(scenario())
+
+
+def test_slow_redis_is_bypassed_within_the_timeout(store_root: Path, make_run: Callable[..., Any],
+                                                   make_redis: Callable[..., RedisProcess]) -> None:
+    make_run(store_root, "r1")
+    server = make_redis()
+
+    async def scenario() -> None:
+        service = await started(store_root, server.url, timeout=0.1, retry_after=5.0)
+        try:
+            expected = await service.runs()
+            assert server.proc is not None
+            server.proc.send_signal(signal.SIGSTOP)  # frozen: connections open, no replies
+            try:
+                before = time.perf_counter()
+                assert await service.runs() == expected  # one timeout (0.1 s), then from the store
+                assert time.perf_counter() - before < 1.0 and not service.cache.available
+                before = time.perf_counter()
+                assert await service.runs() == expected  # in the back-off: Redis skipped
+                assert time.perf_counter() - before < 0.1
+            finally:
+                server.proc.send_signal(signal.SIGCONT)
+            assert orjson.loads(service.cache_stats())["errors"] == {"get": 1}
+        finally:
+            await service.close()
+
+    run(scenario())
+
+
+def test_a_corrupt_cached_value_is_a_miss(store_root: Path, make_run: Callable[..., Any], redis_url: str,
+                                          redis_server: RedisProcess) -> None:
+    make_run(store_root, "r1")
+
+    async def scenario() -> None:
+        service = await started(store_root, redis_url)
+        try:
+            good_board, good_runs = await service.leaderboard("r1"), await service.runs()
+            with redis_server.client() as client:
+                for key in client.keys("tradpal:stats:*"):
+                    client.set(key, b"\x80\x04not json, not arrow")  # e.g. a pickle header
+            assert await service.leaderboard("r1") == good_board and await service.runs() == good_runs
+            assert outcomes(service, "leaderboard")["invalid"] == 1 and outcomes(service, "runs")["invalid"] == 1
+            with redis_server.client() as client:
+                [key] = client.keys("tradpal:stats:*:runs:*")
+                assert client.get(key) == good_runs  # repaired
+        finally:
+            await service.close()
+
+    run(scenario())
+
+
+def test_password_urls_work_and_never_reach_logs_or_stats(store_root: Path, make_run: Callable[..., Any],
+                                                          make_redis: Callable[..., RedisProcess], tmp_path: Path) -> None:
+    make_run(store_root, "r1")
+    server = make_redis(password="pw-Sup3r-secret")
+
+    async def scenario() -> None:
+        service = await started(store_root, server.url)
+        try:
+            await service.runs()
+            await service.runs()
+            stats = service.cache_stats()
+            assert outcomes(service, "runs")["hit"] == 1 and b"pw-Sup3r-secret" not in stats and b":***@" in stats
+        finally:
+            await service.close()
+
+    run(scenario())
+    # A separate process with logging at INFO: a wrong port makes the cache log that Redis is down.
+    dead = f"redis://:pw-Sup3r-secret@127.0.0.1:{free_port()}/0"
+    script = (
+        "import asyncio, sys\n"
+        "from tradpal_ray.stats import StatsService\n"
+        "async def main():\n"
+        "    s = StatsService(sys.argv[1], sys.argv[2], warm_runs=0)\n"
+        "    await s.start(); await s.runs(); await s.readiness(); await s.close()\n"
+        "asyncio.run(main())\n"
+    )
+    env = {**os.environ, "TRADPAL_LOG_LEVEL": "INFO"}
+    out = subprocess.run([sys.executable, "-c", script, str(store_root), dead], capture_output=True, text=True,
+                         env=env, timeout=60, check=True)
+    assert "stats.cache.down" in out.stderr and ":***@127.0.0.1" in out.stderr
+    assert "pw-Sup3r-secret" not in out.stderr + out.stdout
+
+
+def test_tls_redis(store_root: Path, make_run: Callable[..., Any], make_redis: Callable[..., RedisProcess]) -> None:
+    make_run(store_root, "r1")
+    server = make_redis(tls=True, password="tls-pw")
+    assert server.url.startswith("rediss://")
+
+    async def scenario() -> None:
+        service = await started(store_root, server.url)
+        try:
+            assert await service.runs() == await service.runs()
+            assert outcomes(service, "runs") == {"miss": 1, "hit": 1} and (await service.readiness())["ready"]
+        finally:
+            await service.close()
+
+    run(scenario())
+
+
+def test_without_redis_at_all_everything_is_answered(store_root: Path, make_run: Callable[..., Any]) -> None:
+    make_run(store_root, "r1")
+
+    async def scenario() -> None:
+        service = await started(store_root, None)
+        try:
+            assert orjson.loads(await service.run("r1"))["run_id"] == "r1"
+            assert outcomes(service, "run") == {"degraded": 1}
+            assert (await service.readiness()) == {"ready": False, "store": True, "redis": False}
+        finally:
+            await service.close()
+
+    run(scenario())
