@@ -13,6 +13,7 @@ from types import ModuleType
 
 import pandas as pd
 import pytest
+import ray
 from backtesting.test import GOOG
 
 from tradpal_ray.backtest import BacktestConfig, sweep
@@ -68,7 +69,6 @@ def test_universe_is_every_stored_symbol_of_the_exchange_and_timeframe(script_mo
 def test_joins_the_running_cluster_sweeps_the_store_universe_and_prints_json(
     ray_session: None, lone_script: Path, tmp_path: Path
 ) -> None:
-    import ray
     from ray._private.state import jobs
 
     drivers_before = len(jobs())
@@ -102,3 +102,40 @@ def test_help_and_bad_input(lone_script: Path, tmp_path: Path) -> None:
 
     empty = run_script(lone_script, "--store", str(tmp_path / "empty"), "--exchange", "test", "--grid", "fast=5")
     assert empty.returncode == 2 and empty.stderr.strip() == "error: give --timeframe: the store has no test candles"
+
+
+SERVE_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "serve_stats.py"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_serve_stats_deploys_on_the_running_cluster_and_exits(ray_session: None, tmp_path: Path) -> None:
+    import urllib.request
+
+    from ray import serve
+
+    script = Path(shutil.copy(SERVE_SCRIPT, tmp_path))
+    port = free_port()
+    done = run_script(script, "--port", str(port), "--store", str(tmp_path / "store"),
+                      "--redis-url", "redis://127.0.0.1:1/0", ray_address=ray.get_runtime_context().gcs_address)
+    try:
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == f"http://127.0.0.1:{port}"
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/runs", timeout=10) as answer:  # no Redis: store fallback
+            assert answer.status == 200 and json.loads(answer.read()) == []
+    finally:
+        serve.shutdown()
+
+
+def test_serve_stats_help_and_refusals(tmp_path: Path) -> None:
+    script = Path(shutil.copy(SERVE_SCRIPT, tmp_path))
+    shown = run_script(script, "--help")
+    assert shown.returncode == 0 and "ray submit cluster.yaml scripts/serve_stats.py" in shown.stdout
+    refused = run_script(script, "--host", "0.0.0.0")
+    assert refused.returncode == 2 and "TRADPAL_API_KEYS" in refused.stderr and "Traceback" not in refused.stderr

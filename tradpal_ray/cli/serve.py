@@ -3,20 +3,18 @@
 Off loopback (or with ``--fast``, whose HAProxy binds all interfaces) an API key is
 required (TRADPAL_API_KEYS). ``--fast`` sets RAY_SERVE_ENABLE_HA_PROXY=1 and
 RAY_SERVE_THROUGHPUT_OPTIMIZED=1 before Ray starts: about 10x the requests/s of Serve's
-default proxy. The store and the Redis URL reach the replicas through the environment of
-the Ray this command starts, so the password never shows in Serve's config.
+default proxy. See :mod:`tradpal_ray.serve.launch`.
 """
 
 from __future__ import annotations
 
-import os
 import threading
 from typing import Annotated
 
 import typer
 
 from tradpal_ray.cli.app import StoreOption, app, console, settings_for
-from tradpal_ray.errors import ConfigError
+from tradpal_ray.cluster import connect
 
 
 @app.command()
@@ -31,40 +29,17 @@ def serve(
     fast: Annotated[bool | None, typer.Option("--fast/--no-fast", help="HAProxy + throughput-optimized Serve (default: on off loopback).", show_default=False)] = None,
 ) -> None:
     """Serve run statistics, candle coverage, feeds and trades over HTTP (Ray Serve, Redis cache)."""
-    from tradpal_ray.serve.settings import ServeSettings, is_loopback
-
-    settings = settings_for(store=store, redis_url=redis_url)
-    api = ServeSettings()
-    host, port = host or api.serve_host, port or api.serve_port
-    fast = (not is_loopback(host)) if fast is None else fast
-    if (fast or not is_loopback(host)) and not api.keys():
-        raise ConfigError("serving off loopback (or --fast, which binds all interfaces) needs TRADPAL_API_KEYS")
-    os.environ["TRADPAL_STORE"] = settings.store
-    os.environ["TRADPAL_REDIS_URL"] = settings.redis_url.get_secret_value()
-    if fast:
-        os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
-        os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
-    for drain in ("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "RAY_SERVE_PROXY_MIN_DRAINING_PERIOD_S"):
-        os.environ.setdefault(drain, "2")  # one node: Ctrl-C need not wait 30 s for load balancers
-
     import ray
     from ray import serve as ray_serve
 
-    from tradpal_ray.serve import app as stats_app
+    from tradpal_ray.serve.launch import ServeOptions, deploy_stats, prepare_environment
 
-    replicas = replicas or api.serve_replicas
-    args: dict[str, object] = {"host": "0.0.0.0" if fast else host,
-                               "max_ongoing_requests": max_ongoing_requests or api.serve_max_ongoing_requests}
-    if autoscale_max:
-        args["autoscaling_config"] = {"min_replicas": replicas, "max_replicas": max(autoscale_max, replicas),
-                                      "target_ongoing_requests": 32}
-    else:
-        args["num_replicas"] = replicas
-    ray.init(log_to_driver=False)
+    settings = settings_for(store=store, redis_url=redis_url)
+    options = prepare_environment(settings, ServeOptions(host, port, replicas, autoscale_max, max_ongoing_requests, fast))
+    connect(log_to_driver=False)
     try:
-        ray_serve.start(http_options={"host": host, "port": port})
-        ray_serve.run(stats_app(args), name="stats", route_prefix="/")
-        console.print(f"stats API on http://{host}:{port} (docs: /docs); Ctrl-C to stop", highlight=False)
+        url = deploy_stats(options, settings.store)
+        console.print(f"stats API on {url} (docs: /docs); Ctrl-C to stop", highlight=False)
         threading.Event().wait()
     finally:
         ray_serve.shutdown()
