@@ -15,11 +15,12 @@ import pytest
 import schemathesis
 import uvicorn
 from hypothesis import HealthCheck, given, settings
-from redis_fixtures import RedisProcess, free_port, wait_for, write_run
+from redis_fixtures import write_run
 
 from tradpal_ray.errors import ConfigError
 from tradpal_ray.serve import ServeSettings, app, build_app, is_loopback
 from tradpal_ray.stats import StatsService
+from tradpal_ray.stats.local_redis import RedisProcess, free_port, wait_for
 
 KEY = "k-test-0123456789"
 

@@ -9,9 +9,10 @@ from pathlib import Path
 import httpx
 import pydantic
 import pytest
-from redis_fixtures import RedisProcess, free_port, synthetic_bars, wait_for, write_run
+from redis_fixtures import synthetic_bars, write_run
 
 from tradpal_ray.serve import app
+from tradpal_ray.stats.local_redis import RedisProcess, free_port, wait_for
 
 
 @pytest.fixture(scope="module")

@@ -14,9 +14,9 @@ from typing import Any, TypeVar
 
 import orjson
 import pytest
-from redis_fixtures import RedisProcess, free_port
 
 from tradpal_ray.stats import NotFound, StatsService
+from tradpal_ray.stats.local_redis import RedisProcess, free_port
 
 T = TypeVar("T")
 
