@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?= -q
 ARGS   ?=
 
-.PHONY: install redis demo test bench clean
+.PHONY: install redis chromium demo test bench clean
 
 install: $(STAMP)
 
@@ -17,17 +17,21 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-# redis-server from the system's package manager when it is not on PATH yet.
+# System packages from apt when their command is not on PATH yet: redis-server (the stats
+# cache, demo and tests) and chromium (the page test drives a real headless browser).
+APT_INSTALL = SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq
+
 redis:
-	@command -v redis-server >/dev/null 2>&1 || { \
-	  echo "installing redis-server (apt-get)"; \
-	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
+	@command -v redis-server >/dev/null 2>&1 || { echo "installing redis-server (apt-get)"; $(APT_INSTALL) redis-server >/dev/null; }
+
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { echo "installing chromium (apt-get)"; $(APT_INSTALL) chromium >/dev/null; }
 
 demo: install redis
 	$(BIN)/tradpal-ray demo $(ARGS)
 
-test: install redis
+test: install redis chromium
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: install

@@ -12,6 +12,7 @@ from typing import Any
 from tradpal_ray.log import get_logger
 
 log = get_logger(__name__)
+_dashboard: dict[str, str] = {}
 
 
 def connect(address: str | None = None, *, num_cpus: int | None = None, **init_kwargs: Any) -> str:
@@ -29,12 +30,23 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, **init_k
     target = address or os.environ.get("RAY_ADDRESS") or "auto"
     if target != "local":
         try:
-            ray.init(address=target, **init_kwargs)
+            _remember(ray.init(address=target, **init_kwargs))
             log.info("ray.connected", address=target)
             return "cluster"
         except ConnectionError:
             if address is not None:
                 raise
-    ray.init(address="local", num_cpus=num_cpus, **init_kwargs)
-    log.info("ray.started", mode="local", cpus=ray.cluster_resources().get("CPU"))
+    _remember(ray.init(address="local", num_cpus=num_cpus, **init_kwargs))
+    log.info("ray.started", mode="local", cpus=ray.cluster_resources().get("CPU"), dashboard=dashboard_url())
     return "local"
+
+
+def _remember(context: Any) -> None:
+    url = getattr(context, "dashboard_url", "") or ""
+    if url:
+        _dashboard["url"] = url if "://" in url else f"http://{url}"
+
+
+def dashboard_url() -> str | None:
+    """The Ray dashboard's URL as :func:`connect` learnt it, if a dashboard runs."""
+    return _dashboard.get("url")

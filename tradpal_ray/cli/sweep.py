@@ -142,9 +142,9 @@ def render(outcome: SweepOutcome, top: int) -> None:
     """Leaderboard, best per symbol, parameters across symbols, and failures, as tables on stderr."""
     manifest = outcome.manifest
     ranked = outcome.ranked()
-    _table(f"top {top or len(ranked)} of {len(ranked)} by {manifest.metric}", ranked if top == 0 else ranked.head(top))
+    print_results(f"top {top or len(ranked)} of {len(ranked)} by {manifest.metric}", ranked if top == 0 else ranked.head(top))
     if ranked["symbol"].nunique() > 1 if len(ranked) else False:
-        _table("best per symbol", outcome.best_per_symbol())
+        print_results("best per symbol", outcome.best_per_symbol())
         across = outcome.across_symbols().head(10)
         table = Table("params", f"mean {manifest.metric}", f"min {manifest.metric}", "symbols", title="parameters across symbols")
         for row in across.itertuples(index=False):
@@ -155,7 +155,8 @@ def render(outcome: SweepOutcome, top: int) -> None:
     console.print(f"run [bold]{manifest.run_id}[/bold]: {manifest.status}, {manifest.results} results", highlight=False)
 
 
-def _table(title: str, frame: pd.DataFrame) -> None:
+def print_results(title: str, frame: pd.DataFrame) -> None:
+    """Result rows (symbol, params JSON, statistics) as a table on stderr."""
     table = Table("symbol", title=title)
     table.add_column("params", no_wrap=True)
     for header in HEADLINE_STATS.values():

@@ -2,7 +2,7 @@
 
 The same app runs under Ray Serve (see :mod:`tradpal_ray.serve.deployment`) and under plain
 uvicorn. Handlers return the service's bytes as they are (cached payloads are never
-decoded and re-encoded). ``/`` is left free for the HTML page.
+decoded and re-encoded). ``/`` is the HTML page (:mod:`tradpal_ray.serve.page`), outside the spec.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from fastapi.security import APIKeyHeader
 from tradpal_ray.backtest.metrics import STAT_NAMES
 from tradpal_ray.errors import ConfigError, StoreError
 from tradpal_ray.market.schema import TIMEFRAMES
+from tradpal_ray.serve.page import page_response
 from tradpal_ray.stats import NotFound, StatsService
 
 API_KEY_HEADER = "X-API-Key"
@@ -110,6 +111,10 @@ def build_app(
         return {"status": "ok"}
 
     api = APIRouter(dependencies=[api_key_guard(api_keys)] if require_key else [])
+
+    @api.get("/", include_in_schema=False)
+    async def page() -> Response:
+        return page_response()
 
     @api.get("/ready", tags=["health"], summary="Readiness: the store can be listed and Redis answers (503 if not).")
     async def ready() -> JSONResponse:
