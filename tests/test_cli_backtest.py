@@ -14,7 +14,6 @@ from backtesting.test import GOOG
 from tradpal_ray.backtest import BacktestConfig, backtest
 from tradpal_ray.cli.app import console
 
-
 Runner = Callable[[list[str]], tuple[int, str, str]]
 
 

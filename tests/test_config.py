@@ -6,9 +6,9 @@ import json
 
 import pytest
 
+from tradpal_ray.cli.app import settings_for
 from tradpal_ray.config import load_settings
 from tradpal_ray.errors import ConfigError
-from tradpal_ray.cli.app import settings_for
 from tradpal_ray.log import configure_logging, get_logger, redact
 from tradpal_ray.market.retry import Backoff, retry_after_seconds
 

@@ -19,7 +19,15 @@ from tradpal_ray.backtest.results import ResultStore
 from tradpal_ray.errors import ConfigError
 from tradpal_ray.market import CandleStore, candles_table
 from tradpal_ray.report import build_report
-from tradpal_ray.report.svg import MAX_POINTS, MISSING_COLOUR, VIRIDIS, colour, downsample, heatmap, nice_ticks
+from tradpal_ray.report.svg import (
+    MAX_POINTS,
+    MISSING_COLOUR,
+    VIRIDIS,
+    colour,
+    downsample,
+    heatmap,
+    nice_ticks,
+)
 
 SYMBOLS = ["GOOG/USD", "GOOG2/USD"]
 GRID = {"fast": [5, 10, 15, 20], "slow": [10, 20, 30, 40]}  # 12 combinations with fast < slow

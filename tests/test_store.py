@@ -21,7 +21,13 @@ from hypothesis import strategies as st
 
 from tradpal_ray.errors import DataError, StoreError
 from tradpal_ray.market.schema import CANDLE_SCHEMA, OHLCV_COLUMNS, candles_table
-from tradpal_ray.market.store import CandleStore, Gap, SeriesInfo, decode_key, encode_key
+from tradpal_ray.market.store import (
+    CandleStore,
+    Gap,
+    SeriesInfo,
+    decode_key,
+    encode_key,
+)
 
 MIN = 60_000
 FEB1 = 1_706_745_600_000  # 2024-02-01T00:00Z
