@@ -139,3 +139,23 @@ def test_serve_stats_help_and_refusals(tmp_path: Path) -> None:
     assert shown.returncode == 0 and "ray submit cluster.yaml scripts/serve_stats.py" in shown.stdout
     refused = run_script(script, "--host", "0.0.0.0")
     assert refused.returncode == 2 and "TRADPAL_API_KEYS" in refused.stderr and "Traceback" not in refused.stderr
+
+
+STREAM_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "stream.py"
+
+
+def test_stream_script_streams_locally_then_stops_with_everything_stored(tmp_path: Path) -> None:
+    from tradpal_ray.sim import run_simulator
+
+    script = Path(shutil.copy(STREAM_SCRIPT, tmp_path))
+    with run_simulator(["BTC/USDT", "ETH/USDT"], speed=120) as sim:
+        done = run_script(script, "--symbols", "BTC/USDT,ETH/USDT", "--exchange-url", sim.url, "--store",
+                          str(tmp_path / "store"), "--shards", "2", "--duration", "8", ray_address="local")
+        bad = run_script(script, "--symbols", "DOGE/USDT", "--exchange-url", sim.url, "--store",
+                         str(tmp_path / "store"), "--duration", "1", ray_address="local")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "feed:binance:0: ws, 1 symbols" in done.stdout and "feed:binance:1: ws, 1 symbols" in done.stdout
+    stored = int(done.stdout.rsplit("stopped; ", 1)[1].split()[0])
+    store = CandleStore(tmp_path / "store")
+    assert stored > 0 and sum(s.rows for s in store.series()) == stored
+    assert bad.returncode == 2 and "DOGE/USDT" in bad.stderr and "BTC/USDT" in bad.stderr and "Traceback" not in bad.stderr
