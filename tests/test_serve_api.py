@@ -17,8 +17,9 @@ import uvicorn
 from hypothesis import HealthCheck, given, settings
 from redis_fixtures import write_run
 
+from tradpal_ray.config import Settings
 from tradpal_ray.errors import ConfigError
-from tradpal_ray.serve import ServeSettings, app, build_app, is_loopback
+from tradpal_ray.serve import app, build_app, is_loopback
 from tradpal_ray.stats import StatsService
 from tradpal_ray.stats.local_redis import RedisProcess, free_port, wait_for
 
@@ -130,7 +131,7 @@ def test_unknown_run_result_or_symbol_is_404(client: httpx.Client, path: str, pa
 def test_api_key_is_required_off_loopback(store: Path, redis_server: RedisProcess, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TRADPAL_API_KEYS", f" {KEY} , other-key ")
     monkeypatch.setenv("TRADPAL_CORS_ORIGINS", "https://dash.example")
-    api = ServeSettings()
+    api = Settings()
     assert api.keys() == [KEY, "other-key"] and KEY not in repr(api) and not is_loopback("0.0.0.0")
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     with pytest.raises(ConfigError, match="TRADPAL_API_KEYS"):

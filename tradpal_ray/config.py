@@ -32,6 +32,16 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_format: str = "text"
     """``text`` (key=value) or ``json``: one line per event either way."""
+    api_keys: SecretStr = SecretStr("")
+    """Comma-separated keys the statistics API accepts in ``X-API-Key`` (required off loopback)."""
+    cors_origins: str = ""
+    """Comma-separated origins allowed by CORS (``*`` for any); empty: no CORS headers."""
+    cache_timeout_ms: int = 100
+    """Budget of one Redis call; beyond it the answer comes from the stores."""
+    serve_host: str = "127.0.0.1"
+    serve_port: int = 8000
+    serve_replicas: int = 1
+    serve_max_ongoing_requests: int = 256
 
     @field_validator("log_level")
     @classmethod
@@ -47,6 +57,14 @@ class Settings(BaseSettings):
         if value not in ("text", "json"):
             raise ValueError("log format must be 'text' or 'json'")
         return value
+
+    def keys(self) -> list[str]:
+        """The API keys the statistics API accepts."""
+        return split_list(self.api_keys.get_secret_value())
+
+    def origins(self) -> list[str]:
+        """The CORS origins of the statistics API."""
+        return split_list(self.cors_origins)
 
     def override(self, **flags: Any) -> Settings:
         """Return a copy with the CLI flags that were given (``None`` means "not given")."""

@@ -5,6 +5,6 @@
 
 from tradpal_ray.serve.api import API_KEY_HEADER, build_app
 from tradpal_ray.serve.deployment import AppArgs, StatsDeployment, app, call_asgi
-from tradpal_ray.serve.settings import ServeSettings, is_loopback
+from tradpal_ray.serve.settings import is_loopback
 
-__all__ = ["API_KEY_HEADER", "AppArgs", "ServeSettings", "StatsDeployment", "app", "build_app", "call_asgi", "is_loopback"]
+__all__ = ["API_KEY_HEADER", "AppArgs", "StatsDeployment", "app", "build_app", "call_asgi", "is_loopback"]

@@ -24,10 +24,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message
 
-from tradpal_ray.config import load_settings
+from tradpal_ray.config import Settings, load_settings
 from tradpal_ray.log import get_logger
 from tradpal_ray.serve.api import build_app
-from tradpal_ray.serve.settings import ServeSettings, is_loopback
+from tradpal_ray.serve.settings import is_loopback
 from tradpal_ray.stats import StatsService
 
 log = get_logger(__name__)
@@ -90,7 +90,7 @@ class StatsDeployment:
 
     async def __init__(self, store: str | None = None, redis_url: str | None = None, host: str | None = None) -> None:
         settings = load_settings(store=store, redis_url=redis_url)
-        api = ServeSettings()
+        api = Settings()
         bound = host if host and os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") != "1" else await serve_bind_host()
         self.service = StatsService(
             settings.store, settings.redis_url.get_secret_value() or None, timeout=api.cache_timeout_ms / 1000

@@ -12,12 +12,12 @@ from dataclasses import dataclass
 
 from tradpal_ray.config import Settings
 from tradpal_ray.errors import ConfigError
-from tradpal_ray.serve.settings import ServeSettings, is_loopback
+from tradpal_ray.serve.settings import is_loopback
 
 
 @dataclass(frozen=True)
 class ServeOptions:
-    """How to expose the stats app; ``None`` fields fall back to :class:`ServeSettings`."""
+    """How to expose the stats app; ``None`` fields fall back to :class:`~tradpal_ray.config.Settings`."""
 
     host: str | None = None
     port: int | None = None
@@ -33,10 +33,9 @@ def prepare_environment(settings: Settings, options: ServeOptions) -> ServeOptio
 
     Returns the options with every default resolved.
     """
-    api = ServeSettings()
-    host, port = options.host or api.serve_host, options.port or api.serve_port
+    host, port = options.host or settings.serve_host, options.port or settings.serve_port
     fast = (not is_loopback(host)) if options.fast is None else options.fast
-    if (fast or not is_loopback(host)) and not api.keys():
+    if (fast or not is_loopback(host)) and not settings.keys():
         raise ConfigError("serving off loopback (or fast mode, which binds all interfaces) needs TRADPAL_API_KEYS")
     os.environ["TRADPAL_STORE"] = settings.store
     os.environ["TRADPAL_REDIS_URL"] = settings.redis_url.get_secret_value()
@@ -46,9 +45,9 @@ def prepare_environment(settings: Settings, options: ServeOptions) -> ServeOptio
     for drain in ("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "RAY_SERVE_PROXY_MIN_DRAINING_PERIOD_S"):
         os.environ.setdefault(drain, "2")  # one node: shutting down need not wait 30 s for load balancers
     return ServeOptions(
-        host=host, port=port, replicas=options.replicas or api.serve_replicas,
+        host=host, port=port, replicas=options.replicas or settings.serve_replicas,
         autoscale_max=options.autoscale_max,
-        max_ongoing_requests=options.max_ongoing_requests or api.serve_max_ongoing_requests, fast=fast,
+        max_ongoing_requests=options.max_ongoing_requests or settings.serve_max_ongoing_requests, fast=fast,
     )
 
 
