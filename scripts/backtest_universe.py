@@ -23,8 +23,8 @@ import typer.main
 
 from tradpal_ray.cli import app
 from tradpal_ray.cli import main as cli_main
-from tradpal_ray.config import split_list
 from tradpal_ray.cli.app import settings_for
+from tradpal_ray.config import split_list
 from tradpal_ray.errors import ConfigError, TradpalError
 from tradpal_ray.market import CandleStore
 from tradpal_ray.market.store import SeriesInfo

@@ -15,7 +15,12 @@ import numpy as np
 import pandas as pd
 
 from tradpal_ray.errors import DataError
-from tradpal_ray.market.schema import OHLCV_COLUMNS, bad_ohlcv_rows, to_ms, validate_ohlcv
+from tradpal_ray.market.schema import (
+    OHLCV_COLUMNS,
+    bad_ohlcv_rows,
+    to_ms,
+    validate_ohlcv,
+)
 
 TIME_COLUMNS = ("time", "open_time", "timestamp", "datetime", "date")
 """Column names (any case) taken as the bar time when the frame has no DatetimeIndex."""

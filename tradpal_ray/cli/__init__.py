@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import sys
 
+# Each module registers its command(s) on ``app`` when imported.
+from tradpal_ray.cli import backtest, data, demo, report, serve, sim, stream, sweep  # noqa: E402,F401
 from tradpal_ray.cli.app import app, console
 from tradpal_ray.errors import TradpalError
-
-# Each module registers its command(s) on ``app`` when imported.
-from tradpal_ray.cli import backtest, data, demo, report, serve, sim, sweep  # noqa: E402,F401
 
 
 def main(argv: list[str] | None = None) -> None:

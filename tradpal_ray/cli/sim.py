@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from tradpal_ray.config import split_list
 from tradpal_ray.cli.app import LogLevelOption, StoreOption, app, console, settings_for
+from tradpal_ray.config import split_list
 from tradpal_ray.errors import ConfigError
 
 

@@ -13,13 +13,18 @@ from typing import Annotated, Any
 import orjson
 import pandas as pd
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 from tradpal_ray.backtest import STAT_NAMES, BacktestConfig, parse_grid
 from tradpal_ray.backtest.distributed import SweepOutcome, SweepRequest, run_sweep
 from tradpal_ray.backtest.results import HEADLINE_STATS, params_label
-from tradpal_ray.config import split_list
 from tradpal_ray.cli.app import ExchangeOption, StoreOption, app, console, settings_for
 from tradpal_ray.cli.backtest import (
     CashOption,
@@ -38,8 +43,8 @@ from tradpal_ray.cli.backtest import (
     UntilOption,
 )
 from tradpal_ray.cluster import connect
+from tradpal_ray.config import split_list
 from tradpal_ray.errors import ConfigError
-
 
 
 @app.command()

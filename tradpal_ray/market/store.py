@@ -49,7 +49,6 @@ import pyarrow.parquet as pq
 
 from tradpal_ray.errors import DataError, StoreError
 from tradpal_ray.log import get_logger
-from tradpal_ray.storage import TEMP_PREFIX, delete_quietly, open_filesystem, write_atomic
 from tradpal_ray.market.schema import (
     CANDLE_SCHEMA,
     OHLCV_COLUMNS,
@@ -57,6 +56,12 @@ from tradpal_ray.market.schema import (
     timeframe_ms,
     to_ms,
     validate_ohlcv,
+)
+from tradpal_ray.storage import (
+    TEMP_PREFIX,
+    delete_quietly,
+    open_filesystem,
+    write_atomic,
 )
 
 log = get_logger(__name__)

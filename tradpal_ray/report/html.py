@@ -18,7 +18,12 @@ import pandas as pd
 
 from tradpal_ray.backtest.distributed import SweepOutcome
 from tradpal_ray.backtest.metrics import STAT_NAMES
-from tradpal_ray.backtest.results import HEADLINE_STATS, ResultStore, RunManifest, params_label
+from tradpal_ray.backtest.results import (
+    HEADLINE_STATS,
+    ResultStore,
+    RunManifest,
+    params_label,
+)
 from tradpal_ray.backtest.sweep import LOWER_IS_BETTER, rank
 from tradpal_ray.errors import ConfigError
 from tradpal_ray.report.svg import Line, heatmap, line_chart

@@ -1,0 +1,203 @@
+"""Feed logic without Ray or network: closed-candle detection, dedup/ordering, gap plans, buffers, ring."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pytest
+
+from tradpal_ray.errors import ConfigError
+from tradpal_ray.feeds import (
+    BatchRing,
+    CandleBuffer,
+    CandleTracker,
+    FeedConfig,
+    RepairPlan,
+    TradeBuffer,
+)
+from tradpal_ray.feeds.candles import CandleRow
+from tradpal_ray.feeds.publish import CANDLE_BATCH_SCHEMA, TRADE_BATCH_SCHEMA
+
+STEP = 60_000
+
+
+def bar(t: int, price: float = 100.0) -> tuple[int, float, float, float, float, float]:
+    return (t, price, price + 1, price - 1, price, 2.0)
+
+
+def closed_times(rows: list[CandleRow]) -> list[int]:
+    return [row.t for row in rows if row.closed]
+
+
+def test_native_closed_candles_in_order_and_once() -> None:
+    tr = CandleTracker(STEP)
+    out = tr.on_update(*bar(0), False, 10, now=0.0)
+    assert [(r.t, r.closed) for r in out] == [(0, False)]
+    assert closed_times(tr.on_update(*bar(0), True, 60_000, now=0.0)) == [0]
+    assert tr.on_update(*bar(0), True, 60_000, now=0.0) == []  # duplicate final frame
+    assert tr.duplicates == 1
+    assert tr.last_closed == 0 and tr.plan(now=10.0) is None
+
+
+def test_out_of_order_closed_frame_is_held_then_released_in_order() -> None:
+    tr = CandleTracker(STEP, last_closed=-STEP)
+    tr.resync_needed = False
+    # the final frame of t=0 arrives after the one of t=60000
+    assert tr.on_update(*bar(STEP), True, 2 * STEP, now=0.0) == []
+    assert closed_times(tr.on_update(*bar(0), True, 2 * STEP, now=0.1)) == [0, STEP]
+    assert tr.pending == {} and tr.plan(now=100.0) is None
+
+
+def test_stale_forming_update_is_dropped() -> None:
+    tr = CandleTracker(STEP)
+    tr.on_update(*bar(0, 100), False, 20, now=0.0)
+    assert tr.on_update(*bar(0, 99), False, 10, now=0.0) == []  # older event of the same candle
+    assert tr.on_update(*bar(0, 99), False, 20, now=0.0) == []  # repeated event
+    assert tr.stale == 2
+    assert [r.o for r in tr.on_update(*bar(0, 101), False, 30, now=0.0)] == [101]
+
+
+def test_lost_closed_frame_is_planned_after_grace_and_merged_from_rest() -> None:
+    tr = CandleTracker(STEP, grace=1.0)
+    tr.on_update(*bar(0), True, STEP, now=0.0)
+    tr.on_update(*bar(2 * STEP), False, 2 * STEP + 5, now=5.0)  # t=60000's final frame was lost
+    assert tr.plan(now=5.5) is None
+    plan = tr.plan(now=6.0)
+    assert plan == RepairPlan(STEP, 2 * STEP)
+    out = tr.on_rest(plan, [list(bar(STEP, 50.0))], event_ms=999)
+    assert closed_times(out) == [STEP] and out[0].o == 50.0
+    assert tr.repaired == 1 and tr.plan(now=100.0) is None
+
+
+def test_ccxt_newer_open_time_is_confirmed_over_rest_immediately() -> None:
+    tr = CandleTracker(STEP, rest_confirms=True)
+    tr.on_update(*bar(0), None, 1, now=0.0)
+    assert tr.plan(now=0.0) is None
+    tr.on_update(*bar(STEP), None, 2, now=0.0)
+    plan = tr.plan(now=0.0)
+    assert plan == RepairPlan(0, STEP)
+    # REST may return more than asked; only the closed ones count
+    assert closed_times(tr.on_rest(plan, [list(bar(0)), list(bar(STEP))], 3)) == [0]
+    # a closed flag from a ccxt stream is never trusted
+    assert tr.on_update(*bar(STEP), True, 4, now=0.0)[0].closed is False
+
+
+def test_resync_fetches_since_last_closed_and_drops_the_forming_row() -> None:
+    tr = CandleTracker(STEP, last_closed=0)
+    assert tr.plan(now=0.0) == RepairPlan(STEP, None)
+    rows = [list(bar(t)) for t in (STEP, 2 * STEP, 3 * STEP)]  # the newest may still be forming
+    out = tr.on_rest(RepairPlan(STEP, None), rows, 1)
+    assert closed_times(out) == [STEP, 2 * STEP]
+    assert tr.plan(now=10.0) is None  # caught up: nothing to fetch until the next resync
+    tr.resync()
+    assert tr.plan(now=0.0) == RepairPlan(3 * STEP, None)
+
+
+def test_candle_missing_at_the_exchange_is_skipped_not_waited_for() -> None:
+    tr = CandleTracker(STEP, last_closed=0)
+    out = tr.on_rest(RepairPlan(STEP, None), [list(bar(2 * STEP)), list(bar(3 * STEP)), list(bar(4 * STEP))], 1)
+    assert closed_times(out) == [2 * STEP, 3 * STEP]
+    assert tr.skipped == 1
+
+
+def test_pending_stream_frames_drain_after_rest_fills_the_hole() -> None:
+    tr = CandleTracker(STEP, last_closed=0)
+    tr.resync_needed = False
+    tr.on_update(*bar(3 * STEP), True, 0, now=0.0)
+    tr.on_update(*bar(4 * STEP), True, 0, now=0.0)
+    plan = tr.plan(now=10.0)
+    assert plan == RepairPlan(STEP, 5 * STEP)
+    out = tr.on_rest(plan, [list(bar(STEP)), list(bar(2 * STEP)), list(bar(3 * STEP))], 1)
+    assert closed_times(out) == [STEP, 2 * STEP, 3 * STEP, 4 * STEP]
+    assert len(tr.history) == 4
+
+
+def test_candle_buffer_batch() -> None:
+    buf = CandleBuffer()
+    buf.add("BTC/USDT", "1m", [CandleRow(0, 1, 2, 0.5, 1.5, 3, False, 5), CandleRow(0, 1, 2, 0.5, 1.5, 4, True, 6)], 1.0)
+    buf.add("ETH/USDT", "5m", [CandleRow(STEP * 5, 1, 2, 0.5, 1.5, 3, True, 7)], 2.0)
+    assert buf.first_at == 1.0
+    batch, keys, span = buf.take()
+    assert batch.schema == CANDLE_BATCH_SCHEMA and batch.num_rows == 3
+    assert keys == {("BTC/USDT", "1m"), ("ETH/USDT", "5m")}
+    assert span == (0, STEP * 5)
+    assert batch.column("closed").to_pylist() == [False, True, True]
+    assert len(buf) == 0 and buf.first_at is None
+
+
+def trade_frame(trade_id: int, price: str = "61268.5", event: int = 1001) -> str:
+    return (f'{{"e":"trade","E":{event},"s":"BTCUSDT","t":{trade_id},"p":"{price}","q":"0.19331",'
+            f'"T":{event - 1},"m":false,"M":true}}')
+
+
+def test_trade_buffer_parses_raw_frames_in_bulk_and_drops_duplicates() -> None:
+    buf = TradeBuffer({"BTCUSDT": "BTC/USDT"})
+    buf.frames += [trade_frame(5), trade_frame(5), trade_frame(4), trade_frame(6, "61269.0", 1003)]
+    batch, symbols, stats = buf.take()
+    assert batch.schema == TRADE_BATCH_SCHEMA
+    assert symbols == {"BTC/USDT"} and stats == {"BTC/USDT": (2, 1003)}
+    assert batch.column("price").to_pylist() == [61268.5, 61269.0]
+    assert batch.column("trade_id").to_pylist() == [5, 6]
+    assert batch.column("symbol").to_pylist() == ["BTC/USDT", "BTC/USDT"]
+    assert buf.duplicates == 2 and len(buf) == 0
+    buf.frames += [trade_frame(7), trade_frame(8)[:30], '{"e":"trade","s":"BTCUSDT"}', trade_frame(9)]
+    batch, _, _ = buf.take()
+    assert batch.column("trade_id").to_pylist() == [7, 9] and buf.malformed == 2
+
+
+def test_trade_buffer_takes_parsed_trades_like_raw_ones() -> None:
+    raw, parsed = TradeBuffer({"BTCUSDT": "BTC/USDT"}), TradeBuffer({})
+    raw.frames.append(trade_frame(5))
+    parsed.add("BTC/USDT", 5, 1000, 61268.5, 0.19331, False, 1001, 0.0)
+    assert parsed.first_at == 0.0
+    assert raw.take()[0].equals(parsed.take()[0])
+
+
+def test_ring_bounds_memory_and_reports_what_a_slow_reader_missed() -> None:
+    ring = BatchRing(capacity=3)
+    for i in range(5):
+        ring.append(i, frozenset({"a"}))
+    assert [e.payload for e in ring.entries] == [2, 3, 4]
+    read = ring.read(0)
+    assert read.missed == (0, 1) and [e.payload for e in read.entries] == [2, 3, 4] and read.cursor == 5
+    assert ring.read(5).entries == [] and ring.read(5).missed is None
+
+
+def test_guarded_ring_keeps_batches_until_stored() -> None:
+    ring = BatchRing(capacity=2, guard=True, hard_capacity=6)
+    for i in range(5):
+        ring.append(i, frozenset({"a"}))
+    assert len(ring.entries) == 5  # nothing stored yet: nothing may go
+    ring.persisted(2)
+    assert [e.payload for e in ring.entries] == [3, 4]
+    for i in range(5, 12):
+        ring.append(i, frozenset({"a"}))
+    assert len(ring.entries) == 6 and ring.forced_evictions == 3
+
+
+def test_ring_is_bounded_by_bytes_too() -> None:
+    ring = BatchRing(capacity=100, max_bytes=250)
+    for i in range(6):
+        ring.append(i, frozenset({"a"}), nbytes=100)
+    assert [e.payload for e in ring.entries] == [4, 5] and ring.nbytes == 200
+    assert ring.read(0).missed == (0, 3)
+
+
+def test_ring_read_filters_by_key_and_pages() -> None:
+    ring = BatchRing(capacity=10)
+    for i in range(6):
+        ring.append(i, frozenset({"a" if i % 2 else "b"}))
+    read = ring.read(None, "a", limit=2)
+    assert [e.payload for e in read.entries] == [1, 3] and read.cursor == 4
+    assert [e.payload for e in ring.read(read.cursor, "a").entries] == [5]
+
+
+def test_config_rejects_bad_input() -> None:
+    with pytest.raises(ConfigError, match="valid: 1m, 5m"):
+        FeedConfig(symbols=("BTC/USDT",), timeframes=("7m",))
+    with pytest.raises(ConfigError, match="ccxt, native"):
+        FeedConfig(symbols=("BTC/USDT",), connector="zmq")
+    with pytest.raises(ConfigError, match="at least one symbol"):
+        FeedConfig(symbols=())
+    assert FeedConfig(symbols=["BTC/USDT"], shard="eu").name == "feed:binance:eu"
+    assert isinstance(FeedConfig(symbols=["BTC/USDT"]).symbols, tuple)
+    assert pa.types.is_timestamp(CANDLE_BATCH_SCHEMA.field("open_time").type)

@@ -1,0 +1,93 @@
+"""FeedActor: a restartable async Ray actor around one :class:`~tradpal_ray.feeds.feed.Feed`.
+
+Named ``feed:<exchange>:<shard>`` in the ``tradpal`` namespace. Batches are ``ray.put`` by
+the actor and handed out as ObjectRefs by :meth:`FeedActor.poll`, so consumers on any node
+read them from the object store without passing through the driver. Objects the actor
+owns die with it; the candle store is the record of truth: a restarted actor (``__init__``
+runs again) resumes every series from the store and repairs the gap over REST.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Hashable
+from typing import Any
+
+import pandas as pd
+import ray
+
+from tradpal_ray.feeds.feed import Feed, FeedConfig
+from tradpal_ray.feeds.metrics import FeedMetrics
+from tradpal_ray.feeds.publish import RingRead
+from tradpal_ray.log import get_logger
+
+log = get_logger(__name__)
+
+NAMESPACE = "tradpal"
+
+
+class FeedActor:
+    """Thin Ray shell: starts the feed on creation (and on every restart); see :class:`Feed` for the API."""
+
+    def __init__(self, config: FeedConfig) -> None:
+        restarted = ray.get_runtime_context().was_current_actor_reconstructed
+        self.feed = Feed(config, publish=ray.put, metrics=FeedMetrics(config.name))
+        self._start = asyncio.get_running_loop().create_task(self.feed.start())
+        log.info("feed.actor_up", feed=config.name, restarted=restarted)
+
+    async def ready(self) -> dict[str, Any]:
+        """Wait until the feed streams (raises its ConfigError / ExchangeUnavailable); its status."""
+        await asyncio.shield(self._start)
+        return self.feed.status()
+
+    async def status(self) -> dict[str, Any]:
+        """See :meth:`Feed.status`."""
+        return self.feed.status()
+
+    async def poll(self, kind: str, cursor: int | None = None, key: Hashable | None = None, *,
+                   epoch: str | None = None, timeout: float = 1.0, limit: int = 64) -> RingRead:
+        """See :meth:`Feed.poll`; payloads are ObjectRefs of Arrow record batches."""
+        await asyncio.shield(self._start)
+        return await self.feed.poll(kind, cursor, key, epoch=epoch, timeout=timeout, limit=limit)
+
+    async def latest(self, symbol: str, timeframe: str, n: int = 100) -> pd.DataFrame:
+        """See :meth:`Feed.latest`."""
+        await asyncio.shield(self._start)
+        return await asyncio.to_thread(self.feed.latest, symbol, timeframe, n)
+
+    async def flush(self) -> int:
+        """Publish everything buffered and store every closed candle now; rows stored."""
+        await asyncio.shield(self._start)
+        self.feed.flush(force=True)
+        return await self.feed.write_store()
+
+    async def stop(self) -> dict[str, Any]:
+        """Stop streaming, flush and store everything; the final status."""
+        if not self._start.done():
+            self._start.cancel()
+        await asyncio.gather(self._start, return_exceptions=True)
+        return await self.feed.stop()
+
+
+def start_feed(config: FeedConfig, *, max_restarts: int = -1, detached: bool = False,
+               **options: Any) -> ray.actor.ActorHandle:
+    """Create (or find) the feed actor ``config.name``; ``options`` go to ``.options()`` (e.g. resources).
+
+    The actor is restarted after a crash (``max_restarts``; -1 = always) and resumes from the store.
+    Call ``ray.get(handle.ready.remote())`` to wait until it streams.
+    """
+    remote = ray.remote(FeedActor)
+    return remote.options(
+        name=config.name,
+        namespace=NAMESPACE,
+        get_if_exists=True,
+        max_restarts=max_restarts,
+        lifetime="detached" if detached else None,
+        num_cpus=options.pop("num_cpus", 0),
+        **options,
+    ).remote(config)
+
+
+def get_feed(name: str) -> ray.actor.ActorHandle:
+    """The running feed actor called ``name`` (``feed:<exchange>:<shard>``)."""
+    return ray.get_actor(name, namespace=NAMESPACE)

@@ -1,0 +1,568 @@
+"""The feed engine: one exchange connection, many series, plain asyncio (the actor wraps it).
+
+:class:`Feed` validates the request, resumes every candle series from the store, and runs:
+
+* the stream supervisor: dial, watch for staleness (no frame for ``stale_after`` tears the
+  connection down - this is what catches ccxt's silent freeze), reconnect with capped,
+  jittered exponential backoff; after ``rest_fallback_after`` connections in a row without
+  data the mode becomes "rest" until a connection delivers data again;
+* gap repair: every :class:`~tradpal_ray.feeds.candles.CandleTracker` plan is fetched with
+  the backfill pager and merged back in order (after every reconnect and restart, for lost
+  frames, for ccxt's REST-confirmed closes, and every ``rest_poll_interval`` in REST mode);
+* the flush loop: buffered rows become one Arrow batch per kind at most every
+  ``flush_interval`` (sooner when ``flush_rows`` pile up, or every ``min_flush_interval``
+  while a consumer is waiting), handed to ``publish`` (``ray.put`` in the actor) and kept in
+  a bounded :class:`~tradpal_ray.feeds.publish.BatchRing`;
+* the store loop: every closed candle is upserted into the candle store within
+  ``store_within`` seconds; ring entries are evicted only once their candles are stored;
+* status snapshots into :class:`~tradpal_ray.feeds.status_store.FeedStatusStore`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from typing import Any
+
+import ccxt
+import pandas as pd
+import pyarrow as pa
+
+from tradpal_ray.errors import ConfigError, TradpalError
+from tradpal_ray.feeds.candles import CandleRow, CandleTracker, RepairPlan
+from tradpal_ray.feeds.connectors import Connector, make_connector
+from tradpal_ray.feeds.metrics import FeedMetrics
+from tradpal_ray.feeds.publish import BatchRing, CandleBuffer, RingRead, TradeBuffer
+from tradpal_ray.feeds.status_store import FeedStatusStore
+from tradpal_ray.log import get_logger
+from tradpal_ray.market.backfill import iter_kline_pages, validate_request
+from tradpal_ray.market.exchange import create_exchange
+from tradpal_ray.market.retry import Backoff
+from tradpal_ray.market.schema import candles_frame, candles_table, timeframe_ms
+from tradpal_ray.market.store import CandleStore
+
+log = get_logger(__name__)
+
+KINDS = ("candles", "trades")
+
+
+@dataclass(frozen=True)
+class FeedConfig:
+    """What one feed streams and how; see the README "Live feeds" section for each knob."""
+
+    symbols: tuple[str, ...]
+    timeframes: tuple[str, ...] = ("1m",)
+    exchange: str = "binance"
+    url: str | None = None
+    """Exchange base URL override (the simulator); None for the real exchange."""
+    store: str | None = None
+    """Candle store root; None keeps closed candles in memory only (tests, benchmarks)."""
+    connector: str = "native"
+    trades: bool = True
+    shard: str = "0"
+    stale_after: float = 10.0
+    repair_grace: float = 2.0
+    """Seconds a hole left by a lost closed-candle frame may wait for it before REST repair."""
+    flush_interval: float = 0.1
+    min_flush_interval: float = 0.01
+    flush_rows: int = 20_000
+    ring_batches: int = 256
+    ring_bytes: int = 8 << 20
+    """Memory bound of each ring (candles, trades): the newest batches within both limits are kept."""
+    store_within: float = 5.0
+    status_interval: float = 2.0
+    reconnect: Backoff = field(default_factory=lambda: Backoff(retries=0, base=0.25, cap=30.0))
+    rest: Backoff = field(default_factory=lambda: Backoff(retries=6, base=0.25, cap=10.0))
+    rest_fallback_after: int = 5
+    """Connections in a row without data before polling REST (0: never)."""
+    rest_poll_interval: float = 2.0
+    request_timeout_ms: int = 10_000
+    history: int = 1000
+    """Closed candles per series kept in memory for :meth:`Feed.latest`."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "symbols", tuple(self.symbols))
+        object.__setattr__(self, "timeframes", tuple(self.timeframes))
+        if not self.symbols:
+            raise ConfigError("a feed needs at least one symbol, e.g. BTC/USDT")
+        if not self.timeframes:
+            raise ConfigError("a feed needs at least one timeframe, e.g. 1m")
+        for timeframe in self.timeframes:
+            timeframe_ms(timeframe)
+        if self.connector not in ("ccxt", "native"):
+            raise ConfigError(f"unknown connector {self.connector!r}; valid: ccxt, native")
+        if self.connector == "native" and self.exchange != "binance":
+            raise ConfigError(f"the native connector speaks Binance only; use the ccxt connector for {self.exchange}")
+        for name in ("stale_after", "flush_interval", "min_flush_interval", "store_within", "status_interval",
+                     "rest_poll_interval"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)!r}")
+
+    @property
+    def name(self) -> str:
+        """The feed's (and its actor's) name, ``feed:<exchange>:<shard>``."""
+        return f"feed:{self.exchange}:{self.shard}"
+
+
+@dataclass
+class StreamStats:
+    """Counters of one series (or one symbol's trades) for :meth:`Feed.status`."""
+
+    messages: int = 0
+    last_message_ms: int | None = None
+    last_event_ms: int | None = None
+
+
+def _wall_ms() -> int:
+    return int(time.time() * 1000)
+
+
+async def open_rest_client(config: FeedConfig) -> Any:
+    """An asyncio ccxt client with markets loaded, after checking the feed's symbols and timeframes.
+
+    Raises ConfigError listing the valid ones, ExchangeUnavailable after the ``rest`` retry budget.
+    """
+    client = create_exchange(config.exchange, url=config.url, pro=True)
+    client.timeout = config.request_timeout_ms
+    try:
+        for timeframe in config.timeframes:
+            await validate_request(client, config.symbols, timeframe, config.rest)
+    except BaseException:
+        await client.close()
+        raise
+    return client
+
+
+async def validate_feed(config: FeedConfig) -> None:
+    """Check ``config`` against the exchange up front (see :func:`open_rest_client`)."""
+    client = await open_rest_client(config)
+    await client.close()
+
+
+class Feed:
+    """One exchange connection's live data: see the module docstring. Create, ``await start()``, ``await stop()``."""
+
+    def __init__(self, config: FeedConfig, *, publish: Callable[[pa.RecordBatch], Any] | None = None,
+                 metrics: FeedMetrics | None = None) -> None:
+        self.config = config
+        self.name = config.name
+        self._publish = publish or (lambda batch: batch)
+        self.metrics = metrics or FeedMetrics(config.name, enabled=False)
+        self.store = CandleStore(config.store) if config.store else None
+        self.status_store = FeedStatusStore(config.store) if config.store else None
+        self.trackers: dict[tuple[str, str], CandleTracker] = {}
+        self.series: dict[tuple[str, str], StreamStats] = {}
+        self.trade_stats: dict[str, StreamStats] = {s: StreamStats() for s in config.symbols}
+        self.candles = CandleBuffer()
+        self.trades = TradeBuffer({})
+        self.rings = {
+            "candles": BatchRing(config.ring_batches, config.ring_bytes, guard=self.store is not None),
+            "trades": BatchRing(config.ring_batches, config.ring_bytes),
+        }
+        self.connector: Connector | None = None
+        self.rest_client: Any = None
+        self.connected = False
+        self.reconnects = 0
+        self.failures = 0
+        self.repair_errors = 0
+        self.stored_rows = 0
+        self.started_ms: int | None = None
+        self._store_pending: list[tuple[str, str, CandleRow]] = []
+        self._store_lock = asyncio.Lock()
+        self._store_wake = asyncio.Event()
+        self._unstored: set[tuple[str, str]] = set()
+        self._held: dict[tuple[str, str], list[CandleRow]] = {}
+        self._new_batch = asyncio.Event()
+        self._repair_wake = asyncio.Event()
+        self._waiters = 0
+        self._tasks: list[asyncio.Task] = []
+        self._stopped = False
+        self._ended = False
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Validate symbols and timeframes, resume from the store, start streaming.
+
+        Raises ConfigError for unknown symbols/timeframes (listing valid ones) and
+        ExchangeUnavailable when the exchange does not answer within the ``rest`` budget.
+        """
+        cfg = self.config
+        self.rest_client = await open_rest_client(cfg)
+        try:
+            self.connector = make_connector(cfg.connector, exchange=cfg.exchange, url=cfg.url,
+                                            rest_client=self.rest_client, symbols=cfg.symbols,
+                                            timeframes=cfg.timeframes, trades=cfg.trades)
+        except BaseException:
+            await self.rest_client.close()
+            raise
+        ids = {self.rest_client.markets[s]["id"]: s for s in cfg.symbols}
+        self.trades = TradeBuffer(ids)
+        for symbol in cfg.symbols:
+            for timeframe in cfg.timeframes:
+                last = await asyncio.to_thread(self.store.last_open_time, cfg.exchange, symbol, timeframe) if self.store else None
+                self.trackers[(symbol, timeframe)] = CandleTracker(
+                    timeframe_ms(timeframe), last, rest_confirms=cfg.connector == "ccxt",
+                    grace=cfg.repair_grace, history=cfg.history,
+                )
+                self.series[(symbol, timeframe)] = StreamStats()
+                if self.store is not None and last is None:
+                    self._unstored.add((symbol, timeframe))
+        self.started_ms = _wall_ms()
+        loops = [self._supervise(), self._repair_loop(), self._flush_loop(), self._rest_poll_loop()]
+        if self.store is not None:
+            loops += [self._store_loop(), self._status_loop()]
+        self._tasks = [asyncio.create_task(loop) for loop in loops]
+        log.info("feed.started", feed=self.name, connector=cfg.connector, symbols=",".join(cfg.symbols),
+                 timeframes=",".join(cfg.timeframes),
+                 resumed={f"{s} {tf}": t.last_closed for (s, tf), t in self.trackers.items() if t.last_closed})
+
+    async def stop(self) -> dict[str, Any]:
+        """Stop streaming; publish and store everything received; return the final status."""
+        if self._stopped:
+            return self.status()
+        self._stopped = True
+        for task in self._tasks:
+            task.cancel()
+        if self._tasks:
+            _, stuck = await asyncio.wait(self._tasks, timeout=10.0)
+            if stuck:  # never expected: say which loop ignored its cancellation, and go on flushing
+                log.error("feed.stop_stuck", feed=self.name, tasks=[t.get_coro().__qualname__ for t in stuck])
+        self.flush(force=True)
+        if self.store is not None:
+            await self.write_store()
+            self.flush(force=True)  # candles held until stored
+            await asyncio.to_thread(self.status_store.write, self.name, self.status())
+        if self.connector is not None:
+            await self.connector.close()
+        if self.rest_client is not None:
+            await self.rest_client.close()
+        self._ended = True  # everything is published: consumers may finish
+        self._new_batch.set()
+        log.info("feed.stopped", feed=self.name, stored=self.stored_rows, reconnects=self.reconnects)
+        return self.status()
+
+    # -- events from the connector ------------------------------------------------------------
+
+    def kline(self, symbol: str, timeframe: str, t: int, o: float, h: float, l: float, c: float,
+              v: float, closed: bool | None, event_ms: int) -> None:
+        """One candle update from the stream (see :class:`~tradpal_ray.feeds.connectors.FeedSink`)."""
+        key = (symbol, timeframe)
+        tracker = self.trackers.get(key)
+        if tracker is None:
+            return
+        stats = self.series[key]
+        stats.messages += 1
+        stats.last_message_ms = _wall_ms()
+        stats.last_event_ms = event_ms
+        now = time.monotonic()
+        self._emit(key, tracker.on_update(t, o, h, l, c, v, closed, event_ms, now), now)
+        if tracker.next is not None and tracker.closed_until > tracker.next:
+            self._repair_wake.set()
+
+    def _emit(self, key: tuple[str, str], rows: list[CandleRow], now: float) -> None:
+        if not rows:
+            return
+        closed = [(key[0], key[1], row) for row in rows if row.closed]
+        self._store_pending += closed
+        if closed and key in self._unstored:
+            # A series with nothing stored has no point to resume from after a crash: its
+            # first closed candles are published only once they are in the store.
+            self._held.setdefault(key, []).extend(row for _, _, row in closed)
+            rows = [row for row in rows if not row.closed]
+            self._store_wake.set()
+        if rows:
+            self.candles.add(key[0], key[1], rows, now)
+
+    # -- stream supervision ---------------------------------------------------------------------
+
+    @property
+    def mode(self) -> str:
+        """"ws" while streaming works, "rest" while polling REST after repeated stream failures."""
+        after = self.config.rest_fallback_after
+        return "rest" if after > 0 and self.failures >= after else "ws"
+
+    async def _supervise(self) -> None:
+        cfg = self.config
+        connector = self.connector
+        check = min(cfg.stale_after / 4, 0.5)
+        attempt = 0
+        while True:
+            run = asyncio.create_task(connector.run(self))
+            self.connected = True
+            reason = "closed"
+            try:
+                while not run.done():
+                    await asyncio.wait({run}, timeout=check)
+                    if connector.received and self.failures:
+                        log.info("feed.stream_recovered", feed=self.name, after_failures=self.failures)
+                        self.failures = 0
+                        self.metrics.mode(False)
+                    if not run.done() and time.monotonic() - connector.last_message > cfg.stale_after:
+                        reason = "stale"
+                        run.cancel()
+                        await asyncio.wait({run})
+            finally:
+                if not run.done():
+                    run.cancel()
+                    await asyncio.gather(run, return_exceptions=True)
+                self.connected = False
+            if not run.cancelled() and run.exception() is not None:
+                reason = f"{type(run.exception()).__name__}: {str(run.exception())[:200]}"
+            if connector.received:
+                attempt = 0
+                self.failures = 0
+            else:
+                self.failures += 1
+            self.reconnects += 1
+            self.metrics.reconnect()
+            self.metrics.mode(self.mode == "rest")
+            for tracker in self.trackers.values():
+                tracker.resync()
+            self._repair_wake.set()
+            delay = cfg.reconnect.delay(min(attempt, 16))
+            log.warning("feed.disconnected", feed=self.name, reason=reason, failures=self.failures, mode=self.mode,
+                        retry_in_s=round(delay, 3))
+            attempt += 1
+            await asyncio.sleep(delay)
+
+    # -- gap repair ----------------------------------------------------------------------------------
+
+    async def _repair_loop(self) -> None:
+        attempt = 0
+        tick = max(0.02, min(self.config.repair_grace / 4, 0.25))
+        while True:
+            try:
+                await asyncio.wait_for(self._repair_wake.wait(), tick)
+            except TimeoutError:
+                pass
+            self._repair_wake.clear()
+            now = time.monotonic()
+            plans = [(key, plan) for key, tracker in self.trackers.items() if (plan := tracker.plan(now))]
+            if not plans:
+                continue
+            results = await asyncio.gather(*(self._repair(key, plan) for key, plan in plans), return_exceptions=True)
+            errors = [r for r in results if isinstance(r, BaseException)]
+            for error in errors:
+                if not isinstance(error, Exception):
+                    raise error
+                self.repair_errors += 1
+                expected = isinstance(error, (TradpalError, ccxt.BaseError))
+                log.warning("feed.repair_failed", feed=self.name, error=f"{type(error).__name__}: {str(error)[:200]}",
+                            exc_info=None if expected else error)
+            if errors:
+                await asyncio.sleep(self.config.rest.delay(min(attempt, 16)))
+                attempt += 1
+            else:
+                attempt = 0
+
+    async def _repair(self, key: tuple[str, str], plan: RepairPlan) -> None:
+        symbol, timeframe = key
+        rows: list[list[float]] = []
+        async for page in iter_kline_pages(self.rest_client, symbol, timeframe, plan.start, plan.end,
+                                           policy=self.config.rest, what=f"{self.config.exchange} gap repair"):
+            rows += page
+        tracker = self.trackers[key]
+        before = tracker.repaired
+        self._emit(key, tracker.on_rest(plan, rows, _wall_ms()), time.monotonic())
+        repaired = tracker.repaired - before
+        self.metrics.repaired(repaired)
+        if repaired:
+            log.info("feed.repaired", feed=self.name, symbol=symbol, timeframe=timeframe, candles=repaired,
+                     start=plan.start, end=plan.end)
+
+    async def _rest_poll_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.rest_poll_interval)
+            if self.mode == "rest":
+                for tracker in self.trackers.values():
+                    tracker.resync()
+                self._repair_wake.set()
+
+    # -- publishing ------------------------------------------------------------------------------------
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.min_flush_interval)
+            self.flush(force=False)
+
+    def flush(self, force: bool = True) -> int:
+        """Publish buffered rows as batches (only those due unless ``force``); returns batches published."""
+        cfg = self.config
+        now = time.monotonic()
+        published = 0
+        for kind, buffer in (("candles", self.candles), ("trades", self.trades)):
+            if not len(buffer):
+                continue
+            age = now - buffer.first_at
+            if not (force or self._waiters or age >= cfg.flush_interval or len(buffer) >= cfg.flush_rows):
+                continue
+            if kind == "candles":
+                batch, keys, span = self.candles.take()
+            else:
+                batch, keys, per_symbol = self.trades.take()
+                span = None
+                self._note_trades(per_symbol)
+            self.rings[kind].append(self._publish(batch), keys, span, batch.nbytes)
+            self.metrics.messages(kind, batch.num_rows)
+            self.metrics.flushed(kind, age * 1000.0)
+            published += 1
+        if published:
+            self._new_batch.set()
+            self._new_batch = asyncio.Event()
+            if self.metrics.enabled:
+                self._record_lag()
+        return published
+
+    def _note_trades(self, per_symbol: dict[str, tuple[int, int]]) -> None:
+        now_ms = _wall_ms()
+        for symbol, (count, last_event) in per_symbol.items():
+            stats = self.trade_stats.setdefault(symbol, StreamStats())
+            stats.messages += count
+            stats.last_message_ms = now_ms
+            stats.last_event_ms = last_event
+
+    def _record_lag(self) -> None:
+        now_ms = _wall_ms()
+        for symbol, stats in self.trade_stats.items():
+            if stats.last_event_ms is not None:
+                self.metrics.lag(symbol, now_ms - stats.last_event_ms)
+
+    async def poll(self, kind: str, cursor: int | None = None, key: Hashable | None = None, *,
+                   epoch: str | None = None, timeout: float = 1.0, limit: int = 64) -> RingRead:
+        """Batches of ``kind`` after ``cursor`` holding ``key``; waits up to ``timeout`` s for one.
+
+        ``key`` is ``(symbol, timeframe)`` for candles and ``symbol`` for trades. A cursor of
+        another ``epoch`` (a previous incarnation of the feed) restarts at the oldest batch.
+        """
+        if kind not in self.rings:
+            raise ConfigError(f"unknown batch kind {kind!r}; valid: {', '.join(KINDS)}")
+        ring = self.rings[kind]
+        if epoch is not None and epoch != ring.epoch:
+            cursor = None
+        deadline = time.monotonic() + timeout
+        while True:
+            read = ring.read(cursor, key, limit)
+            remaining = deadline - time.monotonic()
+            if self._ended and not read.entries:
+                read.ended = True
+            if read.entries or read.missed or remaining <= 0 or read.ended:
+                return read
+            cursor = read.cursor
+            event = self._new_batch
+            self._waiters += 1
+            try:
+                await asyncio.wait_for(event.wait(), remaining)
+            except TimeoutError:
+                pass
+            finally:
+                self._waiters -= 1
+
+    # -- the durable store -------------------------------------------------------------------------------
+
+    async def _store_loop(self) -> None:
+        period = self.config.store_within / 5
+        while True:
+            try:
+                await asyncio.wait_for(self._store_wake.wait(), period)
+            except TimeoutError:
+                pass
+            self._store_wake.clear()
+            try:
+                await self.write_store()
+            except TradpalError as exc:
+                log.error("feed.store_failed", feed=self.name, error=str(exc)[:300])
+
+    async def write_store(self) -> int:
+        """Upsert every closed candle not yet stored; returns rows written (failed rows stay queued)."""
+        async with self._store_lock:
+            if self.store is None:
+                return 0
+            ring = self.rings["candles"]
+            covered = ring.next_seq - 1  # every candle in batches up to here is in ``rows``
+            rows, self._store_pending = self._store_pending, []
+            releasable = [key for key in self._held if key in {(symbol, timeframe) for symbol, timeframe, _ in rows}]
+            if rows:
+                by_series: dict[tuple[str, str], list[list[float]]] = {}
+                for symbol, timeframe, row in rows:
+                    by_series.setdefault((symbol, timeframe), []).append(list(row[:6]))
+                try:
+                    table = pa.concat_tables(
+                        candles_table(series_rows, exchange=self.config.exchange, symbol=symbol, timeframe=timeframe)
+                        for (symbol, timeframe), series_rows in by_series.items()
+                    )
+                    await asyncio.to_thread(self.store.write, table)
+                except BaseException:
+                    self._store_pending = rows + self._store_pending
+                    raise
+                self.stored_rows += len(rows)
+            ring.persisted(covered)
+            for key in releasable:  # stored now: publish them (and any held since)
+                self.candles.add(key[0], key[1], self._held.pop(key), time.monotonic())
+                self._unstored.discard(key)
+            return len(rows)
+
+    async def _status_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.status_interval)
+            try:
+                await asyncio.to_thread(self.status_store.write, self.name, self.status())
+            except OSError as exc:
+                log.warning("feed.status_write_failed", feed=self.name, error=str(exc)[:200])
+
+    # -- reading ----------------------------------------------------------------------------------------------
+
+    def latest(self, symbol: str, timeframe: str, n: int = 100) -> pd.DataFrame:
+        """The last ``n`` closed candles of a series (memory first, then the store) as an OHLCV frame."""
+        tracker = self.trackers.get((symbol, timeframe))
+        if tracker is None:
+            raise ConfigError(f"{self.name} does not stream {symbol} {timeframe}; it has "
+                              f"{', '.join(f'{s} {tf}' for s, tf in self.trackers)}")
+        rows = [list(row[:6]) for row in list(tracker.history)[-n:]]
+        table = candles_table(rows, exchange=self.config.exchange, symbol=symbol, timeframe=timeframe)
+        if len(rows) < n and self.store is not None:
+            end = rows[0][0] if rows else None
+            older = self.store.read_table(self.config.exchange, symbol, timeframe, end=end)
+            older = older.slice(max(0, older.num_rows - (n - len(rows))))
+            table = pa.concat_tables([older, table])
+        return candles_frame(table)
+
+    def status(self) -> dict[str, Any]:
+        """Health per stream (last message time, lag, messages, closed candles) and of the connection."""
+        now_ms = _wall_ms()
+        mode = self.mode
+        streams = []
+
+        def row(symbol: str, stream: str, stats: StreamStats, **extra: Any) -> dict[str, Any]:
+            lag = None if stats.last_event_ms is None else now_ms - stats.last_event_ms
+            return {"symbol": symbol, "stream": stream, "messages": stats.messages,
+                    "last_message_ms": stats.last_message_ms, "lag_ms": lag, "mode": mode,
+                    "reconnects": self.reconnects, **extra}
+
+        for (symbol, timeframe), tracker in self.trackers.items():
+            streams.append(row(symbol, f"kline_{timeframe}", self.series[(symbol, timeframe)],
+                               last_closed_ms=tracker.last_closed, closed=tracker.closed_count,
+                               repaired=tracker.repaired, duplicates=tracker.duplicates + tracker.stale))
+        if self.config.trades:
+            for symbol, stats in self.trade_stats.items():
+                streams.append(row(symbol, "trade", stats))
+        connector = self.connector
+        return {
+            "name": self.name,
+            "exchange": self.config.exchange,
+            "connector": self.config.connector,
+            "mode": mode,
+            "connected": self.connected,
+            "reconnects": self.reconnects,
+            "repair_errors": self.repair_errors,
+            "malformed": (connector.malformed if connector else 0) + self.trades.malformed,
+            "trade_duplicates": self.trades.duplicates,
+            "stored_rows": self.stored_rows,
+            "store_pending": len(self._store_pending),
+            "batches": {kind: ring.next_seq for kind, ring in self.rings.items()},
+            "started_ms": self.started_ms,
+            "now_ms": now_ms,
+            "streams": streams,
+        }
