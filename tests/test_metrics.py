@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 import urllib.request
 
 import pytest
@@ -40,3 +41,36 @@ def test_sweep_metrics_are_exported(ray_session: None, tmp_path: pytest.TempPath
     run_sweep(request, store=str(tmp_path), keep_best=0)
     found = scrape_until({"ray_tradpal_sweep_backtests_total", "ray_tradpal_sweep_chunk_seconds_count"})
     assert found["ray_tradpal_sweep_backtests_total"] >= 6
+
+
+def test_feed_and_cache_metrics_are_exported(ray_session: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import httpx
+    from ray import serve
+
+    from tradpal_ray.config import load_settings
+    from tradpal_ray.feeds import FeedConfig, start_feed
+    from tradpal_ray.serve.launch import ServeOptions, deploy_stats, prepare_environment
+    from tradpal_ray.sim import run_simulator
+    from tradpal_ray.stats.local_redis import free_port
+
+    with run_simulator(["BTC/USDT"], speed=120) as sim:
+        feed = start_feed(FeedConfig(symbols=("BTC/USDT",), timeframes=("1m",), url=sim.url, store=str(tmp_path),
+                                     shard="metrics"))
+        try:
+            ray.get(feed.ready.remote(), timeout=60)
+            for name in ("TRADPAL_STORE", "TRADPAL_REDIS_URL"):  # prepare_environment exports these: restore after
+                monkeypatch.setenv(name, "")
+            options = prepare_environment(load_settings(store=str(tmp_path), redis_url="redis://127.0.0.1:1/0"),
+                                          ServeOptions(port=free_port(), fast=False))
+            url = deploy_stats(options, str(tmp_path))
+            try:
+                for _ in range(3):
+                    assert httpx.get(f"{url}/runs", timeout=10).status_code == 200
+                found = scrape_until({"ray_tradpal_feed_messages_total", "ray_tradpal_stats_cache_requests_total"})
+            finally:
+                serve.shutdown()
+        finally:
+            ray.get(feed.stop.remote(), timeout=60)
+            ray.kill(feed)
+    assert found["ray_tradpal_feed_messages_total"] > 0
+    assert found["ray_tradpal_stats_cache_requests_total"] >= 3

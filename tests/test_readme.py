@@ -1,4 +1,4 @@
-"""The README's Python examples run as written."""
+"""The README's Python examples run as written (```python blocks; ```py ones need live services)."""
 
 from __future__ import annotations
 
