@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 import urllib.request
+from pathlib import Path
 
 import pytest
 import ray
-from backtesting.test import GOOG
+from market_data import write_goog
 
 from tradpal_ray.backtest.distributed import SweepRequest, run_sweep
-from tradpal_ray.market import CandleStore, candles_table
 
 
 def scrape_until(names: set[str], timeout: float = 45.0) -> dict[str, float]:
@@ -34,8 +33,7 @@ def scrape_until(names: set[str], timeout: float = 45.0) -> dict[str, float]:
 
 
 def test_sweep_metrics_are_exported(ray_session: None, tmp_path: pytest.TempPathFactory) -> None:
-    frame = GOOG.rename(columns=str.lower)
-    CandleStore(tmp_path).write(candles_table(frame, exchange="test", symbol="GOOG/USD", timeframe="1d"))
+    write_goog(tmp_path, {"GOOG/USD": 1.0})
     request = SweepRequest(strategy="sma_cross", grid={"fast": [5, 10], "slow": [20, 30, 40]}, symbols=["GOOG/USD"],
                            exchange="test", timeframe="1d")
     run_sweep(request, store=str(tmp_path), keep_best=0)

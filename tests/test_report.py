@@ -10,14 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import orjson
-import pandas as pd
 import pytest
-from backtesting.test import GOOG
+from market_data import write_goog
 
 from tradpal_ray.backtest.distributed import SweepOutcome, SweepRequest, run_sweep
 from tradpal_ray.backtest.results import ResultStore
 from tradpal_ray.errors import ConfigError
-from tradpal_ray.market import CandleStore, candles_table
 from tradpal_ray.report import build_report
 from tradpal_ray.report.svg import (
     MAX_POINTS,
@@ -34,20 +32,11 @@ GRID = {"fast": [5, 10, 15, 20], "slow": [10, 20, 30, 40]}  # 12 combinations wi
 RunCli = Callable[..., tuple[int, str, str]]
 
 
-def goog(scale: float) -> pd.DataFrame:
-    frame = GOOG.copy()
-    frame.columns = [c.lower() for c in frame.columns]
-    frame[["open", "high", "low", "close"]] *= scale
-    return frame
-
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> str:
     root = tmp_path_factory.mktemp("store")
-    candles = CandleStore(root)
-    for symbol, scale in zip(SYMBOLS, (1.0, 0.37)):
-        candles.write(candles_table(goog(scale), exchange="test", symbol=symbol, timeframe="1d"))
-    return str(root)
+    return write_goog(root, dict(zip(SYMBOLS, (1.0, 0.37))))
 
 
 @pytest.fixture(scope="module")

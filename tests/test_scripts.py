@@ -11,10 +11,9 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-import pandas as pd
 import pytest
 import ray
-from backtesting.test import GOOG
+from market_data import goog
 
 from tradpal_ray.backtest import BacktestConfig, sweep
 from tradpal_ray.errors import ConfigError
@@ -23,12 +22,6 @@ from tradpal_ray.market.store import SeriesInfo
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "backtest_universe.py"
 
-
-def goog(scale: float = 1.0) -> pd.DataFrame:
-    frame = GOOG.copy()
-    frame.columns = [c.lower() for c in frame.columns]
-    frame[["open", "high", "low", "close"]] *= scale
-    return frame
 
 
 @pytest.fixture(scope="module")

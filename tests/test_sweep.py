@@ -8,33 +8,23 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from backtesting.test import GOOG
+from market_data import goog, write_goog
 
 from tradpal_ray.backtest import BacktestConfig, sweep
 from tradpal_ray.backtest.distributed import SweepRequest, plan_chunk_size, run_sweep
 from tradpal_ray.backtest.results import ResultStore
-from tradpal_ray.market import CandleStore, candles_table
 
 GRID = {"fast": list(range(5, 51, 5)), "slow": list(range(20, 201, 10))}
 GRID_ARGS = ["--grid", "fast=5:50:5", "--grid", "slow=20:200:10"]
 RunCli = Callable[..., tuple[int, str, str]]
 
 
-def goog(scale: float = 1.0) -> pd.DataFrame:
-    frame = GOOG.copy()
-    frame.columns = [c.lower() for c in frame.columns]
-    frame[["open", "high", "low", "close"]] *= scale
-    return frame
-
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> str:
     """GOOG daily bars under two symbols, plus a symbol whose only file is corrupt."""
     root = tmp_path_factory.mktemp("store")
-    candles = CandleStore(root)
-    for symbol, scale in [("GOOG/USD", 1.0), ("GOOG2/USD", 0.37)]:
-        candles.write(candles_table(goog(scale), exchange="test", symbol=symbol, timeframe="1d"))
-    candles.write(candles_table(goog().head(50), exchange="test", symbol="BROKEN/USD", timeframe="1d"))
+    write_goog(root, {"GOOG/USD": 1.0, "GOOG2/USD": 0.37, "BROKEN/USD": 1.0})
     for path in (root / "candles").rglob("*.parquet"):
         if "BROKEN" in str(path):
             path.write_bytes(b"not parquet at all")
@@ -147,7 +137,7 @@ def test_file_without_needed_columns(ray_session: None, store: str, tmp_path: Pa
 
 def test_sweep_over_a_data_file(ray_session: None, store: str, tmp_path: Path, run_cli: RunCli) -> None:
     path = tmp_path / "GOOG.csv"
-    GOOG.to_csv(path)
+    goog().to_csv(path)
     code, stdout, _ = run_cli("sweep", "--store", store, "--data", str(path), *GRID_ARGS, "--top", "0", "--json")
     out = json.loads(stdout)
     assert code == 0 and len(out["results"]) == 174 and {row["symbol"] for row in out["results"]} == {"GOOG"}

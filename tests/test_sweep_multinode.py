@@ -6,10 +6,9 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from backtesting.test import GOOG
+from market_data import write_goog
 
 from tradpal_ray.backtest.distributed import SweepRequest, run_sweep
-from tradpal_ray.market import CandleStore, candles_table
 
 pytestmark = pytest.mark.slow
 SYMBOLS = ["GOOG/USD", "GOOG2/USD", "GOOG3/USD"]
@@ -17,12 +16,7 @@ SYMBOLS = ["GOOG/USD", "GOOG2/USD", "GOOG3/USD"]
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> str:
-    root = tmp_path_factory.mktemp("store")
-    frame = GOOG.rename(columns=str.lower)
-    for k, symbol in enumerate(SYMBOLS):
-        scaled = frame.assign(**{c: frame[c] * (1 + 0.1 * k) for c in ("open", "high", "low", "close")})
-        CandleStore(root).write(candles_table(scaled, exchange="test", symbol=symbol, timeframe="1d"))
-    return str(root)
+    return write_goog(tmp_path_factory.mktemp("store"), {symbol: 1 + 0.1 * k for k, symbol in enumerate(SYMBOLS)})
 
 
 def sweep_once(store: str, on_progress: Any = None) -> pd.DataFrame:

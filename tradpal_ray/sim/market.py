@@ -140,8 +140,45 @@ class SymbolSpec:
         )
 
 
+C = TypeVar("C", bound="_Columns")
+
+
+class _Columns:
+    """Equal-length numpy columns named by ``FIELDS``, sorted by ``t``: shared slicing and joining."""
+
+    FIELDS: tuple[str, ...] = ()
+    t: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.t)
+
+    @classmethod
+    def empty(cls: type[C]) -> C:
+        """No rows."""
+        raise NotImplementedError
+
+    @classmethod
+    def concat(cls: type[C], parts: list[C]) -> C:
+        """The rows of ``parts`` one after another."""
+        parts = [part for part in parts if len(part)]
+        if not parts:
+            return cls.empty()
+        if len(parts) == 1:
+            return parts[0]
+        return cls(*(np.concatenate([getattr(p, name) for p in parts]) for name in cls.FIELDS))
+
+    def take(self: C, index: slice | np.ndarray) -> C:
+        """The rows selected by a slice or mask/index array."""
+        return type(self)(*(getattr(self, name)[index] for name in self.FIELDS))
+
+    def between(self: C, start_ms: int, end_ms: int) -> C:
+        """The rows whose time is in ``[start_ms, end_ms)``."""
+        i, j = np.searchsorted(self.t, [start_ms, end_ms])
+        return self.take(slice(int(i), int(j)))
+
+
 @dataclass(frozen=True)
-class Bars:
+class Bars(_Columns):
     """Integer OHLCV bars (open time ms, ticks, lots, trade count, first trade id)."""
 
     t: np.ndarray
@@ -155,38 +192,14 @@ class Bars:
 
     FIELDS = ("t", "o", "h", "l", "c", "v", "n", "f")
 
-    def __len__(self) -> int:
-        return len(self.t)
-
     @classmethod
     def empty(cls) -> Bars:
         """No bars."""
         return cls(*(_NO_TRADES for _ in cls.FIELDS))
 
-    @classmethod
-    def concat(cls, parts: list[Bars]) -> Bars:
-        """Bars of ``parts`` one after another."""
-        parts = [part for part in parts if len(part)]
-        if not parts:
-            return cls.empty()
-        if len(parts) == 1:
-            return parts[0]
-        return cls(
-            *(np.concatenate([getattr(p, name) for p in parts]) for name in cls.FIELDS)
-        )
-
-    def take(self, index: slice | np.ndarray) -> Bars:
-        """The bars selected by a slice or mask/index array."""
-        return Bars(*(getattr(self, name)[index] for name in self.FIELDS))
-
-    def between(self, start_ms: int, end_ms: int) -> Bars:
-        """Bars whose open time is in ``[start_ms, end_ms)`` (the times are sorted)."""
-        i, j = np.searchsorted(self.t, [start_ms, end_ms])
-        return self.take(slice(int(i), int(j)))
-
 
 @dataclass(frozen=True)
-class Trades:
+class Trades(_Columns):
     """Trades in time order: id, time ms, price ticks, quantity lots, buyer-is-maker."""
 
     id: np.ndarray
@@ -197,36 +210,10 @@ class Trades:
 
     FIELDS = ("id", "t", "p", "q", "m")
 
-    def __len__(self) -> int:
-        return len(self.id)
-
     @classmethod
     def empty(cls) -> Trades:
         """No trades."""
-        return cls(
-            _NO_TRADES, _NO_TRADES, _NO_TRADES, _NO_TRADES, np.empty(0, dtype=bool)
-        )
-
-    @classmethod
-    def concat(cls, parts: list[Trades]) -> Trades:
-        """Trades of ``parts`` one after another."""
-        parts = [part for part in parts if len(part)]
-        if not parts:
-            return cls.empty()
-        if len(parts) == 1:
-            return parts[0]
-        return cls(
-            *(np.concatenate([getattr(p, name) for p in parts]) for name in cls.FIELDS)
-        )
-
-    def take(self, index: slice | np.ndarray) -> Trades:
-        """The trades selected by a slice or mask/index array."""
-        return Trades(*(getattr(self, name)[index] for name in self.FIELDS))
-
-    def between(self, start_ms: int, end_ms: int) -> Trades:
-        """Trades whose time is in ``[start_ms, end_ms)``."""
-        i, j = np.searchsorted(self.t, [start_ms, end_ms])
-        return self.take(slice(int(i), int(j)))
+        return cls(_NO_TRADES, _NO_TRADES, _NO_TRADES, _NO_TRADES, np.empty(0, dtype=bool))
 
 
 def aggregate(bars: Bars, period_ms: int) -> Bars:
