@@ -16,9 +16,8 @@ X-API-Key). The Redis URL comes from TRADPAL_REDIS_URL or --redis-url and is nev
 from __future__ import annotations
 
 import argparse
-import threading
 
-from tradpal_ray.cluster import connect
+from tradpal_ray.cluster import connect, script_parser, wait_if_local
 from tradpal_ray.config import load_settings
 from tradpal_ray.errors import TradpalError
 from tradpal_ray.serve.launch import ServeOptions, deploy_stats, prepare_environment
@@ -26,8 +25,7 @@ from tradpal_ray.serve.launch import ServeOptions, deploy_stats, prepare_environ
 
 def parser() -> argparse.ArgumentParser:
     """Command-line options (``--help``)."""
-    cli = argparse.ArgumentParser(prog="serve_stats.py", description=__doc__.split("\n\n")[0],
-                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    cli = script_parser("serve_stats.py", __doc__)
     cli.add_argument("--host", help="bind address (default TRADPAL_SERVE_HOST or 127.0.0.1)")
     cli.add_argument("--port", type=int, help="HTTP port (default TRADPAL_SERVE_PORT or 8000)")
     cli.add_argument("--store", help="store root, a path or s3://... (default TRADPAL_STORE)")
@@ -36,7 +34,6 @@ def parser() -> argparse.ArgumentParser:
     cli.add_argument("--autoscale-max", type=int, help="autoscale between --replicas and this many")
     cli.add_argument("--fast", action=argparse.BooleanOptionalAction, default=None,
                      help="HAProxy + throughput-optimized Serve (default: on off loopback)")
-    cli.add_argument("--address", help="Ray address (default: RAY_ADDRESS, a running cluster, else local)")
     return cli
 
 
@@ -53,11 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     except (TradpalError, ValueError) as exc:
         cli.exit(2, f"error: {exc}\n")
     print(url, flush=True)
-    if mode == "local":
-        try:
-            threading.Event().wait()
-        except KeyboardInterrupt:
-            pass
+    wait_if_local(mode)
 
 
 if __name__ == "__main__":

@@ -15,17 +15,15 @@ stops the feeds after they flushed every closed candle. It imports only ``tradpa
 from __future__ import annotations
 
 import argparse
-import threading
 
-from tradpal_ray.cluster import connect
+from tradpal_ray.cluster import connect, script_parser, wait_if_local
 from tradpal_ray.config import load_settings, split_list
 from tradpal_ray.errors import ConfigError, TradpalError
 
 
 def parser() -> argparse.ArgumentParser:
     """Command-line options (``--help``)."""
-    cli = argparse.ArgumentParser(prog="stream.py", description=__doc__.split("\n\n")[0],
-                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    cli = script_parser("stream.py", __doc__)
     cli.add_argument("--symbols", required=True, help="comma-separated unified symbols, e.g. BTC/USDT,ETH/USDT")
     cli.add_argument("--timeframes", default="1m", help="comma-separated timeframes (default 1m)")
     cli.add_argument("--exchange", help="ccxt exchange id (default TRADPAL_EXCHANGE or binance)")
@@ -35,7 +33,6 @@ def parser() -> argparse.ArgumentParser:
     cli.add_argument("--shards", type=int, default=1, help="feed actors to spread the symbols over (default 1)")
     cli.add_argument("--no-trades", action="store_true", help="candles only")
     cli.add_argument("--duration", type=float, help="local mode: stop after S seconds (default: at Ctrl-C)")
-    cli.add_argument("--address", help="Ray address (default: RAY_ADDRESS, a running cluster, else local)")
     return cli
 
 
@@ -66,9 +63,7 @@ def main(argv: list[str] | None = None) -> None:
         cli.exit(2, f"error: {getattr(exc, 'cause', None) or exc}\n")
     if mode == "local":
         try:
-            threading.Event().wait(args.duration)
-        except KeyboardInterrupt:
-            pass
+            wait_if_local(mode, args.duration)
         finally:
             stopped = ray.get([feed.stop.remote() for feed in feeds], timeout=120)
             print(f"stopped; {sum(s.get('stored_rows', 0) for s in stopped)} candles stored", flush=True)

@@ -6,7 +6,9 @@ works on a laptop, under ``ray submit`` and under ``ray job submit``.
 
 from __future__ import annotations
 
+import argparse
 import os
+import threading
 from typing import Any
 
 from tradpal_ray.log import get_logger
@@ -50,3 +52,23 @@ def _remember(context: Any) -> None:
 def dashboard_url() -> str | None:
     """The Ray dashboard's URL as :func:`connect` learnt it, if a dashboard runs."""
     return _dashboard.get("url")
+
+
+def script_parser(prog: str, doc: str) -> argparse.ArgumentParser:
+    """The parser of a ``scripts/`` entry point: its docstring as help (summary, then usage
+    examples) and the ``--address`` every script takes."""
+    summary, _, details = doc.partition("\n\n")
+    parser = argparse.ArgumentParser(prog=prog, description=summary, epilog=details,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--address", help="Ray address (default: RAY_ADDRESS, a running cluster, else local)")
+    return parser
+
+
+def wait_if_local(mode: str, duration: float | None = None) -> None:
+    """Where :func:`connect` started Ray itself (``mode == "local"``) it dies with this process:
+    keep it up until Ctrl-C or ``duration`` seconds."""
+    if mode == "local":
+        try:
+            threading.Event().wait(duration)
+        except KeyboardInterrupt:
+            pass
