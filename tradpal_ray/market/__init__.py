@@ -1,9 +1,11 @@
 """Market data at rest: the candle schema, the durable candle store, exchange access.
 
-``create_exchange`` / ``exchange_ids`` load ccxt (~0.7 s) on first use only, so that
-backtest workers that never talk to an exchange start fast.
+``create_exchange`` / ``exchange_ids`` (ccxt, ~0.7 s) and the store (pyarrow's Parquet and
+filesystem layers) load on first use only, so a backtest worker that only needs the schema
+starts fast.
 """
 
+import importlib
 from typing import Any
 
 from tradpal_ray.market.schema import (
@@ -18,14 +20,15 @@ from tradpal_ray.market.schema import (
     to_ms,
     validate_ohlcv,
 )
-from tradpal_ray.market.store import CandleStore, Gap, SeriesInfo
+
+_LAZY = {"create_exchange": "exchange", "exchange_ids": "exchange", "CandleStore": "store", "Gap": "store",
+         "SeriesInfo": "store"}
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("create_exchange", "exchange_ids"):
-        from tradpal_ray.market import exchange
-
-        return getattr(exchange, name)
+    if name in _LAZY:
+        module = importlib.import_module(f"tradpal_ray.market.{_LAZY[name]}")
+        return getattr(module, name)
     raise AttributeError(f"module 'tradpal_ray.market' has no attribute {name!r}")
 
 __all__ = [
