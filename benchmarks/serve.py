@@ -20,7 +20,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -28,16 +27,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from tradpal_ray.stats.local_redis import free_port
+
 API_KEY = "bench-key"
 RUN_ID = "bench-10k"
 RESULTS = 10_000
 CLIENTS = (1, 8, 32)
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_http(url: str, timeout: float = 60.0) -> None:

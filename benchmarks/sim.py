@@ -13,13 +13,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import multiprocessing as mp
 import time
 from typing import Any
 
 import aiohttp
 import orjson
 from aiohttp import WSMsgType, web
+
+from _serving import send_paced, serve_forever, spawn
 
 SYMBOL = "BTC/USDT"
 TRADES_PER_MINUTE = 60_000
@@ -49,7 +50,6 @@ def _serve_simulator(ports: Any) -> None:
 def _serve_replayer(ports: Any) -> None:
     """The ceiling: send the same pre-encoded frames forever, as fast as the socket takes them."""
     from tradpal_ray.sim import SyntheticSource, wire
-    from tradpal_ray.sim.runner import new_event_loop
 
     source = SyntheticSource([SYMBOL])
     frames = wire.trade_frames(
@@ -61,28 +61,14 @@ def _serve_replayer(ports: Any) -> None:
         ws = web.WebSocketResponse()
         await ws.prepare(request)
         await ws.receive()  # the SUBSCRIBE frame
-        transport = request.transport
         try:
             while not ws.closed:
-                for frame in frames:
-                    await ws.send_frame(frame, WSMsgType.TEXT)
-                while transport.get_write_buffer_size() > 4 << 20:
-                    await asyncio.sleep(0.001)
+                await send_paced(ws, request.transport, frames)
         except (ConnectionError, RuntimeError):
             pass
         return ws
 
-    async def main() -> None:
-        app = web.Application()
-        app.router.add_get("/stream/ws/{tail:.*}", stream)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        ports.put(site._server.sockets[0].getsockname()[1])
-        await asyncio.Event().wait()
-
-    new_event_loop().run_until_complete(main())
+    serve_forever([("/stream/ws/{tail:.*}", stream)], ports)
 
 
 async def _read_rate(
@@ -124,12 +110,8 @@ async def _read_rate(
 
 
 def _measure(target: Any, seconds: float) -> dict[str, float]:
-    ctx = mp.get_context("spawn")
-    ports = ctx.Queue()
-    proc = ctx.Process(target=target, args=(ports,), daemon=True)
-    proc.start()
+    proc, port = spawn(target)
     try:
-        port = ports.get(timeout=60)
         return asyncio.run(_read_rate(port, seconds))
     finally:
         proc.terminate()

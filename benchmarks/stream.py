@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 import orjson
 
+from _serving import send_paced, serve_forever, spawn
+
 SYMBOL = "BTC/USDT"
 FRAMES = 1_300_000
 COUNTED = 1_000_000
@@ -45,7 +47,6 @@ def _serve_replay(ports: Any) -> None:
 
     from tradpal_ray.sim import SyntheticSource, wire
     from tradpal_ray.sim.market import Trades
-    from tradpal_ray.sim.runner import new_event_loop
     from tradpal_ray.sim.synthetic import WalkParams
 
     source = SyntheticSource([SYMBOL], params=WalkParams(trades_per_minute=100_000))
@@ -74,32 +75,16 @@ def _serve_replay(ports: Any) -> None:
             async for _ in ws:  # a kline-only connection (ccxt's): stays quiet
                 pass
             return ws
-        transport = request.transport
         try:
-            for frame in frames:
-                await ws.send_frame(frame, WSMsgType.TEXT)
-                while transport.get_write_buffer_size() > 4 << 20:
-                    await asyncio.sleep(0.001)
+            await send_paced(ws, request.transport, frames)
             async for _ in ws:
                 pass
         except (ConnectionError, RuntimeError):
             pass
         return ws
 
-    async def main() -> None:
-        app = web.Application()
-        app.router.add_get("/api/v3/exchangeInfo", info)
-        app.router.add_get("/api/v3/klines", klines)
-        app.router.add_get("/stream/ws", stream)
-        app.router.add_get("/stream/ws/{tail:.*}", stream)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        ports.put(site._server.sockets[0].getsockname()[1])
-        await asyncio.Event().wait()
-
-    new_event_loop().run_until_complete(main())
+    serve_forever([("/api/v3/exchangeInfo", info), ("/api/v3/klines", klines), ("/stream/ws", stream),
+                   ("/stream/ws/{tail:.*}", stream)], ports)
 
 
 def _serve_simulator(ports: Any, trades_per_minute: float) -> None:
@@ -116,11 +101,8 @@ def _serve_simulator(ports: Any, trades_per_minute: float) -> None:
 
 
 def _spawn(target: Any, *args: Any) -> tuple[Any, str]:
-    ctx = mp.get_context("spawn")
-    ports = ctx.Queue()
-    proc = ctx.Process(target=target, args=(ports, *args), daemon=True)
-    proc.start()
-    return proc, f"http://127.0.0.1:{ports.get(timeout=120)}"
+    proc, port = spawn(target, *args)
+    return proc, f"http://127.0.0.1:{port}"
 
 
 # -- bare peers (own process each) -------------------------------------------------------------------

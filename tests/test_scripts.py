@@ -19,6 +19,7 @@ from tradpal_ray.backtest import BacktestConfig, sweep
 from tradpal_ray.errors import ConfigError
 from tradpal_ray.market import CandleStore, candles_table
 from tradpal_ray.market.store import SeriesInfo
+from tradpal_ray.stats.local_redis import free_port
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "backtest_universe.py"
 
@@ -99,13 +100,6 @@ def test_help_and_bad_input(lone_script: Path, tmp_path: Path) -> None:
 
 SERVE_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "serve_stats.py"
 
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def test_serve_stats_deploys_on_the_running_cluster_and_exits(ray_session: None, tmp_path: Path) -> None:

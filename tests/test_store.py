@@ -8,8 +8,6 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +26,7 @@ from tradpal_ray.market.store import (
     decode_key,
     encode_key,
 )
+from tradpal_ray.stats.local_redis import wait_for
 
 MIN = 60_000
 FEB1 = 1_706_745_600_000  # 2024-02-01T00:00Z
@@ -50,16 +49,6 @@ def data_files(root: Path) -> list[Path]:
 def ms(index: pd.DatetimeIndex) -> np.ndarray:
     return index.as_unit("ms").asi8
 
-
-def wait_for(condition: Callable[[], object], timeout: float = 30.0) -> object:
-    """Poll ``condition`` until it is truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.001)
-    raise AssertionError("condition not met before the deadline")
 
 
 def test_upsert_twice_is_one_row_and_revision_wins(store_root: Path) -> None:
@@ -292,7 +281,8 @@ def test_writer_process_killed_mid_write_leaves_store_intact(store_root: Path) -
     proc = subprocess.Popen([sys.executable, "-c", WRITER, str(store_root), str(start), str(n)])
     try:
         series_dir = store_root / "candles" / "exchange=binance" / "timeframe=1m" / "symbol=BTC-USDT"
-        wait_for(lambda: any(p.name.startswith(".tmp-") for p in series_dir.rglob("*")) or proc.poll() is not None)
+        wait_for(lambda: any(p.name.startswith(".tmp-") for p in series_dir.rglob("*")) or proc.poll() is not None,
+                 timeout=30.0, interval=0.001, what="a temp file of the writer")
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.kill()
