@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,8 @@ def test_actor_killed_mid_stream_resumes_and_loses_nothing(ray_session: None, ma
     first_status = ray.get(handle.ready.remote(), timeout=60)
     assert first_status["connected"] in (True, False) and first_status["name"] == "feed:binance:kill"
     assert get_feed("feed:binance:kill")._actor_id == handle._actor_id
+    # its start-up heap is frozen, out of the cyclic collector's way (again after every restart)
+    assert ray.get(handle.__ray_call__.remote(lambda self: gc.get_freeze_count())) > 10_000
 
     async def main() -> tuple[list[int], Any]:
         sub = subscribe(handle, SYMBOL, "1m", store=str(store_root), poll_timeout=0.5)
@@ -71,6 +74,7 @@ def test_actor_killed_mid_stream_resumes_and_loses_nothing(ray_session: None, ma
     seen, sub = asyncio.run(main())
     status = ray.get(handle.status.remote())
     assert status["started_ms"] > first_status["started_ms"]  # a new incarnation
+    assert ray.get(handle.__ray_call__.remote(lambda self: gc.get_freeze_count())) > 10_000
     assert sub.restarts_seen == 1
     stored = CandleStore(store_root).read_table("binance", SYMBOL, "1m")
     times = stored.column("open_time").cast(pa.int64()).to_pylist()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 import pyarrow as pa
 import pytest
 
@@ -10,12 +13,13 @@ from tradpal_ray.feeds import (
     BatchRing,
     CandleBuffer,
     CandleTracker,
+    Feed,
     FeedConfig,
     RepairPlan,
     TradeBuffer,
 )
 from tradpal_ray.feeds.candles import CandleRow
-from tradpal_ray.feeds.publish import CANDLE_BATCH_SCHEMA, TRADE_BATCH_SCHEMA
+from tradpal_ray.feeds.publish import CANDLE_BATCH_SCHEMA, TRADE_BATCH_SCHEMA, RingRead
 
 STEP = 60_000
 
@@ -144,12 +148,35 @@ def test_trade_buffer_parses_raw_frames_in_bulk_and_drops_duplicates() -> None:
     assert batch.column("trade_id").to_pylist() == [7, 9] and buf.malformed == 2
 
 
-def test_trade_buffer_takes_parsed_trades_like_raw_ones() -> None:
+def unified_trade(trade_id: str | None, event: int | None = 1001, side: str | None = "buy") -> dict[str, Any]:
+    """A trade as ccxt.pro's binance ``watch_trades`` returns it."""
+    info = {"e": "trade", "E": event, "s": "BTCUSDT", "t": trade_id, "p": "61268.5", "q": "0.19331", "T": 1000,
+            "m": side == "sell", "M": True}
+    if event is None:
+        del info["E"]
+    return {"info": info, "timestamp": 1000, "datetime": "1970-01-01T00:00:01.000Z", "symbol": "BTC/USDT",
+            "id": trade_id, "order": None, "type": None, "side": side, "takerOrMaker": None, "price": 61268.5,
+            "amount": 0.19331, "cost": 11843.8, "fee": None, "fees": []}
+
+
+def test_trade_buffer_takes_ccxt_trades_like_raw_ones() -> None:
     raw, parsed = TradeBuffer({"BTCUSDT": "BTC/USDT"}), TradeBuffer({})
     raw.frames.append(trade_frame(5))
-    parsed.add("BTC/USDT", 5, 1000, 61268.5, 0.19331, False, 1001, 0.0)
+    parsed.add_unified([unified_trade("5")], 0.0)
     assert parsed.first_at == 0.0
     assert raw.take()[0].equals(parsed.take()[0])
+
+
+def test_trade_buffer_drops_ccxt_trades_it_cannot_order() -> None:
+    buf = TradeBuffer({})
+    wrong_type = unified_trade("9") | {"price": "sixty thousand"}
+    buf.add_unified([unified_trade("7", event=None, side="sell"), unified_trade("a1b2"), unified_trade(None),
+                     wrong_type, unified_trade("8")], 0.0)
+    batch, _, stats = buf.take()
+    assert batch.column("trade_id").to_pylist() == [7, 8] and buf.malformed == 3
+    assert batch.column("buyer_maker").to_pylist() == [True, False]
+    assert batch.column("event_time").cast(pa.int64()).to_pylist() == [1000, 1001]  # no E: the trade time
+    assert stats == {"BTC/USDT": (2, 1001)}
 
 
 def test_ring_bounds_memory_and_reports_what_a_slow_reader_missed() -> None:
@@ -201,3 +228,16 @@ def test_config_rejects_bad_input() -> None:
     assert FeedConfig(symbols=["BTC/USDT"], shard="eu").name == "feed:binance:eu"
     assert isinstance(FeedConfig(symbols=["BTC/USDT"]).symbols, tuple)
     assert pa.types.is_timestamp(CANDLE_BATCH_SCHEMA.field("open_time").type)
+
+
+def test_a_polling_consumer_gets_buffered_trades_without_waiting_for_the_flush_cadence() -> None:
+    feed = Feed(FeedConfig(symbols=("BTC/USDT",), flush_interval=60.0))  # not started: no flush loop runs
+    feed.trades.add_unified([unified_trade("5"), unified_trade("6")], 0.0)
+
+    async def poll() -> tuple[RingRead, RingRead]:
+        first = await feed.poll("trades", None, "BTC/USDT", timeout=5.0)
+        return first, await feed.poll("trades", first.cursor, "BTC/USDT", timeout=0.05)
+
+    first, second = asyncio.run(poll())
+    assert [e.payload.column("trade_id").to_pylist() for e in first.entries] == [[5, 6]]
+    assert second.entries == [] and second.cursor == first.cursor == 1

@@ -10,6 +10,7 @@ runs again) resumes every series from the store and repairs the gap over REST.
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import Hashable
 from typing import Any
 
@@ -32,8 +33,17 @@ class FeedActor:
     def __init__(self, config: FeedConfig) -> None:
         restarted = ray.get_runtime_context().was_current_actor_reconstructed
         self.feed = Feed(config, publish=ray.put, metrics=FeedMetrics(config.name))
-        self._start = asyncio.get_running_loop().create_task(self.feed.start())
+        self._start = asyncio.get_running_loop().create_task(self._start_feed())
         log.info("feed.actor_up", feed=config.name, restarted=restarted)
+
+    async def _start_feed(self) -> None:
+        await self.feed.start()
+        # Everything alive now (Ray, pandas, the exchange's markets) lives as long as the actor:
+        # freezing it spares the cyclic collector from re-scanning it on every full collection
+        # while the stream churns through short-lived objects (measured: +10% ccxt, +30% native ingest).
+        gc.collect()
+        gc.freeze()
+        log.info("feed.heap_frozen", feed=self.feed.name, objects=gc.get_freeze_count())
 
     async def ready(self) -> dict[str, Any]:
         """Wait until the feed streams (raises its ConfigError / ExchangeUnavailable); its status."""

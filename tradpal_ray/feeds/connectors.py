@@ -210,14 +210,11 @@ class CcxtConnector:
                         self.received += 1
 
     async def _watch_trades(self, sink: FeedSink) -> None:
-        watch, add = self.client.watch_trades_for_symbols, sink.trades.add
+        watch, add = self.client.watch_trades_for_symbols, sink.trades.add_unified
         while True:
             trades = await watch(self.symbols)
             now = self._last["trades"] = time.monotonic()
-            for trade in trades:
-                info = trade.get("info") or {}
-                add(trade["symbol"], int(trade["id"]), trade["timestamp"], trade["price"], trade["amount"],
-                    trade.get("side") == "sell", info.get("E", trade["timestamp"]), now)
+            add(trades, now)  # parsed into columns at the flush, in one go
             self.received += len(trades)
 
     async def close(self) -> None:

@@ -386,15 +386,19 @@ class Feed:
     async def _flush_loop(self) -> None:
         while True:
             await asyncio.sleep(self.config.min_flush_interval)
-            self.flush(force=False)
+            try:
+                self.flush(force=False)
+            except Exception as exc:  # never expected; a dead flush loop would silently stop publishing
+                log.error("feed.flush_failed", feed=self.name, error=f"{type(exc).__name__}: {str(exc)[:200]}",
+                          exc_info=exc)
 
-    def flush(self, force: bool = True) -> int:
-        """Publish buffered rows as batches (only those due unless ``force``); returns batches published."""
+    def flush(self, force: bool = True, kinds: tuple[str, ...] = KINDS) -> int:
+        """Publish buffered rows of ``kinds`` as batches (only those due unless ``force``); returns batches published."""
         cfg = self.config
         now = time.monotonic()
         published = 0
         for kind, buffer in (("candles", self.candles), ("trades", self.trades)):
-            if not len(buffer):
+            if kind not in kinds or not len(buffer):
                 continue
             age = now - buffer.first_at
             if not (force or self._waiters or age >= cfg.flush_interval or len(buffer) >= cfg.flush_rows):
@@ -451,6 +455,8 @@ class Feed:
             if read.entries or read.missed or remaining <= 0 or read.ended:
                 return read
             cursor = read.cursor
+            if self.flush(force=True, kinds=(kind,)):  # rows arrived since the last flush: hand them over now
+                continue
             event = self._new_batch
             self._waiters += 1
             try:

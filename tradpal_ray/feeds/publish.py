@@ -142,46 +142,89 @@ def _parses(frame: str) -> bool:
         return False
 
 
+_UNIFIED_TRADE_TYPE = pa.struct(
+    [("symbol", pa.string()), ("id", pa.string()), ("timestamp", pa.int64()), ("price", pa.float64()),
+     ("amount", pa.float64()), ("side", pa.string()), ("info", pa.struct([("E", pa.int64())]))]
+)
+"""The fields of a ccxt unified trade structure that a trade batch is made of (others ignored)."""
+
+
+def unified_trades_table(trades: list[dict[str, Any]]) -> tuple[pa.Table, int]:
+    """ccxt unified trade structures -> a table of :data:`_TRADE_EVENT_SCHEMA` with float prices,
+    and the number dropped (no integer id, or a field of the wrong type).
+
+    One Arrow conversion for the whole list (about 3x cheaper than reading the dicts field by
+    field in Python); the event time is the exchange's ``E`` when its raw event has one.
+    """
+    try:
+        rows = pa.array(trades, _UNIFIED_TRADE_TYPE)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):  # a field of the wrong type: keep the trades that convert
+        rows = pa.array([trade for trade in trades if _converts(trade)], _UNIFIED_TRADE_TYPE)
+    ids = rows.field("id")
+    try:
+        int_ids = pc.cast(ids, pa.int64())
+    except pa.ArrowInvalid:  # some trade ids are not integers: those cannot be ordered or deduplicated
+        numeric = pc.fill_null(pc.match_substring_regex(ids, r"^-?\d{1,18}$"), False)
+        rows, ids = rows.filter(numeric), ids.filter(numeric)
+        int_ids = pc.cast(ids, pa.int64())
+    time_ms = rows.field("timestamp")
+    table = pa.table(
+        [rows.field("symbol"), int_ids, time_ms, rows.field("price"), rows.field("amount"),
+         pc.fill_null(pc.equal(rows.field("side"), "sell"), False), pc.coalesce(rows.field("info").field("E"), time_ms)],
+        names=_TRADE_EVENT_SCHEMA.names,
+    )
+    complete = pc.and_(pc.is_valid(int_ids), pc.and_(pc.is_valid(rows.field("symbol")), pc.is_valid(time_ms)))
+    if not pc.all(complete).as_py():
+        table = table.filter(complete)
+    return table, len(trades) - table.num_rows
+
+
+def _converts(trade: dict[str, Any]) -> bool:
+    try:
+        pa.array([trade], _UNIFIED_TRADE_TYPE)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return False
+    return True
+
+
 class TradeBuffer:
     """Trades waiting for the next flush; duplicates dropped by id at flush.
 
-    The native connector appends raw Binance trade frames to :attr:`frames` (setting
-    :attr:`first_at` when the buffer was empty): one list append per message on the hot path;
-    the flush parses them in one go into columns. :meth:`add` takes already parsed trades.
+    Both inputs cost one list operation per message on the hot path and are parsed in bulk
+    at the flush: the native connector appends raw Binance trade frames to :attr:`frames`
+    (setting :attr:`first_at` when the buffer was empty); the ccxt connector hands over its
+    unified trade structures with :meth:`add_unified`.
     """
 
     def __init__(self, symbols: dict[str, str]) -> None:
         self.symbols = symbols
         """Exchange id (``BTCUSDT``) or unified symbol -> unified symbol."""
         self.frames: list[str] = []
-        self.rows: list[tuple[Any, ...]] = []
+        self.unified: list[dict[str, Any]] = []
         self.last_id: dict[str, int] = {}
         self.first_at: float | None = None
         self.duplicates = 0
         self.malformed = 0
 
     def __len__(self) -> int:
-        return len(self.frames) + len(self.rows)
+        return len(self.frames) + len(self.unified)
 
-    def add(self, symbol: str, trade_id: int, time_ms: int, price: float, amount: float, buyer_maker: bool,
-            event_ms: int, now: float) -> None:
-        """Queue one parsed trade (``now``: monotonic seconds, for the flush latency)."""
+    def add_unified(self, trades: list[dict[str, Any]], now: float) -> None:
+        """Queue ccxt unified trade structures (``now``: monotonic seconds, for the flush latency)."""
         if not len(self):
             self.first_at = now
-        self.rows.append((symbol, trade_id, time_ms, price, amount, buyer_maker, event_ms))
+        self.unified += trades
 
     def _columns(self) -> pa.Table:
         table, bad = parse_trade_frames(self.frames)
         self.malformed += bad
-        if self.rows:
-            s, t, time_col, p, q, m, e = zip(*self.rows)
-            parsed = pa.table([pa.array(s, pa.string()), pa.array(t, pa.int64()), pa.array(time_col, pa.int64()),
-                               pa.array(p, pa.float64()), pa.array(q, pa.float64()), pa.array(m, pa.bool_()),
-                               pa.array(e, pa.int64())], names=_TRADE_EVENT_SCHEMA.names)
+        if self.unified:
+            parsed, bad = unified_trades_table(self.unified)
+            self.malformed += bad
             table = parsed if not self.frames else pa.concat_tables(
                 [table.set_column(3, "p", pc.cast(table["p"], pa.float64()))
                       .set_column(4, "q", pc.cast(table["q"], pa.float64())), parsed])
-        self.frames, self.rows, self.first_at = [], [], None
+        self.frames, self.unified, self.first_at = [], [], None
         return table
 
     def take(self) -> tuple[pa.RecordBatch, frozenset[str], dict[str, tuple[int, int]]]:
