@@ -180,8 +180,6 @@ df = pd.DataFrame({"open": c, "high": c + 1, "low": c - 1, "close": c, "volume":
                   index=pd.date_range("2024-01-01", periods=500, freq="h", tz="UTC"))
 print(backtest(df, "sma_cross", {"fast": 10, "slow": 30}).stats["final_equity"])
 """
-# Diagnostic only: the same cold start with tradpal_ray.market registered as a bare package,
-# i.e. what it costs once market/__init__.py stops importing ccxt eagerly.
 VBT_COLD = """
 import numpy as np, pandas as pd
 import vectorbt as vbt

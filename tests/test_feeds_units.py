@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pytest
 
 from tradpal_ray.errors import ConfigError
+from tradpal_ray.market import CandleStore
 from tradpal_ray.feeds import (
     BatchRing,
     CandleBuffer,
@@ -19,6 +21,7 @@ from tradpal_ray.feeds import (
     TradeBuffer,
 )
 from tradpal_ray.feeds.candles import CandleRow
+from tradpal_ray.feeds.feed import StreamStats
 from tradpal_ray.feeds.publish import CANDLE_BATCH_SCHEMA, TRADE_BATCH_SCHEMA, RingRead
 
 STEP = 60_000
@@ -120,10 +123,9 @@ def test_candle_buffer_batch() -> None:
     buf.add("BTC/USDT", "1m", [CandleRow(0, 1, 2, 0.5, 1.5, 3, False, 5), CandleRow(0, 1, 2, 0.5, 1.5, 4, True, 6)], 1.0)
     buf.add("ETH/USDT", "5m", [CandleRow(STEP * 5, 1, 2, 0.5, 1.5, 3, True, 7)], 2.0)
     assert buf.first_at == 1.0
-    batch, keys, span = buf.take()
+    batch, keys = buf.take()
     assert batch.schema == CANDLE_BATCH_SCHEMA and batch.num_rows == 3
     assert keys == {("BTC/USDT", "1m"), ("ETH/USDT", "5m")}
-    assert span == (0, STEP * 5)
     assert batch.column("closed").to_pylist() == [False, True, True]
     assert len(buf) == 0 and buf.first_at is None
 
@@ -146,6 +148,11 @@ def test_trade_buffer_parses_raw_frames_in_bulk_and_drops_duplicates() -> None:
     buf.frames += [trade_frame(7), trade_frame(8)[:30], '{"e":"trade","s":"BTCUSDT"}', trade_frame(9)]
     batch, _, _ = buf.take()
     assert batch.column("trade_id").to_pylist() == [7, 9] and buf.malformed == 2
+    # good JSON with a field of the wrong type, and a pretty-printed frame: only the bad one goes
+    wrong_type = trade_frame(11).replace('"p":"61268.5"', '"p":61268.5')
+    buf.frames += [trade_frame(10), wrong_type, trade_frame(12).replace(",", ",\n  "), trade_frame(13)]
+    batch, _, _ = buf.take()
+    assert batch.column("trade_id").to_pylist() == [10, 12, 13] and buf.malformed == 3
 
 
 def unified_trade(trade_id: str | None, event: int | None = 1001, side: str | None = "buy") -> dict[str, Any]:
@@ -241,3 +248,20 @@ def test_a_polling_consumer_gets_buffered_trades_without_waiting_for_the_flush_c
     first, second = asyncio.run(poll())
     assert [e.payload.column("trade_id").to_pylist() for e in first.entries] == [[5, 6]]
     assert second.entries == [] and second.cursor == first.cursor == 1
+
+
+def test_a_bad_candle_from_the_exchange_is_dropped_and_the_rest_stored(tmp_path: Path) -> None:
+    feed = Feed(FeedConfig(symbols=("BTC/USDT",), store=str(tmp_path)))  # not started: no network
+    feed.trackers[("BTC/USDT", "1m")] = CandleTracker(STEP)
+    feed.series[("BTC/USDT", "1m")] = StreamStats()
+    for k, (o, h, l, c) in enumerate([(100, 101, 99, 100), (100, 98, 99, 100), (100, 102, 99, 101)]):  # 2nd: high < low
+        feed.kline("BTC/USDT", "1m", k * STEP, o, h, l, c, 5.0, True, k * STEP + STEP)
+    assert asyncio.run(feed.write_store()) == 3
+    stored = CandleStore(tmp_path).read_table("binance", "BTC/USDT", "1m")
+    assert stored.column("open_time").cast(pa.int64()).to_pylist() == [0, 2 * STEP]
+    assert feed.bad_candles == 1 and feed.status()["bad_candles"] == 1
+    assert len(feed.latest("BTC/USDT", "1m", 2)) == 2
+    with pytest.raises(ConfigError, match="at least 1"):
+        feed.latest("BTC/USDT", "1m", 0)
+    with pytest.raises(ConfigError, match="at least 1"):
+        asyncio.run(feed.poll("trades", limit=0))

@@ -69,7 +69,9 @@ class FeedActor:
         """Publish everything buffered and store every closed candle now; rows stored."""
         await asyncio.shield(self._start)
         self.feed.flush(force=True)
-        return await self.feed.write_store()
+        stored = await self.feed.write_store()
+        self.feed.flush(force=True)  # candles of new series are published once stored
+        return stored
 
     async def stop(self) -> dict[str, Any]:
         """Stop streaming, flush and store everything; the final status."""

@@ -119,18 +119,17 @@ class NativeBinanceConnector:
                 continue
             try:
                 event = loads(data)
-                kind = event.get("e")
-                if kind == "kline":
-                    k = event["k"]
-                    kline(unified[k["s"]], k["i"], k["t"], float(k["o"]), float(k["h"]), float(k["l"]),
-                          float(k["c"]), float(k["v"]), k["x"], event["E"])
-                else:
+                if event.get("e") != "kline":
                     if "error" in event:
                         log.warning("feed.subscribe_error", error=str(event["error"])[:200])
                     continue
+                k = event["k"]
+                update = (unified[k["s"]], k["i"], int(k["t"]), float(k["o"]), float(k["h"]), float(k["l"]),
+                          float(k["c"]), float(k["v"]), bool(k["x"]), int(event["E"]))
             except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError):
                 self.malformed += 1
                 continue
+            kline(*update)  # outside the try: a fault of ours must not pass for a malformed frame
             self.received += 1
 
     async def close(self) -> None:

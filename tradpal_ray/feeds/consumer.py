@@ -4,10 +4,11 @@
 ObjectRefs and the batches come straight from the object store, zero-copy, never through
 the driver) or an in-process :class:`~tradpal_ray.feeds.feed.Feed`.
 
-A candle subscription delivers every closed candle of its series exactly once and in order,
-even across consumer lag and feed restarts: when it fell behind the ring (or the feed
-restarted) it reads what it missed from the candle store and skips rows it already has. A
-trade subscription records the sequence numbers it missed in :attr:`Subscription.missed`.
+A candle subscription given the feed's ``store`` delivers every closed candle of its series
+exactly once and in order, even across consumer lag and feed restarts: when it fell behind
+the ring (or the feed restarted) it reads what it missed from the candle store and skips
+rows it already has. Without a store it still never repeats a candle, but what it missed is
+only recorded, in :attr:`Subscription.missed` (sequence numbers), as for trade subscriptions.
 Iteration ends when the feed has been stopped and everything it published was read.
 """
 
@@ -88,7 +89,7 @@ class Subscription:
         self.epoch, self.cursor = read.epoch, read.cursor
         self._ended = read.ended
         if lost and self.kind == "candles":
-            self._catch_up_from_store()
+            await asyncio.to_thread(self._catch_up_from_store)
         for entry, batch in zip(read.entries, payloads):
             batch = self._select(batch, single=entry.keys == frozenset([self.key]))
             if batch.num_rows:

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import ccxt
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 
@@ -40,7 +41,7 @@ from tradpal_ray.log import get_logger
 from tradpal_ray.market.backfill import iter_kline_pages, validate_request
 from tradpal_ray.market.exchange import create_exchange
 from tradpal_ray.market.retry import Backoff
-from tradpal_ray.market.schema import candles_frame, candles_table, timeframe_ms
+from tradpal_ray.market.schema import bad_ohlcv_rows, candles_frame, candles_table, timeframe_ms
 from tradpal_ray.market.store import CandleStore
 
 log = get_logger(__name__)
@@ -119,6 +120,18 @@ def _wall_ms() -> int:
     return int(time.time() * 1000)
 
 
+def _split_bad_candles(rows: list[list[float]]) -> tuple[list[list[float]], list[list[float]]]:
+    """``[t, o, h, l, c, v]`` rows that pass the candle store's checks, and those that do not."""
+    if not rows:
+        return rows, []
+    values = np.asarray(rows, dtype=np.float64)
+    bad = bad_ohlcv_rows(values[:, 0].astype(np.int64),
+                         {name: values[:, k] for k, name in enumerate(("open", "high", "low", "close", "volume"), 1)})
+    if not bad.any():
+        return rows, []
+    return [row for row, drop in zip(rows, bad) if not drop], [row for row, drop in zip(rows, bad) if drop]
+
+
 async def open_rest_client(config: FeedConfig) -> Any:
     """An asyncio ccxt client with markets loaded, after checking the feed's symbols and timeframes.
 
@@ -171,6 +184,8 @@ class Feed:
         self.started_ms: int | None = None
         self._store_pending: list[tuple[str, str, CandleRow]] = []
         self._store_lock = asyncio.Lock()
+        self._store_write: asyncio.Future | None = None
+        self.bad_candles = 0
         self._store_wake = asyncio.Event()
         self._unstored: set[tuple[str, str]] = set()
         self._held: dict[tuple[str, str], list[CandleRow]] = {}
@@ -192,12 +207,25 @@ class Feed:
         cfg = self.config
         self.rest_client = await open_rest_client(cfg)
         try:
-            self.connector = make_connector(cfg.connector, exchange=cfg.exchange, url=cfg.url,
-                                            rest_client=self.rest_client, symbols=cfg.symbols,
-                                            timeframes=cfg.timeframes, trades=cfg.trades)
+            await self._prepare()
         except BaseException:
             await self.rest_client.close()
             raise
+        self.started_ms = _wall_ms()
+        loops = [self._supervise(), self._repair_loop(), self._flush_loop(), self._rest_poll_loop()]
+        if self.store is not None:
+            loops += [self._store_loop(), self._status_loop()]
+        self._tasks = [asyncio.create_task(loop) for loop in loops]
+        log.info("feed.started", feed=self.name, connector=cfg.connector, symbols=",".join(cfg.symbols),
+                 timeframes=",".join(cfg.timeframes),
+                 resumed={f"{s} {tf}": t.last_closed for (s, tf), t in self.trackers.items() if t.last_closed})
+
+    async def _prepare(self) -> None:
+        """The connector, and every series' tracker resumed from the store."""
+        cfg = self.config
+        self.connector = make_connector(cfg.connector, exchange=cfg.exchange, url=cfg.url,
+                                        rest_client=self.rest_client, symbols=cfg.symbols,
+                                        timeframes=cfg.timeframes, trades=cfg.trades)
         ids = {self.rest_client.markets[s]["id"]: s for s in cfg.symbols}
         self.trades = TradeBuffer(ids)
         for symbol in cfg.symbols:
@@ -210,14 +238,6 @@ class Feed:
                 self.series[(symbol, timeframe)] = StreamStats()
                 if self.store is not None and last is None:
                     self._unstored.add((symbol, timeframe))
-        self.started_ms = _wall_ms()
-        loops = [self._supervise(), self._repair_loop(), self._flush_loop(), self._rest_poll_loop()]
-        if self.store is not None:
-            loops += [self._store_loop(), self._status_loop()]
-        self._tasks = [asyncio.create_task(loop) for loop in loops]
-        log.info("feed.started", feed=self.name, connector=cfg.connector, symbols=",".join(cfg.symbols),
-                 timeframes=",".join(cfg.timeframes),
-                 resumed={f"{s} {tf}": t.last_closed for (s, tf), t in self.trackers.items() if t.last_closed})
 
     async def stop(self) -> dict[str, Any]:
         """Stop streaming; publish and store everything received; return the final status."""
@@ -230,17 +250,21 @@ class Feed:
             _, stuck = await asyncio.wait(self._tasks, timeout=10.0)
             if stuck:  # never expected: say which loop ignored its cancellation, and go on flushing
                 log.error("feed.stop_stuck", feed=self.name, tasks=[t.get_coro().__qualname__ for t in stuck])
-        self.flush(force=True)
-        if self.store is not None:
-            await self.write_store()
-            self.flush(force=True)  # candles held until stored
-            await asyncio.to_thread(self.status_store.write, self.name, self.status())
-        if self.connector is not None:
-            await self.connector.close()
-        if self.rest_client is not None:
-            await self.rest_client.close()
-        self._ended = True  # everything is published: consumers may finish
-        self._new_batch.set()
+        try:
+            self.flush(force=True)
+            if self.store is not None:
+                if self._store_write is not None:  # a write cancelled with its loop still runs in its thread
+                    await asyncio.gather(self._store_write, return_exceptions=True)
+                await self.write_store()
+                self.flush(force=True)  # candles held until stored
+                await asyncio.to_thread(self.status_store.write, self.name, self.status())
+        finally:
+            if self.connector is not None:
+                await self.connector.close()
+            if self.rest_client is not None:
+                await self.rest_client.close()
+            self._ended = True  # everything is published: consumers may finish
+            self._new_batch.set()
         log.info("feed.stopped", feed=self.name, stored=self.stored_rows, reconnects=self.reconnects)
         return self.status()
 
@@ -404,12 +428,11 @@ class Feed:
             if not (force or self._waiters or age >= cfg.flush_interval or len(buffer) >= cfg.flush_rows):
                 continue
             if kind == "candles":
-                batch, keys, span = self.candles.take()
+                batch, keys = self.candles.take()
             else:
                 batch, keys, per_symbol = self.trades.take()
-                span = None
                 self._note_trades(per_symbol)
-            self.rings[kind].append(self._publish(batch), keys, span, batch.nbytes)
+            self.rings[kind].append(self._publish(batch), keys, batch.nbytes)
             self.metrics.messages(kind, batch.num_rows)
             self.metrics.flushed(kind, age * 1000.0)
             published += 1
@@ -443,6 +466,8 @@ class Feed:
         """
         if kind not in self.rings:
             raise ConfigError(f"unknown batch kind {kind!r}; valid: {', '.join(KINDS)}")
+        if limit < 1:
+            raise ConfigError(f"limit must be at least 1, got {limit}")
         ring = self.rings[kind]
         if epoch is not None and epoch != ring.epoch:
             cursor = None
@@ -478,8 +503,9 @@ class Feed:
             self._store_wake.clear()
             try:
                 await self.write_store()
-            except TradpalError as exc:
-                log.error("feed.store_failed", feed=self.name, error=str(exc)[:300])
+            except Exception as exc:  # rows stay queued: the next round retries them
+                log.error("feed.store_failed", feed=self.name, error=f"{type(exc).__name__}: {str(exc)[:300]}",
+                          exc_info=None if isinstance(exc, TradpalError) else exc)
 
     async def write_store(self) -> int:
         """Upsert every closed candle not yet stored; returns rows written (failed rows stay queued)."""
@@ -496,10 +522,12 @@ class Feed:
                     by_series.setdefault((symbol, timeframe), []).append(list(row[:6]))
                 try:
                     table = pa.concat_tables(
-                        candles_table(series_rows, exchange=self.config.exchange, symbol=symbol, timeframe=timeframe)
+                        candles_table(self._storable(symbol, timeframe, series_rows), exchange=self.config.exchange,
+                                      symbol=symbol, timeframe=timeframe)
                         for (symbol, timeframe), series_rows in by_series.items()
                     )
-                    await asyncio.to_thread(self.store.write, table)
+                    self._store_write = asyncio.ensure_future(asyncio.to_thread(self.store.write, table))
+                    await asyncio.shield(self._store_write)
                 except BaseException:
                     self._store_pending = rows + self._store_pending
                     raise
@@ -510,12 +538,21 @@ class Feed:
                 self._unstored.discard(key)
             return len(rows)
 
+    def _storable(self, symbol: str, timeframe: str, rows: list[list[float]]) -> list[list[float]]:
+        """``rows`` minus candles that break the store's checks (an exchange's bad data must not block the rest)."""
+        good, bad = _split_bad_candles(rows)
+        if bad:
+            self.bad_candles += len(bad)
+            log.warning("feed.bad_candles_dropped", feed=self.name, symbol=symbol, timeframe=timeframe,
+                        candles=len(bad), first_open_ms=int(bad[0][0]))
+        return good
+
     async def _status_loop(self) -> None:
         while True:
             await asyncio.sleep(self.config.status_interval)
             try:
                 await asyncio.to_thread(self.status_store.write, self.name, self.status())
-            except OSError as exc:
+            except (OSError, TradpalError) as exc:
                 log.warning("feed.status_write_failed", feed=self.name, error=str(exc)[:200])
 
     # -- reading ----------------------------------------------------------------------------------------------
@@ -526,11 +563,16 @@ class Feed:
         if tracker is None:
             raise ConfigError(f"{self.name} does not stream {symbol} {timeframe}; it has "
                               f"{', '.join(f'{s} {tf}' for s, tf in self.trackers)}")
-        rows = [list(row[:6]) for row in list(tracker.history)[-n:]]
+        if n < 1:
+            raise ConfigError(f"n must be at least 1, got {n}")
+        rows, _ = _split_bad_candles([list(row[:6]) for row in list(tracker.history)[-n:]])  # as stored
         table = candles_table(rows, exchange=self.config.exchange, symbol=symbol, timeframe=timeframe)
         if len(rows) < n and self.store is not None:
             end = rows[0][0] if rows else None
-            older = self.store.read_table(self.config.exchange, symbol, timeframe, end=end)
+            start = None if end is None else end - (n - len(rows)) * tracker.step
+            older = self.store.read_table(self.config.exchange, symbol, timeframe, start=start, end=end)
+            if start is not None and older.num_rows < n - len(rows):  # holes in the series: look further back
+                older = self.store.read_table(self.config.exchange, symbol, timeframe, end=end)
             older = older.slice(max(0, older.num_rows - (n - len(rows))))
             table = pa.concat_tables([older, table])
         return candles_frame(table)
@@ -565,6 +607,7 @@ class Feed:
             "repair_errors": self.repair_errors,
             "malformed": (connector.malformed if connector else 0) + self.trades.malformed,
             "trade_duplicates": self.trades.duplicates,
+            "bad_candles": self.bad_candles,
             "stored_rows": self.stored_rows,
             "store_pending": len(self._store_pending),
             "batches": {kind: ring.next_seq for kind, ring in self.rings.items()},

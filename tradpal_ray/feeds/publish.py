@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pajson
@@ -41,7 +40,8 @@ CANDLE_BATCH_SCHEMA = pa.schema(
         pa.field("event_time", pa.timestamp("ms", tz="UTC")),
     ]
 )
-"""Candle updates: closed candles once each, in open-time order per series, forming ones between."""
+"""Candle updates: closed candles once each, in open-time order per series, forming ones between
+(the first closed candles of a series with nothing stored yet follow once they are stored)."""
 
 TRADE_BATCH_SCHEMA = pa.schema(
     [
@@ -87,8 +87,8 @@ class CandleBuffer:
         if self.rows and self.first_at is None:
             self.first_at = now
 
-    def take(self) -> tuple[pa.RecordBatch, frozenset[tuple[str, str]], tuple[int, int] | None]:
-        """The queued rows as a batch, the series in it and the closed open-time range (then empty)."""
+    def take(self) -> tuple[pa.RecordBatch, frozenset[tuple[str, str]]]:
+        """The queued rows as a batch and the series in it (then empty)."""
         rows, self.rows, self.first_at = self.rows, [], None
         cols = list(zip(*(r for _, _, r in rows)))
         batch = pa.record_batch(
@@ -102,9 +102,7 @@ class CandleBuffer:
             ],
             schema=CANDLE_BATCH_SCHEMA,
         )
-        closed = [r.t for _, _, r in rows if r.closed]
-        span = (min(closed), max(closed)) if closed else None
-        return batch, frozenset((s, tf) for s, tf, _ in rows), span
+        return batch, frozenset((s, tf) for s, tf, _ in rows)
 
 
 _TRADE_EVENT_SCHEMA = pa.schema(
@@ -116,30 +114,31 @@ _TRADE_EVENT_SCHEMA = pa.schema(
 
 def parse_trade_frames(frames: list[str]) -> tuple[pa.Table, int]:
     """Raw Binance trade events -> a table of :data:`_TRADE_EVENT_SCHEMA` (Arrow's C++ JSON reader)
-    and the number of malformed frames dropped."""
+    and the number of malformed frames dropped.
+
+    A batch that does not parse is split in halves until the bad frames are alone (bad JSON,
+    or good JSON with a field of the wrong type): only they are dropped.
+    """
     if not frames:
         return _TRADE_EVENT_SCHEMA.empty_table(), 0
+    if len(frames) == 1 and "\n" in frames[0]:  # a pretty-printed frame: raw newlines are only whitespace in JSON
+        frames = [frames[0].replace("\n", " ")]
     data = "\n".join(frames).encode()
     options = pajson.ParseOptions(explicit_schema=_TRADE_EVENT_SCHEMA, unexpected_field_behavior="ignore")
     try:
         table = pajson.read_json(io.BytesIO(data), parse_options=options,
                                  read_options=pajson.ReadOptions(use_threads=False, block_size=len(data) + 1))
-    except pa.ArrowInvalid:  # a malformed frame: keep the ones that parse on their own
-        good = [frame for frame in frames if "\n" not in frame and _parses(frame)]
-        table, bad = parse_trade_frames(good) if len(good) < len(frames) else (_TRADE_EVENT_SCHEMA.empty_table(), 0)
-        return table, bad + len(frames) - len(good)
+    except pa.ArrowInvalid:
+        if len(frames) == 1:
+            return _TRADE_EVENT_SCHEMA.empty_table(), 1
+        half = len(frames) // 2
+        (first, bad_first), (second, bad_second) = parse_trade_frames(frames[:half]), parse_trade_frames(frames[half:])
+        return pa.concat_tables([first, second]), bad_first + bad_second
     complete = functools.reduce(pc.and_, (pc.is_valid(table.column(name)) for name in _TRADE_EVENT_SCHEMA.names))
     if table.num_rows and not pc.all(complete).as_py():
         kept = table.filter(complete)
         return kept, table.num_rows - kept.num_rows
     return table, 0
-
-
-def _parses(frame: str) -> bool:
-    try:
-        return isinstance(orjson.loads(frame), dict)
-    except orjson.JSONDecodeError:
-        return False
 
 
 _UNIFIED_TRADE_TYPE = pa.struct(
@@ -270,12 +269,11 @@ class TradeBuffer:
 
 @dataclass
 class RingEntry:
-    """One published batch: its sequence number, payload, keys (series or symbols) and closed span."""
+    """One published batch: its sequence number, payload, keys (series or symbols) and size."""
 
     seq: int
     payload: Any
     keys: frozenset[Hashable]
-    span: tuple[int, int] | None = None
     nbytes: int = 0
 
 
@@ -313,12 +311,11 @@ class BatchRing:
     forced_evictions: int = 0
     nbytes: int = 0
 
-    def append(self, payload: Any, keys: frozenset[Hashable], span: tuple[int, int] | None = None,
-               nbytes: int = 0) -> int:
+    def append(self, payload: Any, keys: frozenset[Hashable], nbytes: int = 0) -> int:
         """Add a batch (of ``nbytes``); returns its sequence number."""
         seq = self.next_seq
         self.next_seq += 1
-        self.entries.append(RingEntry(seq, payload, keys, span, nbytes))
+        self.entries.append(RingEntry(seq, payload, keys, nbytes))
         self.nbytes += nbytes
         self._evict()
         return seq

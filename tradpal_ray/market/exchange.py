@@ -1,8 +1,8 @@
 """One place that builds ccxt clients, for a real exchange or one at a local URL.
 
 ``create_exchange("binance", url="http://127.0.0.1:8765")`` returns the unmodified ccxt
-client with its REST and WebSocket endpoints rewritten to that server (see
-``shared/reference/binance-protocol.md``): this is how the simulator is used.
+client with its REST and WebSocket endpoints rewritten to that server: this is how the
+simulator (:mod:`tradpal_ray.sim`, which speaks Binance spot's protocol) is used.
 """
 
 from __future__ import annotations

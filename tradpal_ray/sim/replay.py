@@ -121,13 +121,6 @@ class ReplaySource:
             f=1 + TRADES_PER_BAR * np.arange(count, dtype=np.int64),
         )
 
-    @classmethod
-    def from_store(
-        cls, store: CandleReader, symbols: Iterable[str] | None = None
-    ) -> ReplaySource:
-        """Replay every series of a candle store."""
-        return cls(store_candles(store), symbols=symbols)
-
     def specs(self) -> dict[str, SymbolSpec]:
         """Markets by unified symbol."""
         return dict(self._specs)
