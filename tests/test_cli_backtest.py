@@ -13,6 +13,7 @@ from backtesting.test import GOOG
 
 from tradpal_ray.backtest import BacktestConfig, backtest
 from tradpal_ray.cli.app import console
+from tradpal_ray.market.schema import to_ms
 
 Runner = Callable[[list[str]], tuple[int, str, str]]
 
@@ -60,6 +61,15 @@ def test_human_output_goes_to_stderr(goog_csv: Path, run: Runner, monkeypatch: p
     assert code == 0 and out == ""
     assert "final_equity" in err and "exit_reason" in err
     assert err.count(" signal ") == 13  # one row per closed trade since 2010
+
+
+def test_since_and_until_take_epoch_ms_as_the_help_says(goog_csv: Path, run: Runner) -> None:
+    assert to_ms("1262304000000") == to_ms("2010-01-01") == 1262304000000
+    assert to_ms("2010") == to_ms("20100101") == 1262304000000  # short digit strings stay ISO dates
+    iso = run(["--data", str(goog_csv), "--since", "2010-01-01", "--until", "2012-01-01", "--json"])
+    ms = run(["--data", str(goog_csv), "--since", "1262304000000", "--until", str(to_ms("2012-01-01")), "--json"])
+    assert ms[0] == iso[0] == 0, ms[2]
+    assert json.loads(ms[1]) == json.loads(iso[1])
 
 
 def test_store_source(store_root: Path, run: Runner) -> None:

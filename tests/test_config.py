@@ -41,12 +41,30 @@ def test_secrets_hidden_from_repr_and_logs(monkeypatch: pytest.MonkeyPatch, caps
     assert event["event"] == "connect" and event["symbol"] == "BTC/USDT"
     assert "hunter2" not in line and "s3cr3t" not in line
     assert event["url"] == "rediss://:***@cache.internal:6380/0"
+    try:
+        raise ConnectionError(f"cannot reach {settings.redis_url.get_secret_value()}")
+    except ConnectionError as exc:
+        log.error("cache.down", exc_info=exc)
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "hunter2" not in line and "cannot reach rediss://:***@cache.internal" in json.loads(line)["exception"]
     configure_logging("WARNING", "text")
 
 
 def test_redact_leaves_plain_urls() -> None:
     assert redact("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
     assert redact("redis://user:pw@h:1/0") == "redis://user:***@h:1/0"
+    for plain in ("https://h:443/@me?q=1#f", "http://user@h/", "mailto:a@b.c", "see https://h/a?b=c.", "x://", 7):
+        assert redact(plain) == plain
+
+
+def test_redact_masks_every_url_password() -> None:
+    """As redis-py reads a URL: the userinfo ends at the last "@", and ``?password=`` counts too."""
+    assert redact("redis://u:p@ss@h:6379/0") == "redis://u:***@h:6379/0"
+    assert redact("rediss://:a@b@c@cache/0") == "rediss://:***@cache/0"
+    assert redact("redis://h/0?password=s3cr3t") == "redis://h/0?password=***"
+    assert redact("redis://h/0?db=1&Password=s3cr3t&ssl=true#x") == "redis://h/0?db=1&Password=***&ssl=true#x"
+    text = "Traceback:\n  Error connecting to redis://:p@ss@cache:6379/0?password=s3cr3t. Refused.\nredis://u:pw@h2"
+    assert redact(text) == "Traceback:\n  Error connecting to redis://:***@cache:6379/0?password=*** Refused.\nredis://u:***@h2"
 
 
 def test_backoff_is_capped_and_honours_retry_after() -> None:

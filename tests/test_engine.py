@@ -13,6 +13,7 @@ import pytest
 
 from tradpal_ray.backtest import (
     BacktestConfig,
+    backtest,
     load_bars,
     prepare_bars,
     rank,
@@ -188,6 +189,19 @@ def test_time_must_strictly_increase() -> None:
     data.index = data.index[[0, 1, 1]]
     with pytest.raises(DataError, match="row 2.*strictly increasing"):
         prepare_bars(data)
+
+
+def test_no_bars_is_a_data_error_for_backtest_and_sweep(tmp_path) -> None:
+    empty = bars([100.0])[:0]
+    with pytest.raises(DataError, match="no bars"):
+        backtest(empty)
+    with pytest.raises(DataError, match="no bars"):
+        sweep(empty, "sma_cross", {"fast": [3], "slow": [10]})
+    with pytest.raises(DataError, match="no bars"):
+        sweep(empty, "sma_cross", [])  # no combination to reject: the chunk size divided by 0 bars
+    bars([100, 101]).to_csv(tmp_path / "two.csv")
+    with pytest.raises(DataError, match="no bars in two.csv"):  # a --since after the last bar
+        load_bars(tmp_path / "two.csv", since="2025-01-01")
 
 
 def test_files_with_any_case_columns_and_a_time_column(tmp_path) -> None:

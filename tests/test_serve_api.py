@@ -20,6 +20,7 @@ from redis_fixtures import write_run
 from tradpal_ray.config import Settings
 from tradpal_ray.errors import ConfigError
 from tradpal_ray.serve import app, build_app, is_loopback
+from tradpal_ray.serve.deployment import api_key_required, serve_bind_host
 from tradpal_ray.stats import StatsService
 from tradpal_ray.stats.local_redis import RedisProcess, free_port, wait_for
 
@@ -151,10 +152,34 @@ def test_api_key_is_required_off_loopback(store: Path, redis_server: RedisProces
             assert allowed.headers["access-control-allow-origin"] == "https://dash.example"
             other = await http.get("/health", headers={"Origin": "https://evil.example"})
             assert "access-control-allow-origin" not in other.headers
-            spec = (await http.get("/openapi.json")).json()
+            for path in ("/openapi.json", "/docs"):
+                assert (await http.get(path)).status_code == 401, path
+            assert (await http.get("/redoc", headers={"X-API-Key": KEY})).status_code == 404
+            assert "swagger-ui" in (await http.get("/docs", headers={"X-API-Key": KEY})).text
+            spec = (await http.get("/openapi.json", headers={"X-API-Key": KEY})).json()
             assert "X-API-Key" in orjson.dumps(spec["components"]["securitySchemes"]).decode()
+            assert (await http.get("/health", headers={"Host": "rebound.example"})).status_code == 200  # keyed: any host
 
     asyncio.run(scenario())
+
+
+def test_keyless_app_answers_loopback_hosts_only(client: httpx.Client, api: str) -> None:
+    """DNS rebinding: a page on attacker.example whose name now resolves to 127.0.0.1 gets a 400."""
+    port = api.rsplit(":", 1)[1]
+    for host in ("rebound.attacker.example", f"rebound.attacker.example:{port}", "192.168.1.5"):
+        response = client.get("/runs", headers={"Host": host})
+        assert response.status_code == 400 and "host" in response.text.lower(), host
+    for host in ("127.0.0.1", f"localhost:{port}", f"[::1]:{port}", "LOCALHOST"):
+        assert client.get("/runs", headers={"Host": host}).status_code == 200, host
+
+
+def test_api_key_required_unless_serve_and_argument_are_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Serve ignores a later ``http_options``: the builder's host alone must not waive the key."""
+    assert not api_key_required(None, "127.0.0.1") and not api_key_required("localhost", "::1")
+    assert api_key_required("127.0.0.1", "0.0.0.0")  # app arg loopback, Serve already on all interfaces
+    assert api_key_required(None, "0.0.0.0") and api_key_required("0.0.0.0", "127.0.0.1")
+    monkeypatch.setenv("RAY_SERVE_ENABLE_HA_PROXY", "1")  # HAProxy binds all interfaces whatever http_options say
+    assert api_key_required("127.0.0.1", asyncio.run(serve_bind_host()))
 
 
 def test_no_5xx_for_any_generated_input(api: str) -> None:

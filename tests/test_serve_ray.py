@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -90,3 +94,32 @@ def test_a_sweep_run_by_ray_is_served(client: httpx.Client, store: Path, tmp_pat
 def test_builder_rejects_unknown_arguments() -> None:
     with pytest.raises(pydantic.ValidationError, match="replicas"):
         app({"replicas": 2})
+
+
+def test_cli_on_a_joined_cluster_removes_only_its_own_app(
+    base_url: str, client: httpx.Client, store: Path, redis_server: RedisProcess
+) -> None:
+    """``tradpal-ray serve`` joining the session's cluster: on Ctrl-C it deletes its ``stats`` app,
+    and another app on the same Serve keeps answering. Last in the module: it replaces the
+    fixture's ``stats`` app."""
+    import ray
+    from ray import serve
+
+    serve.run(app({"store": str(store), "redis_url": redis_server.url, "num_cpus": 0}), name="other",
+              route_prefix="/other")
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address, "PYTHONUNBUFFERED": "1"}
+    env.pop("TRADPAL_API_KEYS", None)
+    command = [sys.executable, "-m", "tradpal_ray.cli", "serve", "--store", str(store), "--redis-url", redis_server.url]
+    with subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) as cli:
+        try:
+            # The CLI's console is stderr; the first line naming the URL or an error (EOF: "").
+            seen = next((line for line in cli.stderr or () if "stats API on" in line or "Error" in line), "")
+            assert "stats API on" in seen, seen
+            assert client.get("/runs").status_code == 200  # Serve and the app's host both loopback: no key
+            cli.send_signal(signal.SIGINT)
+            cli.communicate(timeout=120)
+        finally:
+            if cli.poll() is None:
+                cli.kill()
+    assert client.get("/other/health").json() == {"status": "ok"}
+    assert "stats" not in serve.status().applications and client.get("/runs").status_code == 404

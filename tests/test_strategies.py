@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
+from collections.abc import Callable
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -15,6 +19,7 @@ from tradpal_ray.backtest import (
     cross_below,
     get_strategy,
     indicator_cache,
+    indicators,
     param_grid,
     parse_grid,
     parse_params,
@@ -25,6 +30,7 @@ from tradpal_ray.backtest import (
     strategy,
     strategy_combos,
 )
+from tradpal_ray.backtest.indicators import cached
 from tradpal_ray.errors import ConfigError
 
 
@@ -100,6 +106,33 @@ def test_indicator_cache_computes_each_window_once_for_bar_columns_only() -> Non
         assert sma(close, 5) is not sma(close, 6)
         assert sma(derived, 5) is not sma(derived, 5)
     assert sma(close, 5) is not sma(close, 5)
+
+
+def test_indicator_cache_never_mixes_up_functions_that_share_a_name(tmp_path: Path) -> None:
+    close = walk(100).close.to_numpy()
+    (tmp_path / "my_indicators.py").write_text(
+        "import numpy as np\nfrom tradpal_ray.backtest.indicators import cached\n\n\n"
+        "@cached\ndef sma(values, n):\n    return np.full(len(values), float(n))\n"
+    )
+    spec = importlib.util.spec_from_file_location("my_indicators", tmp_path / "my_indicators.py")
+    user_module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(user_module)
+    user_sma = user_module.sma  # a user's own module-level sma
+    assert user_sma.__qualname__ == indicators.sma.__qualname__ == "sma"
+
+    def scaled_by(k: float) -> Callable[[np.ndarray, int], np.ndarray]:
+        @cached
+        def scaled(values: np.ndarray, n: int) -> np.ndarray:
+            return values * k
+
+        return scaled
+
+    with indicator_cache(close):
+        builtin = indicators.sma(close, 5)
+        assert np.array_equal(user_sma(close, 5), np.full(100, 5.0))
+        assert indicators.sma(close, 5) is builtin  # still cached
+        assert np.array_equal(scaled_by(2.0)(close, 5), close * 2.0)
+        assert np.array_equal(scaled_by(3.0)(close, 5), close * 3.0)
 
 
 def test_grid_syntax_and_the_174_combination_sweep() -> None:

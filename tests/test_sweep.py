@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from market_data import goog, write_goog
 
-from tradpal_ray.backtest import BacktestConfig, sweep
+from tradpal_ray.backtest import BacktestConfig, distributed, sweep
 from tradpal_ray.backtest.distributed import SweepRequest, plan_chunk_size, run_sweep
 from tradpal_ray.backtest.results import ResultStore
 
@@ -89,6 +89,22 @@ def test_resume_runs_only_missing_chunks_and_never_duplicates(ray_session: None,
     pd.testing.assert_frame_equal(ordered(resumed.results), ordered(first.results))
     again = run_sweep(store=store, resume=first.run_id)
     pd.testing.assert_frame_equal(ordered(again.results), ordered(first.results))
+
+
+def test_an_unexpected_error_marks_the_run_failed_not_running(
+    ray_session: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: object) -> None:
+        raise RuntimeError("lost the details\nsecond line")
+
+    monkeypatch.setattr(distributed, "_keep_details", broken)
+    path = tmp_path / "GOOG.csv"
+    goog().to_csv(path)
+    store = str(tmp_path / "store")
+    with pytest.raises(RuntimeError, match="lost the details"):
+        run_sweep(SweepRequest(strategy="sma_cross", grid={"fast": [5], "slow": [20]}, data_file=str(path)), store=store)
+    [manifest] = ResultStore(store).runs()
+    assert manifest.status == "failed" and manifest.error == "RuntimeError: lost the details"
 
 
 def test_sweep_command_json(ray_session: None, store: str, run_cli: RunCli) -> None:

@@ -16,13 +16,26 @@ from typing import Any
 import structlog
 
 _SECRET_KEY = re.compile(r"(password|secret|token|api_?key|auth)", re.IGNORECASE)
-_URL_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@/\s]+@")
+_URL_AUTHORITY = re.compile(r"://(?P<authority>[^/?#\s]+)")
+_QUERY_PASSWORD = re.compile(r"(?P<key>[?&;]password=)[^&#\s]+", re.IGNORECASE)
 _configured = False
 
 
+def _mask_userinfo(match: re.Match[str]) -> str:
+    # As urllib (so redis-py) splits it: the userinfo ends at the authority's last "@",
+    # the password starts after the userinfo's first ":".
+    userinfo, at, host = match["authority"].rpartition("@")
+    user, colon, password = userinfo.partition(":")
+    return f"://{user}:***@{host}" if at and colon and password else match[0]
+
+
 def redact(value: Any) -> Any:
-    """Mask the password part of URLs (``redis://:pw@host`` -> ``redis://:***@host``)."""
-    return _URL_PASSWORD.sub(r"\1***@", value) if isinstance(value, str) else value
+    """Mask URL passwords in a string (or text quoting URLs, such as a traceback): the userinfo
+    one (``redis://u:p@ss@host`` -> ``redis://u:***@host``) and the ``password=`` query
+    parameter redis-py also honours (``redis://host/0?password=***``). Non-strings pass as they are."""
+    if not isinstance(value, str):
+        return value
+    return _QUERY_PASSWORD.sub(r"\g<key>***", _URL_AUTHORITY.sub(_mask_userinfo, value))
 
 
 def _mask_secrets(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
@@ -49,8 +62,8 @@ def configure_logging(level: str | None = None, fmt: str | None = None) -> None:
         processors=[
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,  # before masking: tracebacks quote URLs too
             _mask_secrets,
-            structlog.processors.format_exc_info,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping().get(level, logging.INFO)),

@@ -44,16 +44,12 @@ class Bars:
     def __len__(self) -> int:
         return len(self.close)
 
-    def frame(self) -> pd.DataFrame:
-        """The bars as a DataFrame with lowercase OHLCV columns, indexed by time."""
-        return pd.DataFrame({name: getattr(self, name) for name in OHLCV_COLUMNS}, index=self.index)
-
 
 def prepare_bars(data: pd.DataFrame | Bars, *, drop_bad: bool = False, label: str = "") -> Bars:
     """Validate an OHLCV frame (columns in any case; DatetimeIndex or a time column) into Bars.
 
     Bad rows (see :func:`~tradpal_ray.market.schema.validate_ohlcv`) raise :class:`DataError`
-    naming the row, or are dropped when ``drop_bad`` is set.
+    naming the row, or are dropped when ``drop_bad`` is set. No bars at all is a DataError too.
     """
     if isinstance(data, Bars):
         return data
@@ -74,6 +70,8 @@ def prepare_bars(data: pd.DataFrame | Bars, *, drop_bad: bool = False, label: st
         keep = ~bad_ohlcv_rows(t_ms, cols)
         t_ms, index = t_ms[keep], index[keep]
         cols = {name: values[keep] for name, values in cols.items()}
+    if not len(t_ms):  # nothing to backtest; a sweep would also divide by the bar count
+        raise DataError(f"no bars{f' in {label}' if label else ''} (empty data, or nothing in the since/until window)")
     validate_ohlcv(t_ms, cols, label=label)
     days = index.as_unit("ns").asi8 // _NS_PER_DAY
     day_end = np.ones(len(days), dtype=np.bool_)

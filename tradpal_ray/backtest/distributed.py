@@ -31,6 +31,7 @@ from tradpal_ray.backtest.results import ResultStore, RunManifest, new_run_id, r
 from tradpal_ray.backtest.sweep import rank, sweep
 from tradpal_ray.errors import ConfigError, TradpalError
 from tradpal_ray.log import get_logger
+from tradpal_ray.market.schema import timeframe_ms, to_ms
 from tradpal_ray.market.store import encode_key
 
 log = get_logger(__name__)
@@ -63,6 +64,26 @@ class SweepRequest:
     samples: int | None = None
     """Random sampling: that many combinations instead of the full grid."""
     seed: int = 0
+
+    def combos(self) -> list[dict[str, Any]]:
+        """Check the whole request without touching Ray or data; its parameter combinations.
+
+        Callers validate before connecting to Ray, so a typo costs no cluster start and
+        leaves no failed run behind. Raises ConfigError naming the bad part.
+        """
+        if not (self.data_file or self.symbols):
+            raise ConfigError("no symbols to sweep")
+        if not self.data_file:
+            if not self.timeframe:
+                raise ConfigError("a sweep over the store needs a timeframe")
+            timeframe_ms(self.timeframe)
+        to_ms(self.since), to_ms(self.until)
+        if self.metric not in STAT_NAMES:
+            raise ConfigError(f"unknown metric {self.metric!r}; choose one of {', '.join(STAT_NAMES)}")
+        combos = strategy_combos(self.strategy, self.grid, samples=self.samples, seed=self.seed)
+        if not combos:
+            raise ConfigError(f"the grid {self.grid} gives no valid combination for {self.strategy}")
+        return combos
 
     def manifest(self, run_id: str, combos: int, chunk_size: int) -> RunManifest:
         """A fresh manifest recording this request."""
@@ -222,14 +243,8 @@ def run_sweep(
         raise ConfigError("run_sweep needs a request or a run id to resume")
     else:
         manifest = None
+    combos = request.combos()
     symbols = [Path(request.data_file).stem] if request.data_file else list(request.symbols)
-    if not symbols:
-        raise ConfigError("no symbols to sweep")
-    combos = strategy_combos(request.strategy, request.grid, samples=request.samples, seed=request.seed)
-    if not combos:
-        raise ConfigError(f"the grid {request.grid} gives no valid combination for {request.strategy}")
-    if request.metric not in STAT_NAMES:
-        raise ConfigError(f"unknown metric {request.metric!r}; choose one of {', '.join(STAT_NAMES)}")
 
     if request.data_file:  # only the driver is sure to see the file: load (and validate) it here, once
         bars_refs = {symbols[0]: ray.put(load_bars(request.data_file, since=request.since, until=request.until))}
@@ -241,11 +256,40 @@ def run_sweep(
     if manifest is None:
         manifest = request.manifest(new_run_id(request.strategy), len(combos), chunk_size)
     run_id = manifest.run_id
-    manifest.status, manifest.errors = "running", {}
+    manifest.status, manifest.errors, manifest.error = "running", {}, None
     results.write_manifest(manifest)
     log.info("sweep.start", run_id=run_id, strategy=request.strategy, symbols=len(symbols), combos=len(combos),
              chunk_size=chunk_size, resume=bool(resume))
 
+    try:
+        frame = _collect(results, manifest, symbols, combos, chunk_size, bars_refs, store, request, on_progress)
+        outcome = SweepOutcome(manifest, frame)
+        if keep_best and len(frame):
+            _keep_details(outcome, bars_refs, store, request, keep_best)
+    except BaseException as exc:  # Ctrl-C, a lost cluster, a bug: never leave the run "running"
+        manifest.status, manifest.error = "failed", f"{type(exc).__name__}: {exc}".splitlines()[0]
+        results.write_manifest(manifest)
+        log.error("sweep.aborted", run_id=run_id, error=manifest.error)
+        raise
+    manifest.results = len(frame)
+    manifest.status = "complete" if not manifest.errors else ("partial" if len(frame) else "failed")
+    results.write_manifest(manifest)
+    log.info("sweep.done", run_id=run_id, status=manifest.status, results=len(frame), failed=len(manifest.errors))
+    return outcome
+
+
+def _collect(
+    results: ResultStore, manifest: RunManifest, symbols: list[str], combos: list[dict[str, Any]], chunk_size: int,
+    bars_refs: dict[str, Any], store: str, request: SweepRequest, on_progress: ProgressCallback | None,
+) -> pd.DataFrame:
+    """Run the chunks not yet written and wait for them; the run's rows of the symbols that did not fail.
+
+    A symbol whose task raised a TradpalError is recorded in ``manifest.errors`` and its
+    other chunks are cancelled; any other task error is raised.
+    """
+    import ray
+
+    run_id = manifest.run_id
     done = results.done_chunks(run_id)
     plan = [(s, i, part) for s in symbols for i, part in enumerate(chunks(combos, chunk_size))]
     todo = [(s, i, part) for s, i, part in plan if (encode_key(s), i) not in done]
@@ -277,17 +321,9 @@ def run_sweep(
         completed += 1
         if on_progress:
             on_progress(completed, len(plan))
-
     frame = results.results(run_id)
     frame = frame[~frame["symbol"].isin(manifest.errors)] if len(frame) else frame
-    outcome = SweepOutcome(manifest, frame.reset_index(drop=True))
-    if keep_best and len(frame):
-        _keep_details(outcome, bars_refs, store, request, keep_best)
-    manifest.results = len(frame)
-    manifest.status = "complete" if not manifest.errors else ("partial" if len(frame) else "failed")
-    results.write_manifest(manifest)
-    log.info("sweep.done", run_id=run_id, status=manifest.status, results=len(frame), failed=len(manifest.errors))
-    return outcome
+    return frame.reset_index(drop=True)
 
 
 def _keep_details(outcome: SweepOutcome, bars_refs: dict[str, Any], store: str, request: SweepRequest, keep: int) -> None:

@@ -44,7 +44,7 @@ def indicator_cache(*inputs: np.ndarray) -> Iterator[dict[tuple[Any, ...], np.nd
 
 
 def cached(func: F) -> F:
-    """Memoize an indicator on (input array identity, other arguments) inside :func:`indicator_cache`."""
+    """Memoize an indicator on (function, input array identity, other arguments) inside :func:`indicator_cache`."""
 
     @functools.wraps(func)
     def wrapper(*args: Any) -> np.ndarray:
@@ -55,7 +55,9 @@ def cached(func: F) -> F:
         arrays = [id(a) for a in args if isinstance(a, np.ndarray)]
         if not all(i in inputs for i in arrays):
             return func(*args)
-        key = (func.__qualname__, *(("#", id(a)) if isinstance(a, np.ndarray) else a for a in args))
+        # The function object itself, not its name: a user's ``sma`` or two closures of one
+        # factory share a ``__qualname__`` but must never share results.
+        key = (func, *(("#", id(a)) if isinstance(a, np.ndarray) else a for a in args))
         hit = store.get(key)
         if hit is None:
             hit = store[key] = func(*args)

@@ -66,6 +66,8 @@ class RunManifest:
     status: str = "running"
     errors: dict[str, str] = field(default_factory=dict)
     """Symbols that failed, with their error; the other symbols' results stand."""
+    error: str | None = None
+    """Why the whole run stopped early (an unexpected error, Ctrl-C), when status is "failed" for that."""
     results: int = 0
     code_version: str = field(default_factory=lambda: code_version())
     created_at: str = field(default_factory=lambda: _now())

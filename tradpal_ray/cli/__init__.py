@@ -1,7 +1,8 @@
 """``tradpal-ray`` command line: one module per command, all on one Typer app.
 
 User mistakes raise :class:`~tradpal_ray.errors.TradpalError`; :func:`main` prints them as
-one line on stderr and exits 2. Anything else is a bug and keeps its traceback.
+one line on stderr and exits 2. Anything else is a bug and keeps its traceback. Ctrl-C needs
+nothing here: Typer itself turns KeyboardInterrupt into a quiet exit 130.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import sys
 
 # Each module registers its command(s) on ``app`` when imported.
-from tradpal_ray.cli import backtest, data, demo, report, serve, sim, stream, sweep  # noqa: E402,F401
+from tradpal_ray.cli import backtest, data, demo, report, serve, sim, stream, sweep  # noqa: F401
 from tradpal_ray.cli.app import app, console
 from tradpal_ray.errors import TradpalError
 
@@ -21,9 +22,6 @@ def main(argv: list[str] | None = None) -> None:
     except TradpalError as exc:
         console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)
-    except KeyboardInterrupt:
-        console.print("interrupted", highlight=False)
-        sys.exit(130)
 
 
 __all__ = ["app", "main"]

@@ -54,7 +54,8 @@ def load_cli_bars(
     )
 
 
-def _number(value: float) -> str:
+def _number(value: int | float) -> str:
+    """Counts as integers with separators, amounts to 4 decimals."""
     return f"{value:,}" if isinstance(value, int) else f"{value:,.4f}"
 
 

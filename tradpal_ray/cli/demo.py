@@ -42,13 +42,23 @@ DEMO_COSTS = BacktestConfig(size_unit=1e-8, fee=0.001)
 
 
 def start_redis(stack: contextlib.ExitStack) -> str | None:
-    """A private redis-server for the stats cache, or None (store-only answers) with a warning."""
+    """A private redis-server for the stats cache, or None (store-only answers) with a warning.
+
+    The server's stop is registered before it starts, so one that never answers is not left running.
+    """
     if not redis_available():
         console.print("[yellow]warning:[/yellow] no redis-server here: the API answers from the store, uncached "
                       "(`make demo` installs it)", highlight=False)
         return None
-    server = RedisProcess(Path(stack.enter_context(tempfile.TemporaryDirectory()))).start()
+    server = RedisProcess(Path(stack.enter_context(tempfile.TemporaryDirectory())))
     stack.callback(server.stop)
+    try:
+        server.start()
+    except (AssertionError, OSError) as exc:  # RedisProcess.start raises AssertionError when PING never answers
+        server.stop()
+        console.print(f"[yellow]warning:[/yellow] redis-server did not start ({exc}): the API answers from the "
+                      "store, uncached", highlight=False)
+        return None
     console.print(f"redis-server on 127.0.0.1:{server.port}", highlight=False)
     return server.url
 
@@ -105,6 +115,10 @@ def leaderboard_from_api(url: str, run_id: str, timeout: float = 60.0) -> list[d
                 raise ConfigError(f"the statistics API at {url} did not serve run {run_id} within {timeout:.0f} s")
             time.sleep(0.25)  # polling a server that is still starting
     rows = orjson.loads(answer.content)["results"]
+    if not rows:  # every symbol failed: there is no table to show (and no columns to build one from)
+        console.print(f"[yellow]warning:[/yellow] the leaderboard of run {run_id} is empty: the sweep kept no result",
+                      highlight=False)
+        return rows
     frame = pd.DataFrame(rows)
     frame["params"] = [orjson.dumps(params).decode() for params in frame["params"]]
     print_results(f"leaderboard served at {url}/runs/{run_id}/leaderboard", frame)

@@ -3,7 +3,8 @@
 Off loopback (or with ``--fast``, whose HAProxy binds all interfaces) an API key is
 required (TRADPAL_API_KEYS). ``--fast`` sets RAY_SERVE_ENABLE_HA_PROXY=1 and
 RAY_SERVE_THROUGHPUT_OPTIMIZED=1 before Ray starts: about 10x the requests/s of Serve's
-default proxy. See :mod:`tradpal_ray.serve.launch`.
+default proxy. See :mod:`tradpal_ray.serve.launch`. On Ctrl-C a Ray started here is shut
+down; on a joined cluster only the ``stats`` app is deleted, other Serve apps keep running.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import typer
 
 from tradpal_ray.cli.app import StoreOption, app, console, settings_for
 from tradpal_ray.cluster import connect
-
 
 @app.command()
 def serve(
@@ -32,15 +32,21 @@ def serve(
     import ray
     from ray import serve as ray_serve
 
-    from tradpal_ray.serve.launch import ServeOptions, deploy_stats, prepare_environment
+    from tradpal_ray.serve.launch import APP_NAME, ServeOptions, deploy_stats, prepare_environment
 
     settings = settings_for(store=store, redis_url=redis_url)
     options = prepare_environment(settings, ServeOptions(host, port, replicas, autoscale_max, max_ongoing_requests, fast))
-    connect(log_to_driver=False)
+    mode = connect(log_to_driver=False)
     try:
         url = deploy_stats(options, settings.store)
         console.print(f"stats API on {url} (docs: /docs); Ctrl-C to stop", highlight=False)
         threading.Event().wait()
     finally:
-        ray_serve.shutdown()
-        ray.shutdown()
+        if mode == "local":  # our own Ray: it and its Serve go
+            ray_serve.shutdown()
+            ray.shutdown()
+        else:  # a shared Serve: remove only our app, leave the others running
+            if APP_NAME in ray_serve.status().applications:
+                ray_serve.delete(APP_NAME)
+            if mode == "cluster":
+                ray.shutdown()  # detach this driver; the cluster stays up

@@ -24,7 +24,7 @@ from rich.table import Table
 
 from tradpal_ray.backtest import STAT_NAMES, BacktestConfig, parse_grid
 from tradpal_ray.backtest.distributed import SweepOutcome, SweepRequest, run_sweep
-from tradpal_ray.backtest.results import HEADLINE_STATS, params_label
+from tradpal_ray.backtest.results import HEADLINE_STATS, ResultStore, params_label
 from tradpal_ray.cli.app import ExchangeOption, StoreOption, app, console, settings_for
 from tradpal_ray.cli.backtest import (
     CashOption,
@@ -82,11 +82,14 @@ def sweep(
     if top < 0:
         raise ConfigError("--top must be >= 0 (0 lists all)")
     request = None
-    if not resume:
+    if resume:
+        ResultStore(settings.store).manifest(resume)  # an unknown run id fails before Ray starts
+    else:
         request = _request(data, symbols, timeframe, strategy, grid or [], samples, seed, metric, since, until,
                            settings.exchange, BacktestConfig(
                                cash=cash, fee=fee, size_unit=size_unit, slippage_bps=slippage_bps, direction=direction,
                                stop_loss=stop_loss, take_profit=take_profit, periods_per_year=periods_per_year))
+        request.combos()  # strategy, grid, samples, metric, times: all checked before Ray starts
     connect(address)
     columns = (TextColumn("sweep"), BarColumn(), MofNCompleteColumn(), TextColumn("chunks"), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=json_output) as progress:

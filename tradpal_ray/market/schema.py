@@ -50,11 +50,17 @@ def timeframe_ms(timeframe: str) -> int:
 
 
 def to_ms(value: int | float | str | pd.Timestamp | None) -> int | None:
-    """A time given as ms since the epoch, an ISO string or a Timestamp, as UTC ms."""
+    """A time given as ms since the epoch, an ISO string or a Timestamp, as UTC ms.
+
+    A string of more than 8 digits is ms since the epoch (``"1700000000000"``, as the CLI's
+    ``--since`` help promises); shorter digit strings stay ISO dates (``"2024"``, ``"20240101"``).
+    """
     if value is None:
         return None
     if isinstance(value, (int, np.integer)):
         return int(value)
+    if isinstance(value, str) and len(digits := value.strip()) > 8 and digits.isascii() and digits.isdigit():
+        return int(digits)
     try:
         stamp = pd.Timestamp(value)
     except (ValueError, TypeError) as exc:

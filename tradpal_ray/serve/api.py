@@ -15,8 +15,10 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse, Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import APIKeyHeader
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from tradpal_ray.backtest.metrics import STAT_NAMES
 from tradpal_ray.errors import ConfigError, StoreError
@@ -27,6 +29,8 @@ from tradpal_ray.stats import NotFound, StatsService
 API_KEY_HEADER = "X-API-Key"
 RUN_ID = r"^[A-Za-z0-9_.-]{1,128}$"
 RESULT_ID = r"^[0-9a-f]{16}$"
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+"""``Host`` headers a keyless (loopback) app answers: a DNS-rebound name is refused (400)."""
 
 Metric = Literal[STAT_NAMES]  # type: ignore[valid-type]
 Timeframe = Literal[tuple(TIMEFRAMES)]  # type: ignore[valid-type]
@@ -64,9 +68,11 @@ def build_app(
     cors_origins: Sequence[str] = (),
     manage_service: bool = True,
 ) -> FastAPI:
-    """The FastAPI app. ``require_key``: every route but ``/health`` needs a valid ``X-API-Key``
-    (ConfigError if no key is configured). ``manage_service``: start and close ``service`` with
-    the app's lifespan (plain uvicorn); Serve replicas manage it themselves."""
+    """The FastAPI app. ``require_key``: every route but ``/health`` (the page, ``/docs`` and
+    ``/openapi.json`` included) needs a valid ``X-API-Key`` (ConfigError if no key is
+    configured); without it only loopback ``Host`` headers are answered, against DNS rebinding.
+    ``manage_service``: start and close ``service`` with the app's lifespan (plain uvicorn);
+    Serve replicas manage it themselves."""
     if require_key and not api_keys:
         raise ConfigError("the API is reachable off loopback: set TRADPAL_API_KEYS (comma-separated keys)")
 
@@ -82,13 +88,16 @@ def build_app(
                 await service.close()
 
     app = FastAPI(
-        title="tradpal-ray statistics", version="1", lifespan=lifespan, docs_url="/docs",
+        title="tradpal-ray statistics", version="1", lifespan=lifespan,
+        openapi_url=None, docs_url=None, redoc_url=None,  # served by the guarded router below
         description="Read-only statistics over sweep runs, candle coverage, feeds and recorded trades. "
         "Times are epoch milliseconds; NaN and infinite statistics are null.",
     )
     if cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET"],
                            allow_headers=[API_KEY_HEADER])
+    if not require_key:
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(LOOPBACK_HOSTS))
 
     @app.exception_handler(NotFound)
     async def not_found(_request: Request, exc: NotFound) -> JSONResponse:
@@ -115,6 +124,14 @@ def build_app(
     @api.get("/", include_in_schema=False)
     async def page() -> Response:
         return page_response()
+
+    @api.get("/openapi.json", include_in_schema=False)
+    async def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @api.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="openapi.json", title=f"{app.title} - docs")  # relative: route prefixes work
 
     @api.get("/ready", tags=["health"], summary="Readiness: the store can be listed and Redis answers (503 if not).")
     async def ready() -> JSONResponse:

@@ -45,7 +45,8 @@ class AppArgs(BaseModel):
     redis_url: str | None = None
     """Redis URL; default TRADPAL_REDIS_URL (prefer the environment: it may hold a password)."""
     host: str | None = None
-    """Address the HTTP entry binds; default: asked from Serve (all interfaces if unknown)."""
+    """Address meant for the HTTP entry. Serve's own ``http_options`` decide where it really
+    binds; the API key is skipped only when both are loopback."""
     num_replicas: int | None = None
     max_ongoing_requests: int | None = None
     autoscaling_config: dict[str, Any] | None = None
@@ -65,6 +66,13 @@ async def serve_bind_host() -> str:
         return str((await controller.get_http_config.remote()).host)
     except Exception:  # noqa: BLE001 - private API: fail closed (key required)
         return ALL_INTERFACES
+
+
+def api_key_required(host: str | None, serve_host: str) -> bool:
+    """Whether replicas must demand an API key: unless Serve's real bind host and the builder's
+    ``host`` (when given) are both loopback. Serve keeps the ``http_options`` it first started
+    with, so the argument alone may claim loopback while Serve listens on every interface."""
+    return not (is_loopback(serve_host) and (host is None or is_loopback(host)))
 
 
 async def call_asgi(app: ASGIApp, request: Request) -> Response:
@@ -91,17 +99,18 @@ class StatsDeployment:
     async def __init__(self, store: str | None = None, redis_url: str | None = None, host: str | None = None) -> None:
         settings = load_settings(store=store, redis_url=redis_url)
         api = Settings()
-        bound = host if host and os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") != "1" else await serve_bind_host()
+        bound = await serve_bind_host()
+        require_key = api_key_required(host, bound)
         self.service = StatsService(
             settings.store, settings.redis_url.get_secret_value() or None, timeout=api.cache_timeout_ms / 1000
         )
-        self.app = build_app(self.service, require_key=not is_loopback(bound), api_keys=api.keys(),
+        self.app = build_app(self.service, require_key=require_key, api_keys=api.keys(),
                              cors_origins=api.origins(), manage_service=False)
         await self.service.start()
         # Everything allocated so far (pandas, pyarrow, FastAPI...) lives as long as the replica:
         # move it out of the cyclic GC's reach. Full collections over it cost p99 150-200 ms here.
         gc.freeze()
-        log.info("stats.replica.ready", store=settings.store, host=bound, api_key_required=not is_loopback(bound))
+        log.info("stats.replica.ready", store=settings.store, host=bound, api_key_required=require_key)
 
     async def __call__(self, request: Request) -> Response:
         """Every HTTP request: through the FastAPI app, in this replica's event loop."""

@@ -28,6 +28,10 @@ class ServeOptions:
     """HAProxy + throughput-optimized Serve (~10x req/s); binds all interfaces. Default: on off loopback."""
 
 
+APP_NAME = "stats"
+"""The Serve application the statistics API runs as."""
+
+
 def prepare_environment(settings: Settings, options: ServeOptions) -> ServeOptions:
     """Check the API-key rule and export what replicas need; call before Ray starts.
 
@@ -52,7 +56,7 @@ def prepare_environment(settings: Settings, options: ServeOptions) -> ServeOptio
 
 
 def deploy_stats(options: ServeOptions, store: str | None = None) -> str:
-    """Run the stats app (named ``stats``) on the connected Ray; return its base URL.
+    """Run the stats app (named :data:`APP_NAME`) on the connected Ray; return its base URL.
 
     ``store`` is passed to the replicas explicitly (it is no secret); the Redis URL only
     through the environment.
@@ -72,5 +76,5 @@ def deploy_stats(options: ServeOptions, store: str | None = None) -> str:
     else:
         args["num_replicas"] = options.replicas
     ray_serve.start(http_options={"host": options.host, "port": options.port})
-    ray_serve.run(stats_app(args), name="stats", route_prefix="/")
+    ray_serve.run(stats_app(args), name=APP_NAME, route_prefix="/")
     return f"http://{options.host}:{options.port}"
