@@ -9,7 +9,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from tradpal_ray.backtest.results import ResultStore
+from tradpal_ray.runs import RunStore, chunk_table
 from tradpal_ray.errors import ConfigError
 from tradpal_ray.feeds import FeedStatusStore
 from tradpal_ray.market.schema import candles_table
@@ -30,7 +30,7 @@ def test_runs_newest_first_and_run_summary(two_runs: StatsQueries) -> None:
     assert doc["status"] == "complete" and doc["grid"] == {"fast": [5, 10], "slow": [20, 40]}
     summary = doc["summary"]
     assert summary["results"] == 8 and sorted(s["symbol"] for s in summary["symbols"]) == ["BTC/USDT", "ETH/USDT"]
-    frame = ResultStore(two_runs.root).results("old-run", "ETH/USDT")
+    frame = RunStore(two_runs.root).results("old-run", "ETH/USDT")
     eth = next(s for s in summary["symbols"] if s["symbol"] == "ETH/USDT")
     assert eth["best"] == pytest.approx(frame["sharpe"].max()) and eth["results"] == 4
 
@@ -128,14 +128,12 @@ def test_versions_change_when_a_run_lands_or_grows(store_root: Path, make_run: C
     make_run(store_root, "r2", seed=3)
     second, runs2 = versions.scan()
     assert second != first and runs2["r1"] == runs["r1"]  # an older run keeps its stamp
-    store = ResultStore(store_root)
+    store = RunStore(store_root)
     manifest.status = "running"
     store.write_manifest(manifest)
     running, runs3 = versions.scan()
     frame = store.results("r1", "BTC/USDT")
-    from tradpal_ray.backtest.distributed import results_table
-
-    store.write_chunk("r1", "BTC/USDT", 7, results_table("r1", "BTC/USDT", "sma_cross",
-                                                          frame[["sharpe"]].assign(fast=1), ["fast"]))
+    store.write_chunk("r1", "BTC/USDT", 7, chunk_table("r1", "BTC/USDT", "sma_cross",
+                                                        frame[["sharpe"]].assign(fast=1, slow=2), {"fast": "int", "slow": "int"}))
     grown, runs4 = versions.scan()
     assert grown != running and runs4["r1"] != runs3["r1"] and runs4["r2"] == runs3["r2"]

@@ -11,9 +11,13 @@ vectorbt's per-bar arithmetic Sharpe is a different number by construction.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import numpy as np
 from numba import njit
+
+from tradpal_ray.errors import ConfigError
 
 METRICS: dict[str, str] = {
     "trades": "number of closed trades (a position still open at the end is not counted)",
@@ -34,6 +38,49 @@ METRICS: dict[str, str] = {
 
 STAT_NAMES: tuple[str, ...] = tuple(METRICS)
 N_STATS = len(STAT_NAMES)
+KERNEL_STATS = STAT_NAMES
+
+_LABELS = {"trades": "trades", "return_pct": "return %", "max_drawdown_pct": "max dd %", "win_rate_pct": "win %", "sharpe": "sharpe"}
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A statistic of a backtest (provisional registry; see h-metrics)."""
+
+    name: str
+    label: str
+    description: str
+    higher_is_better: bool = True
+    headline: bool = False
+    derive: Callable[[Mapping[str, np.ndarray]], np.ndarray] | None = None
+
+
+_REGISTRY: dict[str, Metric] = {
+    name: Metric(name, _LABELS.get(name, name), text, name not in ("max_drawdown_pct", "fees"), name in _LABELS)
+    for name, text in METRICS.items()
+}
+
+
+def metrics() -> tuple[Metric, ...]:
+    return tuple(_REGISTRY.values())
+
+
+def metric(name: str) -> Metric:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ConfigError(f"unknown metric {name!r}; choose one of {', '.join(_REGISTRY)}") from None
+
+
+def metric_names() -> tuple[str, ...]:
+    return tuple(_REGISTRY)
+
+
+def derive_metrics(columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    for m in _REGISTRY.values():
+        if m.derive is not None and m.name not in columns:
+            columns[m.name] = m.derive(columns)
+    return columns
 
 
 @njit(cache=True, error_model="numpy")

@@ -18,14 +18,13 @@ from tradpal_ray.backtest.data import Bars, prepare_bars
 from tradpal_ray.backtest.engine import BacktestConfig, simulate_many
 from tradpal_ray.backtest.grid import strategy_combos
 from tradpal_ray.backtest.indicators import indicator_cache
-from tradpal_ray.backtest.metrics import STAT_NAMES
+from tradpal_ray.backtest.metrics import STAT_NAMES, metric
 from tradpal_ray.backtest.strategies import Strategy, get_strategy
 from tradpal_ray.errors import ConfigError
 
 SIGNAL_BYTES = 64 * 1024 * 1024
 """Upper bound on the 2-D entry + exit arrays built per kernel call (combinations are chunked)."""
 
-LOWER_IS_BETTER = frozenset({"max_drawdown_pct", "fees"})
 
 
 def sweep(
@@ -73,9 +72,7 @@ def sweep(
 
 
 def rank(results: pd.DataFrame, by: str, *, ascending: bool | None = None) -> pd.DataFrame:
-    """Sort sweep rows best first by statistic ``by`` (NaN last); lower is better for drawdown and fees."""
-    if by not in STAT_NAMES:
-        raise ConfigError(f"cannot rank by {by!r}; choose one of {', '.join(STAT_NAMES)}")
+    """Sort sweep rows best first by metric ``by`` (NaN last), in the direction the metric registry gives."""
     if ascending is None:
-        ascending = by in LOWER_IS_BETTER
+        ascending = not metric(by).higher_is_better
     return results.sort_values(by, ascending=ascending, na_position="last", kind="stable").reset_index(drop=True)

@@ -24,7 +24,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from tradpal_ray.backtest import BacktestConfig
-from tradpal_ray.backtest.distributed import SweepOutcome, SweepRequest, run_sweep
+from tradpal_ray.runs import RunManifest, SweepOutcome, SweepRequest, run_sweep
 from tradpal_ray.cli.app import StoreOption, app, console, settings_for
 from tradpal_ray.cli.data import print_store, run_backfill
 from tradpal_ray.cli.sweep import print_results, render
@@ -37,7 +37,8 @@ from tradpal_ray.stats.local_redis import RedisProcess, redis_available
 
 DEMO_SYMBOLS = "BTC/USDT,ETH/USDT,SOL/USDT,BNB/USDT,XRP/USDT"
 DEMO_GRID = {"fast": list(range(5, 51, 5)), "slow": list(range(20, 201, 10))}
-DEMO_COSTS = BacktestConfig(size_unit=1e-8, fee=0.001)
+DEMO_COSTS = BacktestConfig(fee=0.001)
+"""Sizes come from each market's lot step, recorded by the backfill."""
 """Crypto sizing: fractional units down to one satoshi, 0.1 % fee per side."""
 
 
@@ -92,16 +93,18 @@ def sweep_history(settings: Settings, symbols: list[str]) -> SweepOutcome:
     console.rule("parameter sweep on Ray")
     request = SweepRequest(strategy="sma_cross", grid=DEMO_GRID, symbols=symbols, exchange=settings.exchange,
                            timeframe="1m", metric="return_pct", config=DEMO_COSTS)
+    request, _ = request.with_market_units(settings.store)
     with Progress(console=console) as progress:
         task = progress.add_task("sweep chunks", total=None)
-        outcome = run_sweep(request, store=settings.store,
+        outcome = run_sweep(request, store=settings.store, executor="ray",
                             on_progress=lambda done, total: progress.update(task, completed=done, total=total))
     render(outcome, top=5)
     return outcome
 
 
-def leaderboard_from_api(url: str, run_id: str, timeout: float = 60.0) -> list[dict[str, Any]]:
+def leaderboard_from_api(url: str, manifest: RunManifest, timeout: float = 60.0) -> list[dict[str, Any]]:
     """The run's top 10 as the statistics API serves it (waiting until it does), printed as a table."""
+    run_id = manifest.run_id
     deadline = time.monotonic() + timeout
     with httpx.Client(base_url=url, timeout=5) as client:
         while True:
@@ -119,9 +122,8 @@ def leaderboard_from_api(url: str, run_id: str, timeout: float = 60.0) -> list[d
         console.print(f"[yellow]warning:[/yellow] the leaderboard of run {run_id} is empty: the sweep kept no result",
                       highlight=False)
         return rows
-    frame = pd.DataFrame(rows)
-    frame["params"] = [orjson.dumps(params).decode() for params in frame["params"]]
-    print_results(f"leaderboard served at {url}/runs/{run_id}/leaderboard", frame)
+    frame = pd.DataFrame([{**row, **row["params"]} for row in rows])
+    print_results(f"leaderboard served at {url}/runs/{run_id}/leaderboard", frame, manifest)
     return rows
 
 
@@ -201,7 +203,7 @@ def run_pipeline(settings: Settings, symbols: list[str], days: float, port: int,
     console.rule("statistics API")
     url = deploy_stats(options, settings.store)
     stack.callback(serve.shutdown)
-    leaderboard_from_api(url, outcome.run_id)
+    leaderboard_from_api(url, outcome.manifest)
     console.print(f"statistics API: {url}/docs   page: {url}/   Ray dashboard: {dashboard_url() or 'not running'}",
                   highlight=False)
     console.print("streaming; Ctrl-C stops" if duration is None else f"streaming for {duration:g} s", highlight=False)

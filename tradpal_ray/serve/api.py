@@ -20,7 +20,6 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import APIKeyHeader
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-from tradpal_ray.backtest.metrics import STAT_NAMES
 from tradpal_ray.errors import ConfigError, StoreError
 from tradpal_ray.market.schema import TIMEFRAMES
 from tradpal_ray.serve.page import page_response
@@ -32,7 +31,6 @@ RESULT_ID = r"^[0-9a-f]{16}$"
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
 """``Host`` headers a keyless (loopback) app answers: a DNS-rebound name is refused (400)."""
 
-Metric = Literal[STAT_NAMES]  # type: ignore[valid-type]
 Timeframe = Literal[tuple(TIMEFRAMES)]  # type: ignore[valid-type]
 TradeStatus = Literal["all", "open", "closed"]
 RunId = Annotated[str, Path(pattern=RUN_ID, description="A run id, as listed by /runs.")]
@@ -149,7 +147,7 @@ def build_app(
     @api.get("/runs/{run_id}/leaderboard", tags=["runs"], summary="A run's top results by a metric.")
     async def leaderboard(
         run_id: RunId,
-        metric: Annotated[Metric | None, Query(description="Statistic to rank by; default: the run's.")] = None,
+        metric: Annotated[str | None, Query(description="Metric to rank by (any of the metric registry); default: the run's.", max_length=64)] = None,
         top: Annotated[int, Query(ge=1, le=1000)] = 10,
         symbol: Text = None,
         strategy: Text = None,
