@@ -74,12 +74,12 @@ def test_cache_hits_and_a_new_run_through_serve(client: httpx.Client, store: Pat
 
 
 def test_a_sweep_run_by_ray_is_served(client: httpx.Client, store: Path, tmp_path: Path) -> None:
-    from tradpal_ray.backtest.distributed import SweepRequest, run_sweep
+    from tradpal_ray.runs import SweepRequest, run_sweep
 
     data = tmp_path / "SYNTH.csv"
     synthetic_bars(9).to_csv(data)
     outcome = run_sweep(SweepRequest(strategy="sma_cross", grid={"fast": [5, 8], "slow": [20, 30]}, data_file=str(data)),
-                        store=str(store), keep_best=1)
+                        store=str(store), keep_best=1, executor="ray")
     run_id = outcome.run_id
     wait_for(lambda: client.get(f"/runs/{run_id}").json().get("status") == "complete", timeout=1.5,
              what="the finished sweep (the service saw it running, with no results yet)")
