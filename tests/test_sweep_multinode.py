@@ -32,24 +32,6 @@ def sweep_once(store: str, on_progress: Any = None) -> pd.DataFrame:
     return outcome.results.drop(columns=["run_id"]).sort_values("result_id").reset_index(drop=True)
 
 
-def test_worker_node_killed_mid_sweep(ray_cluster: Any, store: str) -> None:
-    reference = sweep_once(store)
-    assert len(reference) == 3 * 174
-
-    victim = next(node for node in ray_cluster.list_all_nodes() if node is not ray_cluster.head_node)
-    killed: list[int] = []
-
-    def kill_a_third_of_the_way(done: int, total: int) -> None:
-        if not killed and done >= total // 3:
-            killed.append(done)
-            ray_cluster.remove_node(victim, allow_graceful=False)
-
-    disturbed = sweep_once(store, on_progress=kill_a_third_of_the_way)
-    assert killed and killed[0] < 3 * 29  # the node died while most chunks were still to run
-    assert disturbed["result_id"].is_unique
-    pd.testing.assert_frame_equal(disturbed, reference)
-
-
 GOLDEN_CROSS = textwrap.dedent('''
     from tradpal_ray.backtest import Param, cross_above, cross_below, sma, strategy
 
@@ -92,3 +74,21 @@ def test_a_strategy_file_reaches_every_node_after_it_is_deleted(ray_cluster: Any
     reference = sweep(goog(), "sma_cross", grid)
     merged = ours.merge(reference, on=["fast", "slow"], suffixes=("", "_ref"))
     assert len(merged) == 174 and (merged["final_equity"] == merged["final_equity_ref"]).all()
+
+
+def test_worker_node_killed_mid_sweep(ray_cluster: Any, store: str) -> None:
+    reference = sweep_once(store)
+    assert len(reference) == 3 * 174
+
+    victim = next(node for node in ray_cluster.list_all_nodes() if node is not ray_cluster.head_node)
+    killed: list[int] = []
+
+    def kill_a_third_of_the_way(done: int, total: int) -> None:
+        if not killed and done >= total // 3:
+            killed.append(done)
+            ray_cluster.remove_node(victim, allow_graceful=False)
+
+    disturbed = sweep_once(store, on_progress=kill_a_third_of_the_way)
+    assert killed and killed[0] < 3 * 29  # the node died while most chunks were still to run
+    assert disturbed["result_id"].is_unique
+    pd.testing.assert_frame_equal(disturbed, reference)

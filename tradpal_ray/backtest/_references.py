@@ -57,7 +57,8 @@ class StrategyRef:
             strat = registered(text)
             module = sys.modules.get(strat.func.__module__)
             origin = getattr(module, "__file__", None)
-            if strat.func.__module__.startswith("tradpal_ray.") or strat.func.__module__ == "__main__" or not origin:
+            reachable = getattr(module, strat.func.__name__, None) is strat.func
+            if _builtin(strat) or strat.func.__module__ == "__main__" or not origin or not reachable:
                 return cls(text=text, kind="builtin", target="", name=text, source_hash=_function_hash(strat.func))
             # Registered by a user's module: refer to it by that module, so workers can load it.
             if module is not None and getattr(module, "__tradpal_hash__", None):
@@ -113,8 +114,9 @@ class StrategyRef:
 
     @property
     def portable(self) -> bool:
-        """False for a strategy registered in ``__main__`` (a notebook or script): workers cannot import it."""
-        return self.kind != "builtin" or registered(self.name).func.__module__ != "__main__"
+        """False for a strategy only this process knows (registered in ``__main__``, a notebook, or inside a
+        function): other processes cannot import it."""
+        return self.kind != "builtin" or _builtin(registered(self.name))
 
     def runtime_env(self) -> dict[str, Any] | None:
         """Ray ``runtime_env`` that ships the user's code to every worker, or None when nothing needs shipping.
@@ -184,6 +186,10 @@ def load_strategy_paths(paths: list[str]) -> list[ModuleType]:
         else:
             modules.append(_import(item, item))
     return modules
+
+
+def _builtin(strat: Strategy) -> bool:
+    return strat.func.__module__.startswith("tradpal_ray.")
 
 
 def _check_hash(ref: StrategyRef, found: str) -> None:

@@ -24,7 +24,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from tradpal_ray.backtest import BacktestConfig
-from tradpal_ray.runs import RunManifest, SweepOutcome, SweepRequest, run_sweep
+from tradpal_ray.runs import SweepOutcome, SweepRequest, run_sweep
 from tradpal_ray.cli.app import StoreOption, app, console, settings_for
 from tradpal_ray.cli.data import print_store, run_backfill
 from tradpal_ray.cli.sweep import print_results, render
@@ -102,9 +102,8 @@ def sweep_history(settings: Settings, symbols: list[str]) -> SweepOutcome:
     return outcome
 
 
-def leaderboard_from_api(url: str, manifest: RunManifest, timeout: float = 60.0) -> list[dict[str, Any]]:
+def leaderboard_from_api(url: str, run_id: str, timeout: float = 60.0) -> list[dict[str, Any]]:
     """The run's top 10 as the statistics API serves it (waiting until it does), printed as a table."""
-    run_id = manifest.run_id
     deadline = time.monotonic() + timeout
     with httpx.Client(base_url=url, timeout=5) as client:
         while True:
@@ -123,7 +122,7 @@ def leaderboard_from_api(url: str, manifest: RunManifest, timeout: float = 60.0)
                       highlight=False)
         return rows
     frame = pd.DataFrame([{**row, **row["params"]} for row in rows])
-    print_results(f"leaderboard served at {url}/runs/{run_id}/leaderboard", frame, manifest)
+    print_results(f"leaderboard served at {url}/runs/{run_id}/leaderboard", frame, list(rows[0]["params"]))
     return rows
 
 
@@ -203,7 +202,7 @@ def run_pipeline(settings: Settings, symbols: list[str], days: float, port: int,
     console.rule("statistics API")
     url = deploy_stats(options, settings.store)
     stack.callback(serve.shutdown)
-    leaderboard_from_api(url, outcome.manifest)
+    leaderboard_from_api(url, outcome.run_id)
     console.print(f"statistics API: {url}/docs   page: {url}/   Ray dashboard: {dashboard_url() or 'not running'}",
                   highlight=False)
     console.print("streaming; Ctrl-C stops" if duration is None else f"streaming for {duration:g} s", highlight=False)

@@ -95,17 +95,25 @@ def sweep(
                                  stop_loss=stop_loss, take_profit=take_profit, periods_per_year=periods_per_year)
         request = _request(data, symbols, timeframe, strategy, grid or [], samples, seed, metric, since, until,
                            settings.exchange, config, max_combos)
+        request.check()  # strategy, grid, metric, times: all checked before any data, cluster or output
         if size_unit is None:
             request, unknown = request.with_market_units(settings.store)
             for symbol in unknown:
                 console.print(f"[yellow]warning:[/yellow] no market info recorded for {symbol}: size unit 1 "
                               "(run `tradpal-ray fetch` for it, or give --size-unit)", highlight=False)
     columns = (TextColumn("sweep"), BarColumn(), MofNCompleteColumn(), TextColumn("chunks"), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=json_output) as progress:
-        task = progress.add_task("sweep", total=None)
+    progress = Progress(*columns, console=console, transient=json_output)
+    task = progress.add_task("sweep", total=None)
+
+    def show(done: int, total: int) -> None:  # the bar appears once the run has started (not before an error)
+        progress.start()
+        progress.update(task, completed=done, total=total)
+
+    try:
         outcome = run_sweep(request, store=settings.store, resume=resume, executor=executor, address=address,
-                            allow_changed_code=allow_changed_code,
-                            on_progress=lambda done, total: progress.update(task, completed=done, total=total))
+                            allow_changed_code=allow_changed_code, on_progress=show)
+    finally:
+        progress.stop()
     if json_output:
         import orjson
 
@@ -178,9 +186,9 @@ def render(outcome: SweepOutcome, top: int) -> None:
 
     m = outcome.manifest
     shown = outcome.results if top == 0 else outcome.top(top)
-    print_results(f"top {len(shown)} of {m.results:,} by {m.metric}", shown, m)
+    print_results(f"top {len(shown)} of {m.results:,} by {m.metric}", shown, m.param_names)
     if len(m.symbols) > 1 and m.results:
-        print_results("best per symbol", outcome.best_per_symbol(), m)
+        print_results("best per symbol", outcome.best_per_symbol(), m.param_names)
         if m.results <= ACROSS_LIMIT:
             across = outcome.across_symbols().head(10)
             table = Table("params", f"median {m.metric}", f"min {m.metric}", "symbols", title="parameters across symbols")
@@ -201,7 +209,7 @@ ACROSS_LIMIT = 2_000_000
 """Results above which the across-symbols table (it groups every row) is left out."""
 
 
-def print_results(title: str, frame: pd.DataFrame, manifest: RunManifest) -> None:
+def print_results(title: str, frame: pd.DataFrame, param_names: list[str]) -> None:
     """Result rows (symbol, parameters, headline metrics) as a table on stderr."""
     from rich.table import Table
 
@@ -214,7 +222,7 @@ def print_results(title: str, frame: pd.DataFrame, manifest: RunManifest) -> Non
     for m in headline:
         table.add_column(m.label, justify="right")
     for row in frame.to_dict("records"):
-        table.add_row(row["symbol"], params_label(params_of(row, manifest.param_names)),
+        table.add_row(row["symbol"], params_label(params_of(row, param_names)),
                       *(_cell(row.get(m.name)) for m in headline))
     console.print(table)
 

@@ -268,8 +268,8 @@ def start_run(
         size = chunk_size or plan_chunk_size(plan.total, bars_hint, len(request.symbol_names()), cpus)
         manifest = request.manifest(new_run_id(strat.name), ref, strat, plan, size)
     if executor == "ray" and not ref.portable:
-        raise ConfigError(f"strategy {ref.name} is defined in __main__: Ray workers cannot import it; "
-                          "put it in a file and pass path/to/file.py:function")
+        raise ConfigError(f"strategy {ref.name} exists only in this process (defined in __main__ or inside a "
+                          "function): Ray workers cannot import it; put it in a file and pass path/to/file.py:function")
     manifest.executor = executor
     manifest.errors, manifest.error = {}, None
     manifest.claim()
