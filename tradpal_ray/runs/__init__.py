@@ -149,6 +149,8 @@ def run_sweep(
     except BaseException as exc:  # Ctrl-C, a lost cluster, a bug: never leave the run "running"
         run.abort(exc)
         raise
+    if manifest.status == "failed" and not manifest.errors and manifest.error:
+        raise ConfigError(f"run {manifest.run_id}: {manifest.error}")
     return SweepOutcome(manifest, store_obj)
 
 

@@ -81,7 +81,7 @@ def run_chunk(bars: Bars, plan: GridPlan, job: ChunkJob) -> ChunkOutcome:
             skipped[reason] += 1
         else:
             fit.append(combo)
-    frame = sweep(bars, strat, fit, job.config) if fit else pd.DataFrame(columns=list(job.param_types))
+    frame = sweep(bars, strat, fit, job.config)  # no combination fits: an empty frame with every column
     table = chunk_table(job.run_id, job.symbol, strat.name, frame, job.param_types)
     RunStore(job.store).write_chunk(job.run_id, job.symbol, job.number, table, skipped)
     return ChunkOutcome(len(fit), dict(skipped))
@@ -207,6 +207,10 @@ class SweepRun:
         m.kept = dict(kept)
         m.warnings = run_warnings(m)
         m.status = "complete" if not m.errors else ("partial" if m.results else "failed")
+        if not m.results and not m.errors and m.skipped:
+            m.status = "failed"
+            m.error = "no combination fits the data: " + "; ".join(
+                f"{count:,} {reason}" for reason, count in sorted(m.skipped.items()))
         self.results.write_manifest(m)
         log.info("sweep.done", run_id=self.run_id, status=m.status, results=m.results, failed=len(m.errors),
                  skipped=sum(m.skipped.values()))
@@ -223,11 +227,8 @@ class SweepRun:
 
 
 def run_warnings(manifest: RunManifest) -> list[str]:
-    """What a reader of the run should know: skipped combinations, no result at all."""
-    out = [f"{count:,} combination(s) skipped: {reason}" for reason, count in sorted(manifest.skipped.items())]
-    if not manifest.results and not manifest.errors:
-        out.append("no combination fits the data")
-    return out
+    """What a reader of the run should know: combinations skipped because they do not fit the data."""
+    return [f"{count:,} combination(s) skipped: {reason}" for reason, count in sorted(manifest.skipped.items())]
 
 
 def resume_request(store: str, run_id: str, *, allow_changed_code: bool = False) -> tuple[SweepRequest, RunManifest]:
