@@ -39,7 +39,12 @@ HEADLINE_STATS = {
     "win_rate_pct": "win %", "sharpe": "sharpe",
 }
 """The statistics that summaries (CLI tables, reports) show, with their column headers."""
-_RUN_ID = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+RUN_ID_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}-[0-9]{8}T[0-9]{6}-[0-9a-f]{6}$"
+"""What :func:`new_run_id` makes: ``<strategy>-<YYYYmmddTHHMMSS>-<6 hex>`` (never ``..`` or a path)."""
+RESULT_ID_PATTERN = r"^[0-9a-f]{16}$"
+"""What :func:`result_id` makes: 16 hex digits."""
+_RUN_ID = re.compile(RUN_ID_PATTERN)
+_RESULT_ID = re.compile(RESULT_ID_PATTERN)
 _CHUNK = re.compile(r"^chunk-(\d+)\.parquet$")
 
 
@@ -112,8 +117,11 @@ def params_label(params: str) -> str:
 
 
 def new_run_id(strategy: str) -> str:
-    """A sortable, readable run id: ``<strategy>-<UTC time>-<random>``."""
-    return f"{strategy}-{datetime.now(UTC):%Y%m%dT%H%M%S}-{os.urandom(3).hex()}"
+    """A sortable, readable run id: ``<strategy>-<UTC time>-<random>`` (:data:`RUN_ID_PATTERN`)."""
+    run_id = f"{strategy}-{datetime.now(UTC):%Y%m%dT%H%M%S}-{os.urandom(3).hex()}"
+    if not _RUN_ID.match(run_id):
+        raise ConfigError(f"strategy name {strategy!r} cannot start a run id: use letters, digits, '_', '.' and '-'")
+    return run_id
 
 
 class ResultStore:
@@ -129,8 +137,13 @@ class ResultStore:
 
     def _run_dir(self, run_id: str) -> str:
         if not _RUN_ID.match(run_id):
-            raise ConfigError(f"invalid run id {run_id!r}")
+            raise ConfigError(f"unknown run {run_id!r}: run ids look like <strategy>-<YYYYmmddTHHMMSS>-<6 hex digits>")
         return f"{self._base}/{run_id}"
+
+    def _detail_dir(self, run_id: str, rid: str) -> str:
+        if not _RESULT_ID.match(rid):
+            raise ConfigError(f"no result {rid!r}: result ids are 16 hex digits")
+        return f"{self._run_dir(run_id)}/detail/{rid}"
 
     # ------------------------------------------------------------ manifests
     def write_manifest(self, manifest: RunManifest) -> None:
@@ -210,7 +223,7 @@ class ResultStore:
     # -------------------------------------------------------------- details
     def write_detail(self, run_id: str, rid: str, trades: pd.DataFrame, equity: pd.Series) -> None:
         """Keep one result's trades and equity curve (for the stats service and reports)."""
-        base = f"{self._run_dir(run_id)}/detail/{rid}"
+        base = self._detail_dir(run_id, rid)
         self._fs.create_dir(base, recursive=True)
         equity_table = pa.table({"time": equity.index, "equity": equity.to_numpy()})
         trades_table = pa.Table.from_pandas(trades, preserve_index=False)
@@ -219,7 +232,7 @@ class ResultStore:
 
     def detail(self, run_id: str, rid: str) -> tuple[pd.DataFrame, pd.DataFrame]:
         """(trades, equity) of a kept result; ConfigError if it was not kept."""
-        base = f"{self._run_dir(run_id)}/detail/{rid}"
+        base = self._detail_dir(run_id, rid)
         try:
             trades = pq.read_table(f"{base}/trades.parquet", filesystem=self._fs).to_pandas()
             equity = pq.read_table(f"{base}/equity.parquet", filesystem=self._fs).to_pandas()

@@ -27,6 +27,14 @@ from tradpal_ray.market.store import CandleStore
 TRADE_STATUSES = ("all", "open", "closed")
 MAX_GAPS_LISTED = 20
 """Coverage lists at most this many gaps per series (the count covers all of them)."""
+RESULTS_SCHEMA = pa.schema(
+    [(name, pa.string()) for name in ("run_id", "result_id", "symbol", "strategy", "params")]
+    + [(name, pa.int64() if name == "trades" else pa.float64()) for name in STAT_NAMES]
+)
+"""The columns every query over a run's result rows reads, with their types (a table may have more)."""
+TRADES_SCHEMA = pa.schema([("exit_reason", pa.string()), ("pnl", pa.float64()), ("run_id", pa.string()),
+                           ("result_id", pa.string()), ("symbol", pa.string())])
+"""The recorded-trades table the trade queries read."""
 
 
 class NotFound(ConfigError):
@@ -103,6 +111,10 @@ class StatsQueries:
     def runs(self) -> list[dict[str, Any]]:
         """Every run, newest first, as listing fields."""
         return [_summary(m) for m in self.results.runs()]
+
+    def results_schema(self, run_id: str) -> pa.Schema:
+        """The schema :meth:`results_table` gives for ``run_id`` (what a cached copy must match); cheap."""
+        return RESULTS_SCHEMA
 
     def results_table(self, run_id: str) -> pa.Table:
         """All result rows of a run (empty table if none yet); NotFound for an unknown run."""
@@ -249,9 +261,7 @@ class StatsQueries:
                     continue
                 frames.append(trades[["exit_reason", "pnl"]].assign(run_id=manifest.run_id, result_id=rid, symbol=sym))
         if not frames:
-            return pa.table({"exit_reason": pa.array([], pa.string()), "pnl": pa.array([], pa.float64()),
-                             "run_id": pa.array([], pa.string()), "result_id": pa.array([], pa.string()),
-                             "symbol": pa.array([], pa.string())})
+            return TRADES_SCHEMA.empty_table()
         return pa.Table.from_pandas(pd.concat(frames, ignore_index=True), preserve_index=False)
 
     def trade_counts(self, status: str = "all", table: pa.Table | None = None) -> dict[str, Any]:
