@@ -10,7 +10,9 @@ unavailable. Keys carry a data version, so a new or updated run is visible withi
 Run-scoped kinds use the run's own stamp (a new run does not evict older runs' entries);
 kinds spanning runs use the global stamp; candle coverage and feed status are not
 versioned and rely on their (short) TTL. Tables the cache shares between queries (a
-run's result rows, the recorded trades) are stored as Arrow IPC streams.
+run's result rows, the recorded trades) are stored as Arrow IPC streams, conformed to the
+schema the query layer declares; a cached table that does not fit it is a miss.
+Errors meant for clients go through :meth:`StatsService.public_message` (no filesystem paths).
 """
 
 from __future__ import annotations
