@@ -30,7 +30,7 @@ from pathlib import Path
 from tradpal_ray.stats.local_redis import free_port
 
 API_KEY = "bench-key"
-RUN_ID = "bench-10k"
+RUN_ID = "sma_cross-20240101T000000-0010a0"  # the shape new_run_id gives (the API refuses others)
 RESULTS = 10_000
 CLIENTS = (1, 8, 32)
 

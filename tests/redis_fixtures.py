@@ -64,6 +64,11 @@ def synthetic_bars(seed: int, n: int = 600) -> pd.DataFrame:
                          "close": close, "volume": rng.uniform(1, 10, n)}, index=index)
 
 
+def run_id(n: int) -> str:
+    """A run id of the real shape (``<strategy>-<YYYYmmddTHHMMSS>-<6 hex>``), distinct per ``n``."""
+    return f"sma_cross-20240601T000000-{n:06x}"
+
+
 def write_run(
     root: Path | str,
     run_id: str,

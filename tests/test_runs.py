@@ -59,17 +59,18 @@ def test_results_are_typed_columns_a_user_can_filter(tmp_path: Path, goog_csv: s
 
 def test_runs_written_before_typed_results_still_read(tmp_path: Path) -> None:
     store = RunStore(tmp_path)
-    old = pa.table({"run_id": ["old"] * 2, "result_id": ["a" * 16, "b" * 16], "symbol": ["X"] * 2,
+    run_id = "sma_cross-20240101T000000-0000aa"
+    old = pa.table({"run_id": [run_id] * 2, "result_id": ["a" * 16, "b" * 16], "symbol": ["X"] * 2,
                     "strategy": ["sma_cross"] * 2, "params": ['{"fast":5,"slow":20}', '{"fast":10,"slow":30}'],
                     "trades": [3, 4], "sharpe": [0.5, 1.5]})
-    (tmp_path / "runs" / "old" / "results" / "X").mkdir(parents=True)
-    pq.write_table(old, tmp_path / "runs" / "old" / "results" / "X" / "chunk-00000.parquet")
-    (tmp_path / "runs" / "old" / "manifest.json").write_text(json.dumps(
-        {"run_id": "old", "strategy": "sma_cross", "grid": {"fast": [5, 10], "slow": [20, 30]}, "symbols": ["X"],
+    (tmp_path / "runs" / run_id / "results" / "X").mkdir(parents=True)
+    pq.write_table(old, tmp_path / "runs" / run_id / "results" / "X" / "chunk-00000.parquet")
+    (tmp_path / "runs" / run_id / "manifest.json").write_text(json.dumps(
+        {"run_id": run_id, "strategy": "sma_cross", "grid": {"fast": [5, 10], "slow": [20, 30]}, "symbols": ["X"],
          "source": "store", "status": "complete", "created_at": "2024-01-01T00:00:00+00:00"}))
-    frame = store.results("old")
+    frame = store.results(run_id)
     assert list(frame["fast"]) == [5, 10] and frame["fast"].dtype == np.int64 and "params" not in frame
-    assert store.manifest("old").param_types == {"fast": "int", "slow": "int"}
+    assert store.manifest(run_id).param_types == {"fast": "int", "slow": "int"}
 
 
 def test_a_grid_is_planned_lazily_and_decoded_in_product_order() -> None:

@@ -32,10 +32,17 @@ def serve(
     import ray
     from ray import serve as ray_serve
 
+    from tradpal_ray.log import redact
     from tradpal_ray.serve.launch import APP_NAME, ServeOptions, deploy_stats, prepare_environment
+    from tradpal_ray.stats.cache import redis_problem
 
     settings = settings_for(store=store, redis_url=redis_url)
     options = prepare_environment(settings, ServeOptions(host, port, replicas, autoscale_max, max_ongoing_requests, fast))
+    cache_url = settings.redis_url.get_secret_value()
+    if (problem := redis_problem(cache_url)) is not None:  # the replicas' own logs never reach this terminal
+        where = redact(cache_url) or "(TRADPAL_REDIS_URL is empty)"
+        console.print(f"[yellow]warning:[/yellow] Redis {where} is not reachable ({problem}): the API answers "
+                      "from the store, uncached, and /ready says 503 until Redis answers", highlight=False, soft_wrap=True)
     mode = connect(log_to_driver=False)
     try:
         url = deploy_stats(options, settings.store)

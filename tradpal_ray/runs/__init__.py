@@ -17,7 +17,14 @@ from dataclasses import dataclass
 import pandas as pd
 
 from tradpal_ray.errors import ConfigError
-from tradpal_ray.runs._manifest import RUN_KINDS, RUN_STATUSES, RunManifest, new_run_id
+from tradpal_ray.runs._manifest import (
+    RESULT_ID_PATTERN,
+    RUN_ID_PATTERN,
+    RUN_KINDS,
+    RUN_STATUSES,
+    RunManifest,
+    new_run_id,
+)
 from tradpal_ray.runs._plan import DEFAULT_MAX_COMBOS, GridPlan
 from tradpal_ray.runs._request import BarsSource, SweepRequest
 from tradpal_ray.runs._runner import (
@@ -33,7 +40,6 @@ from tradpal_ray.runs._runner import (
 from tradpal_ray.runs._schema import (
     EQUITY_SCHEMA,
     TRADES_SCHEMA,
-    conforms,
     params_label,
     params_of,
     results_schema,
@@ -158,6 +164,8 @@ __all__ = [
     "DEFAULT_MAX_COMBOS",
     "EQUITY_SCHEMA",
     "EXECUTORS",
+    "RESULT_ID_PATTERN",
+    "RUN_ID_PATTERN",
     "RUN_KINDS",
     "RUN_STATUSES",
     "TRADES_SCHEMA",
@@ -172,7 +180,6 @@ __all__ = [
     "check_run_id",
     "chunk_table",
     "choose_executor",
-    "conforms",
     "new_run_id",
     "params_label",
     "params_of",

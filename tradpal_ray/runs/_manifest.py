@@ -24,14 +24,21 @@ RUN_STATUSES = ("running", "complete", "partial", "failed", "interrupted")
 """``partial``: some symbols failed, the others' results stand. ``interrupted``: the driver
 died (or was stopped) before the end; ``--resume`` finishes it."""
 RUN_KINDS = ("sweep",)
+LEGACY_METRICS = (
+    "trades", "final_equity", "return_pct", "max_drawdown_pct", "win_rate_pct", "profit_factor", "expectancy",
+    "sharpe", "sortino", "exposure_pct", "fees", "best_trade_pct", "worst_trade_pct",
+)
+"""The metric columns of runs written before manifests listed them."""
 HEARTBEAT_SECONDS = 5.0
 """How often a working driver refreshes its manifest."""
 STALE_AFTER = timedelta(seconds=120)
 """A ``running`` manifest whose heartbeat is older than this (and whose driver is not
 visibly alive on this host) belongs to a dead driver."""
 
-RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
-"""What a run id may look like: a path component that cannot climb (``..``) or hide (``.x``)."""
+RUN_ID_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}-[0-9]{8}T[0-9]{6}-[0-9a-f]{6}$"
+"""What :func:`new_run_id` makes: ``<strategy>-<YYYYmmddTHHMMSS>-<6 hex>`` (never ``..`` or a path)."""
+RESULT_ID_PATTERN = r"^[0-9a-f]{16}$"
+"""What a result id looks like: 16 hex digits."""
 
 
 @dataclass
@@ -50,6 +57,8 @@ class RunManifest:
     """The strategy reference (:class:`~tradpal_ray.backtest.StrategyRef` as a dict) with its source hash."""
     param_types: dict[str, str] = field(default_factory=dict)
     """Each parameter's type (``int``/``float``), in the strategy's order: the typed result columns."""
+    metrics: list[str] = field(default_factory=lambda: list(LEGACY_METRICS))
+    """The metric columns its result files store (derived metrics are computed when read)."""
     exchange: str | None = None
     timeframe: str | None = None
     since: str | None = None

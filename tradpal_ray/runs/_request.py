@@ -9,7 +9,7 @@ from typing import Any
 from tradpal_ray.backtest._references import StrategyRef, strategy_ref
 from tradpal_ray.backtest.data import Bars, load_bars, load_store_bars
 from tradpal_ray.backtest.engine import BacktestConfig
-from tradpal_ray.backtest.metrics import metric
+from tradpal_ray.backtest.metrics import metric, metrics
 from tradpal_ray.backtest.strategies import Strategy
 from tradpal_ray.errors import ConfigError, StoreError
 from tradpal_ray.market.schema import timeframe_ms, to_ms
@@ -153,6 +153,7 @@ class SweepRequest:
             since=self.since, until=self.until, costs=asdict(self.config), metric=self.metric,
             combos=plan.total, chunk_size=chunk_size, chunks=plan.chunk_count(chunk_size),
             samples=self.samples, seed=self.seed, size_units=dict(self.size_units),
+            metrics=[m.name for m in metrics() if m.derive is None],
         )
 
     @classmethod

@@ -70,10 +70,6 @@ def results_schema(param_types: Mapping[str, str], metrics: Sequence[str] | None
     return pa.schema(fields)
 
 
-def conforms(table: pa.Table, expected: pa.Schema) -> bool:
-    """True when ``table`` has every column of ``expected`` with the same type (extra columns allowed)."""
-    have = {f.name: f.type for f in table.schema}
-    return all(have.get(f.name) == f.type for f in expected)
 
 
 def params_of(row: Mapping[str, object], names: Sequence[str]) -> dict[str, object]:

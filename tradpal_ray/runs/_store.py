@@ -30,7 +30,7 @@ from tradpal_ray.backtest.metrics import derive_metrics, metric_names
 from tradpal_ray.backtest.sweep import rank
 from tradpal_ray.errors import ConfigError, StoreError
 from tradpal_ray.market.store import encode_key
-from tradpal_ray.runs._manifest import RUN_ID_PATTERN, RUN_STATUSES, RunManifest, now
+from tradpal_ray.runs._manifest import RESULT_ID_PATTERN, RUN_ID_PATTERN, RUN_STATUSES, RunManifest, now
 from tradpal_ray.runs._schema import (
     EQUITY_SCHEMA,
     ID_COLUMNS,
@@ -42,7 +42,8 @@ from tradpal_ray.storage import open_filesystem, write_atomic
 
 _CHUNK = re.compile(r"^chunk-(\d+)\.parquet$")
 _SKIPPED_KEY = b"tradpal.skipped"
-_RESULT_ID = re.compile(r"^[0-9a-f]{16}$")
+_RUN_ID = re.compile(RUN_ID_PATTERN)
+_RESULT_ID = re.compile(RESULT_ID_PATTERN)
 
 
 def result_id(symbol: str, params: Mapping[str, object]) -> str:
@@ -53,15 +54,15 @@ def result_id(symbol: str, params: Mapping[str, object]) -> str:
 
 def check_run_id(run_id: str) -> str:
     """``run_id`` if it has the shape of one; ConfigError otherwise (it becomes a path component)."""
-    if not isinstance(run_id, str) or not RUN_ID_PATTERN.match(run_id) or ".." in run_id:
-        raise ConfigError(f"invalid run id {run_id!r}")
+    if not isinstance(run_id, str) or not _RUN_ID.match(run_id):
+        raise ConfigError(f"unknown run {run_id!r}: run ids look like <strategy>-<YYYYmmddTHHMMSS>-<6 hex digits>")
     return run_id
 
 
 def check_result_id(rid: str) -> str:
     """``rid`` if it is 16 hex digits; ConfigError otherwise."""
     if not isinstance(rid, str) or not _RESULT_ID.match(rid):
-        raise ConfigError(f"invalid result id {rid!r}")
+        raise ConfigError(f"no result {rid!r}: result ids are 16 hex digits")
     return rid
 
 
@@ -106,7 +107,7 @@ class RunStore:
         selector = pafs.FileSelector(self._base, allow_not_found=True)
         manifests = []
         for info in self._fs.get_file_info(selector):
-            if info.type == pafs.FileType.Directory and RUN_ID_PATTERN.match(info.base_name):
+            if info.type == pafs.FileType.Directory and _RUN_ID.match(info.base_name):
                 try:
                     manifests.append(self.manifest(info.base_name))
                 except (ConfigError, StoreError):

@@ -22,11 +22,14 @@ from tradpal_ray.backtest.sweep import rank
 from tradpal_ray.errors import ConfigError
 from tradpal_ray.feeds.status_store import FeedStatusStore
 from tradpal_ray.market.store import CandleStore
-from tradpal_ray.runs import RunManifest, RunStore, params_of
+from tradpal_ray.runs import RunManifest, RunStore, params_of, results_schema
 
 TRADE_STATUSES = ("all", "open", "closed")
 MAX_GAPS_LISTED = 20
 """Coverage lists at most this many gaps per series (the count covers all of them)."""
+TRADES_SCHEMA = pa.schema([("exit_reason", pa.string()), ("pnl", pa.float64()), ("run_id", pa.string()),
+                           ("result_id", pa.string()), ("symbol", pa.string())])
+"""The recorded-trades table the trade queries read."""
 
 
 class NotFound(ConfigError):
@@ -115,6 +118,15 @@ class StatsQueries:
     def runs(self) -> list[dict[str, Any]]:
         """Every run, newest first, as listing fields."""
         return [_summary(m) for m in self.results.runs()]
+
+    def results_schema(self, run_id: str) -> pa.Schema:
+        """The typed schema :meth:`results_table` gives for ``run_id`` (what a cached copy must match).
+
+        From the run's manifest: its parameters' types and the metric columns it stores
+        (a table may have more: the derived metrics).
+        """
+        manifest = self.manifest(run_id)
+        return results_schema(manifest.param_types, manifest.metrics)
 
     def results_table(self, run_id: str) -> pa.Table:
         """All result rows of a run (empty table if none yet); NotFound for an unknown run."""
@@ -254,9 +266,7 @@ class StatsQueries:
                     continue
                 frames.append(trades[["exit_reason", "pnl"]].assign(run_id=manifest.run_id, result_id=rid, symbol=sym))
         if not frames:
-            return pa.table({"exit_reason": pa.array([], pa.string()), "pnl": pa.array([], pa.float64()),
-                             "run_id": pa.array([], pa.string()), "result_id": pa.array([], pa.string()),
-                             "symbol": pa.array([], pa.string())})
+            return TRADES_SCHEMA.empty_table()
         return pa.Table.from_pandas(pd.concat(frames, ignore_index=True), preserve_index=False)
 
     def trade_counts(self, status: str = "all", table: pa.Table | None = None) -> dict[str, Any]:
