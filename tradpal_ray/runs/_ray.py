@@ -46,7 +46,8 @@ def _chunk_task(bars: Bars, plan: GridPlan, job: ChunkJob) -> int:
     started = time.perf_counter()
     outcome = run_chunk(bars, plan, job)
     metric = _metrics()
-    metric["backtests"].inc(outcome.rows, tags={"strategy": job.ref.name})
+    if outcome.rows:  # a chunk whose combinations all break the rules or do not fit runs none
+        metric["backtests"].inc(outcome.rows, tags={"strategy": job.ref.name})
     metric["chunk_seconds"].observe(time.perf_counter() - started, tags={"strategy": job.ref.name})
     return outcome.rows
 
