@@ -30,7 +30,19 @@ from tradpal_ray.backtest.indicators import (
     rsi,
     sma,
 )
-from tradpal_ray.backtest.metrics import METRICS, STAT_NAMES
+from tradpal_ray.backtest.metrics import (
+    KERNEL_STATS,
+    METRICS,
+    STAT_NAMES,
+    Metric,
+    derive_metrics,
+    metric,
+    metric_names,
+    metrics,
+    register_metric,
+    unregister_metric,
+)
+from tradpal_ray.backtest.sizing import PositionSize, parse_size
 from tradpal_ray.backtest.strategies import (
     Param,
     Strategy,
@@ -42,27 +54,36 @@ from tradpal_ray.backtest.sweep import rank, sweep
 
 __all__ = [
     "EXIT_REASONS",
+    "KERNEL_STATS",
     "METRICS",
     "STAT_NAMES",
     "BacktestConfig",
     "BacktestResult",
     "Bars",
+    "Metric",
     "Param",
+    "PositionSize",
     "Strategy",
     "backtest",
     "cached",
     "cross_above",
     "cross_below",
+    "derive_metrics",
     "ema",
     "get_strategy",
     "indicator_cache",
     "load_bars",
     "load_store_bars",
+    "metric",
+    "metric_names",
+    "metrics",
     "param_grid",
     "parse_grid",
     "parse_params",
+    "parse_size",
     "prepare_bars",
     "rank",
+    "register_metric",
     "rolling_std",
     "rsi",
     "run_signals",
@@ -72,4 +93,5 @@ __all__ = [
     "strategy",
     "strategy_combos",
     "sweep",
+    "unregister_metric",
 ]

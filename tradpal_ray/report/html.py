@@ -18,13 +18,14 @@ import pandas as pd
 
 from tradpal_ray.backtest.distributed import SweepOutcome
 from tradpal_ray.backtest.metrics import STAT_NAMES
+from tradpal_ray.backtest.metrics import metric as registered_metric
 from tradpal_ray.backtest.results import (
     HEADLINE_STATS,
     ResultStore,
     RunManifest,
     params_label,
 )
-from tradpal_ray.backtest.sweep import LOWER_IS_BETTER, rank
+from tradpal_ray.backtest.sweep import rank
 from tradpal_ray.errors import ConfigError
 from tradpal_ray.report.svg import Line, heatmap, line_chart
 
@@ -156,7 +157,7 @@ def _heatmap_section(outcome: SweepOutcome) -> str:
     }
     svg = heatmap(
         sorted(params[x_name].unique()), sorted(params[y_name].unique()), cells, x_label=x_name, y_label=y_name,
-        higher_is_better=metric not in LOWER_IS_BETTER, value_format=_number,
+        higher_is_better=registered_metric(metric).higher_is_better, value_format=_number,
     )
     note = f'<p class="note">{len(cells)} combinations; blank cells are combinations the strategy rejects; grey: no value.</p>'
     return head + svg + note
