@@ -38,7 +38,6 @@ from tradpal_ray.backtest.metrics import (
     derive_metrics,
     metric,
     metric_names,
-    metrics,
     register_metric,
     unregister_metric,
 )
@@ -76,7 +75,6 @@ __all__ = [
     "load_store_bars",
     "metric",
     "metric_names",
-    "metrics",
     "param_grid",
     "parse_grid",
     "parse_params",

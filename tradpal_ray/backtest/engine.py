@@ -528,13 +528,13 @@ def backtest(
     strat = get_strategy(strategy)
     resolved = strat.resolve(params or {})
     n = len(bars)
-    too_long = [f"{name}={resolved[name]}" for name, p in strat.params.items() if p.window and resolved[name] > n]
+    too_long = [f"{name}={v} needs {v}" for name, p in strat.params.items() if p.window and (v := resolved[name]) > n]
     if not too_long:
         entries, exits = strat.signals(bars, resolved)
         return run_signals(bars, entries, exits, config, strategy=strat.name, params=resolved)
     no_signal = np.zeros(n, dtype=np.bool_)
     result = run_signals(bars, no_signal, no_signal, config, strategy=strat.name, params=resolved)
-    warning = f"0 trades: data too short for {strat.name}: {', '.join(too_long)} needs more bars than the {n} given"
+    warning = f"0 trades: only {n} bars, too few for {strat.name} ({', '.join(too_long)})"
     return replace(result, warnings=(warning, *result.warnings))
 
 

@@ -170,7 +170,8 @@ def derive_metrics(columns: Mapping[str, Any]) -> dict[str, np.ndarray]:
         if m.derive is None or m.name in out:
             continue
         try:
-            values = np.asarray(m.derive(out), dtype=np.float64)
+            with np.errstate(all="ignore"):  # x/0 and friends become NaN below
+                values = np.asarray(m.derive(out), dtype=np.float64)
         except KeyError as exc:
             raise ConfigError(f"metric {m.name!r} needs column {exc.args[0]!r}, which the results lack") from None
         out[m.name] = np.where(np.isfinite(values), values, np.nan)

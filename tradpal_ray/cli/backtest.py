@@ -2,8 +2,9 @@
 
 Output: without ``--json``, rich tables (statistics, and trades with ``--trades``) on
 stderr, like every human-facing message of the CLI; with ``--json``, exactly one JSON
-object on stdout: ``{"strategy", "params", "config", "stats"[, "trades"]}`` with NaN and
-infinities as null.
+object on stdout: ``{"strategy", "params", "config", "stats", "warnings"[, "trades"]}`` with
+NaN and infinities as null. Warnings (no unit affordable, data too short) are also printed
+on stderr as ``warning: ...`` lines in both modes.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from tradpal_ray.backtest import (
     load_bars,
     load_store_bars,
     parse_params,
+    parse_size,
 )
 from tradpal_ray.backtest import backtest as run_backtest
 from tradpal_ray.backtest.data import Bars
@@ -89,6 +91,9 @@ StrategyOption = Annotated[str, typer.Option("--strategy", help="Registered stra
 CashOption = Annotated[float, typer.Option("--cash", help="Starting cash.")]
 FeeOption = Annotated[float, typer.Option("--fee", help="Fee rate per side (0.001 = 0.1%).")]
 SizeUnitOption = Annotated[float, typer.Option("--size-unit", help="Tradable increment: 1 for shares, 1e-8 for BTC.")]
+SizeOption = Annotated[
+    str, typer.Option("--size", help="Per entry: a fraction of equity in (0, 1] (1 = all-in, 0.5 = half) or a quote amount, e.g. 500usd.")
+]
 SlippageOption = Annotated[float, typer.Option("--slippage-bps", help="Slippage against every fill, in bps.")]
 DirectionOption = Annotated[str, typer.Option("--direction", help="long, or longshort (exits open shorts).")]
 StopLossOption = Annotated[
@@ -115,6 +120,7 @@ def backtest(
     cash: CashOption = 10_000.0,
     fee: FeeOption = 0.001,
     size_unit: SizeUnitOption = 1.0,
+    size: SizeOption = "1",
     slippage_bps: SlippageOption = 0.0,
     direction: DirectionOption = "long",
     stop_loss: StopLossOption = None,
@@ -129,11 +135,13 @@ def backtest(
     """Backtest one strategy on one series: signal at a bar's close, fill at the next open."""
     params = parse_params(param or [])
     config = BacktestConfig(
-        cash=cash, fee=fee, size_unit=size_unit, slippage_bps=slippage_bps, direction=direction,
-        stop_loss=stop_loss, take_profit=take_profit, periods_per_year=periods_per_year,
+        cash=cash, fee=fee, size_unit=size_unit, **parse_size(size)._asdict(), slippage_bps=slippage_bps,
+        direction=direction, stop_loss=stop_loss, take_profit=take_profit, periods_per_year=periods_per_year,
     )
     bars = load_cli_bars(data, store, exchange, symbol, timeframe, since, until, drop_bad)
     result = run_backtest(bars, strategy, params, config)
+    for warning in result.warnings:
+        console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
     if json_output:
         sys.stdout.write(json.dumps(result.to_dict(trades=trades)) + "\n")
     else:

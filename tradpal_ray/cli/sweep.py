@@ -22,7 +22,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from tradpal_ray.backtest import STAT_NAMES, BacktestConfig, parse_grid
+from tradpal_ray.backtest import STAT_NAMES, BacktestConfig, parse_grid, parse_size
 from tradpal_ray.backtest.distributed import SweepOutcome, SweepRequest, run_sweep
 from tradpal_ray.backtest.results import HEADLINE_STATS, ResultStore, params_label
 from tradpal_ray.cli.app import ExchangeOption, StoreOption, app, console, settings_for
@@ -34,6 +34,7 @@ from tradpal_ray.cli.backtest import (
     JsonOption,
     PeriodsOption,
     SinceOption,
+    SizeOption,
     SizeUnitOption,
     SlippageOption,
     StopLossOption,
@@ -66,6 +67,7 @@ def sweep(
     cash: CashOption = 10_000.0,
     fee: FeeOption = 0.001,
     size_unit: SizeUnitOption = 1.0,
+    size: SizeOption = "1",
     slippage_bps: SlippageOption = 0.0,
     direction: DirectionOption = "long",
     stop_loss: StopLossOption = None,
@@ -87,7 +89,8 @@ def sweep(
     else:
         request = _request(data, symbols, timeframe, strategy, grid or [], samples, seed, metric, since, until,
                            settings.exchange, BacktestConfig(
-                               cash=cash, fee=fee, size_unit=size_unit, slippage_bps=slippage_bps, direction=direction,
+                               cash=cash, fee=fee, size_unit=size_unit, **parse_size(size)._asdict(),
+                               slippage_bps=slippage_bps, direction=direction,
                                stop_loss=stop_loss, take_profit=take_profit, periods_per_year=periods_per_year))
         request.combos()  # strategy, grid, samples, metric, times: all checked before Ray starts
     connect(address)
