@@ -89,7 +89,8 @@ _BUILTIN: tuple[Metric, ...] = (
     Metric("win_rate_pct", "win %", "closed trades with PnL > 0 / closed trades, in percent (NaN without trades)",
            headline=True),
     Metric("profit_factor", "profit factor",
-           "sum of winning PnL / |sum of losing PnL| (NaN without losing trades, as in backtesting.py)"),
+           "sum of winning PnL / |sum of losing PnL| (NaN without losing trades, as in backtesting.py, "
+           "or with losses under 1/10,000 of the wins)"),
     Metric("expectancy", "expectancy", "mean PnL of the closed trades, in cash (NaN without trades)"),
     Metric("sharpe", "sharpe",
            "mean / standard deviation (ddof 1) of daily returns * sqrt(periods per year), as empyrical and "
