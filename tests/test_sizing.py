@@ -148,6 +148,11 @@ def test_unaffordable_units_are_counted_and_explained() -> None:
     fixed = run_signals(data, at(6, 0, 3), at(6, 2), BacktestConfig(size_unit=1e-8))
     assert fixed.stats["unfilled_entries"] == 0 and fixed.stats["trades"] == 1
     assert fixed.warnings == () and fixed.to_dict()["warnings"] == []
+    pricey = GOOG.copy()
+    pricey[["Open", "High", "Low", "Close"]] *= 100
+    swept = sweep(pricey, "sma_cross", {"fast": [5, 10], "slow": [30]})
+    assert swept.unfilled_entries.dtype == swept.trades.dtype == np.int64
+    assert (swept.unfilled_entries > 0).all() and (swept.trades == 0).all()
     half = sizing_warning({"trades": 3, "unfilled_entries": 1}, BacktestConfig(size_notional=50))
     assert half is not None and half.startswith("1 entry signal not filled") and "50 quote per entry" in half
 
