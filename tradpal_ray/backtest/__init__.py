@@ -32,7 +32,16 @@ from tradpal_ray.backtest.indicators import (
     rsi,
     sma,
 )
-from tradpal_ray.backtest.metrics import Metric, metric, metric_names, metrics
+from tradpal_ray.backtest.metrics import (
+    KERNEL_STATS,
+    Metric,
+    derive_metrics,
+    metric,
+    metric_names,
+    register_metric,
+    unregister_metric,
+)
+from tradpal_ray.backtest.sizing import PositionSize, parse_size
 from tradpal_ray.backtest.strategies import (
     Param,
     Strategy,
@@ -45,17 +54,20 @@ from tradpal_ray.backtest.sweep import rank, sweep
 
 __all__ = [
     "EXIT_REASONS",
+    "KERNEL_STATS",
     "BacktestConfig",
     "BacktestResult",
     "Bars",
     "Metric",
     "Param",
+    "PositionSize",
     "Strategy",
     "StrategyRef",
     "backtest",
     "cached",
     "cross_above",
     "cross_below",
+    "derive_metrics",
     "ema",
     "get_strategy",
     "indicator_cache",
@@ -64,12 +76,13 @@ __all__ = [
     "load_strategy_paths",
     "metric",
     "metric_names",
-    "metrics",
     "param_grid",
     "parse_grid",
     "parse_params",
+    "parse_size",
     "prepare_bars",
     "rank",
+    "register_metric",
     "resolve_strategy",
     "rolling_std",
     "rsi",
@@ -81,4 +94,5 @@ __all__ = [
     "strategy_from_function",
     "strategy_ref",
     "sweep",
+    "unregister_metric",
 ]

@@ -3,7 +3,8 @@
 Output: without ``--json``, rich tables (statistics, and trades with ``--trades``) on
 stderr, like every human-facing message of the CLI; with ``--json``, exactly one JSON
 object on stdout: ``{"strategy", "params", "config", "stats", "warnings"[, "trades"]}`` with
-NaN and infinities as null. The options defined here are shared by ``sweep``.
+NaN and infinities as null. Warnings (no unit affordable, data too short) are printed on
+stderr as ``warning: ...`` lines in both modes. The options defined here are shared by ``sweep``.
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ SizeUnitOption = Annotated[
     typer.Option("--size-unit", help="Tradable increment (1 for shares, 1e-5 for BTC). Default: the market's lot step "
                                      "recorded by `fetch` for a store series, 1 for a file.", show_default=False),
 ]
+SizeOption = Annotated[
+    str, typer.Option("--size", help="Per entry: a fraction of equity in (0, 1] (1 = all-in, 0.5 = half) or a quote amount, e.g. 500usd.")
+]
 SlippageOption = Annotated[float, typer.Option("--slippage-bps", help="Slippage against every fill, in bps.")]
 DirectionOption = Annotated[str, typer.Option("--direction", help="long, or longshort (exits open shorts).")]
 StopLossOption = Annotated[
@@ -51,15 +55,16 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object 
 
 
 def backtest_config(
-    *, cash: float, fee: float, size_unit: float | None, slippage_bps: float, direction: str,
+    *, cash: float, fee: float, size_unit: float | None, size: str, slippage_bps: float, direction: str,
     stop_loss: float | None, take_profit: float | None, periods_per_year: float,
 ) -> BacktestConfig:
     """The costs and execution options of ``backtest`` and ``sweep`` as a config (ConfigError if bad)."""
-    from tradpal_ray.backtest import BacktestConfig
+    from tradpal_ray.backtest import BacktestConfig, parse_size
 
     return BacktestConfig(
-        cash=cash, fee=fee, size_unit=1.0 if size_unit is None else size_unit, slippage_bps=slippage_bps,
-        direction=direction, stop_loss=stop_loss, take_profit=take_profit, periods_per_year=periods_per_year,
+        cash=cash, fee=fee, size_unit=1.0 if size_unit is None else size_unit, **parse_size(size)._asdict(),
+        slippage_bps=slippage_bps, direction=direction, stop_loss=stop_loss, take_profit=take_profit,
+        periods_per_year=periods_per_year,
     )
 
 
@@ -90,8 +95,8 @@ def _number(value: int | float) -> str:
     return f"{value:,}" if isinstance(value, int) else f"{value:,.4f}"
 
 
-def render(result: BacktestResult, *, trades: bool, warnings: list[str]) -> None:
-    """Print the statistics (and trades) as rich tables on stderr, then the warnings."""
+def render(result: BacktestResult, *, trades: bool) -> None:
+    """Print the statistics (and trades) as rich tables on stderr."""
     from rich.table import Table
 
     params = ", ".join(f"{k}={v}" for k, v in result.params.items())
@@ -112,8 +117,6 @@ def render(result: BacktestResult, *, trades: bool, warnings: list[str]) -> None
                 _number(row.pnl), f"{row.return_pct:.2f}", str(row.exit_reason),
             )
         console.print(listing)
-    for warning in warnings:
-        console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
 
 
 @app.command()
@@ -128,6 +131,7 @@ def backtest(
     cash: CashOption = 10_000.0,
     fee: FeeOption = 0.001,
     size_unit: SizeUnitOption = None,
+    size: SizeOption = "1",
     slippage_bps: SlippageOption = 0.0,
     direction: DirectionOption = "long",
     stop_loss: StopLossOption = None,
@@ -146,18 +150,17 @@ def backtest(
     from tradpal_ray.backtest import get_strategy, parse_params
 
     params = parse_params(param or [])
-    options = dict(cash=cash, fee=fee, slippage_bps=slippage_bps, direction=direction, stop_loss=stop_loss,
+    options = dict(cash=cash, fee=fee, size=size, slippage_bps=slippage_bps, direction=direction, stop_loss=stop_loss,
                    take_profit=take_profit, periods_per_year=periods_per_year)
     backtest_config(size_unit=size_unit, **options)  # bad costs fail before any data is read
     strat = get_strategy(strategy)
     bars, market_unit = load_cli_bars(data, store, exchange, symbol, timeframe, since, until, drop_bad)
     config = backtest_config(size_unit=size_unit if size_unit is not None else market_unit, **options)
     result = run_backtest(bars, strat, params, config)
-    doc = result.to_dict(trades=trades)
-    warnings = list(doc.get("warnings", []))
+    for warning in result.warnings:
+        console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
     if json_output:
-        doc["warnings"] = warnings
-        sys.stdout.buffer.write(orjson.dumps(doc) + b"\n")
+        sys.stdout.buffer.write(orjson.dumps(result.to_dict(trades=trades)) + b"\n")
         sys.stdout.flush()
     else:
-        render(result, trades=trades, warnings=warnings)
+        render(result, trades=trades)

@@ -22,6 +22,7 @@ from tradpal_ray.cli.backtest import (
     JsonOption,
     PeriodsOption,
     SinceOption,
+    SizeOption,
     SizeUnitOption,
     SlippageOption,
     StopLossOption,
@@ -64,6 +65,7 @@ def sweep(
     cash: CashOption = 10_000.0,
     fee: FeeOption = 0.001,
     size_unit: SizeUnitOption = None,
+    size: SizeOption = "1",
     slippage_bps: SlippageOption = 0.0,
     direction: DirectionOption = "long",
     stop_loss: StopLossOption = None,
@@ -91,7 +93,7 @@ def sweep(
 
     request = None
     if not resume:
-        config = backtest_config(cash=cash, fee=fee, size_unit=size_unit, slippage_bps=slippage_bps, direction=direction,
+        config = backtest_config(cash=cash, fee=fee, size_unit=size_unit, size=size, slippage_bps=slippage_bps, direction=direction,
                                  stop_loss=stop_loss, take_profit=take_profit, periods_per_year=periods_per_year)
         request = _request(data, symbols, timeframe, strategy, grid or [], samples, seed, metric, since, until,
                            settings.exchange, config, max_combos)

@@ -252,7 +252,7 @@ def _with_derived(table: pa.Table) -> pa.Table:
     """``table`` plus the registry's derived metrics it lacks (computed from its stored columns)."""
     stored = set(table.column_names)
     columns = {name: table.column(name).to_numpy(zero_copy_only=False) for name in metric_names() if name in stored}
-    for name, values in derive_metrics(dict(columns)).items():
+    for name, values in derive_metrics(columns, skip_missing=True).items():
         if name not in stored:
             table = table.append_column(pa.field(name, metric_type(name)), pa.array(values, metric_type(name)))
     return table
