@@ -160,12 +160,12 @@ def _finite(value: Any) -> Any:
 def result_rows(frame: pd.DataFrame, manifest: RunManifest) -> list[dict[str, Any]]:
     """``[{"symbol", "result_id", "params", "stats"}]`` for each row of a results frame."""
     from tradpal_ray.backtest.metrics import metric_names
-    from tradpal_ray.runs import params_of
+    from tradpal_ray.runs import params_of, result_warnings
 
     stats = [name for name in metric_names() if name in frame.columns]
     return [
         {"symbol": row["symbol"], "result_id": row["result_id"], "params": params_of(row, manifest.param_names),
-         "stats": {name: _finite(row[name]) for name in stats}}
+         "stats": {name: _finite(row[name]) for name in stats}, "warnings": result_warnings(manifest, row)}
         for row in frame.to_dict("records")
     ]
 
@@ -186,9 +186,14 @@ def render(outcome: SweepOutcome, top: int) -> None:
     """Leaderboard, best per symbol, parameters across symbols, skips and failures, as tables on stderr."""
     from rich.table import Table
 
+    from tradpal_ray.runs import result_warnings
+
     m = outcome.manifest
     shown = outcome.results if top == 0 else outcome.top(top)
     print_results(f"top {len(shown)} of {m.results:,} by {m.metric}", shown, m.param_names)
+    unaffordable = [w for row in shown.to_dict("records") for w in result_warnings(m, row)]
+    if unaffordable:
+        console.print(f"[yellow]warning:[/yellow] {len(unaffordable)} listed result(s): {unaffordable[0]}", highlight=False)
     if len(m.symbols) > 1 and m.results:
         print_results("best per symbol", outcome.best_per_symbol(), m.param_names)
         if m.results <= ACROSS_LIMIT:

@@ -34,6 +34,7 @@ from tradpal_ray.runs._runner import (
     chunk_table,
     execute_local,
     plan_chunk_size,
+    result_warnings,
     resume_request,
     start_run,
 )
@@ -185,6 +186,7 @@ __all__ = [
     "params_of",
     "plan_chunk_size",
     "result_id",
+    "result_warnings",
     "results_schema",
     "run_sweep",
 ]

@@ -21,7 +21,7 @@ import pyarrow as pa
 
 from tradpal_ray.backtest._references import StrategyRef
 from tradpal_ray.backtest.data import Bars
-from tradpal_ray.backtest.engine import BacktestConfig, backtest
+from tradpal_ray.backtest.engine import BacktestConfig, backtest, sizing_warning
 from tradpal_ray.backtest.metrics import metric, metric_names
 from tradpal_ray.backtest.sweep import rank, sweep
 from tradpal_ray.errors import ConfigError, TradpalError
@@ -224,6 +224,13 @@ class SweepRun:
         m.error = f"{type(exc).__name__}: {exc}".splitlines()[0]
         self.results.write_manifest(m)
         log.error("sweep.aborted", run_id=self.run_id, error=m.error)
+
+
+def result_warnings(manifest: RunManifest, row: Mapping[str, Any]) -> list[str]:
+    """What a reader of one result row should know: entry signals unfilled because no unit was affordable."""
+    config = SweepRequest.from_manifest(manifest).config_for(str(row["symbol"]))
+    warning = sizing_warning(row, config)
+    return [warning] if warning else []
 
 
 def run_warnings(manifest: RunManifest) -> list[str]:
