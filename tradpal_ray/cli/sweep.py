@@ -82,11 +82,11 @@ def sweep(
     json_output: JsonOption = False,
 ) -> None:
     """Sweep a strategy's parameter grid over symbols; results persist under <store>/runs/<run_id>."""
-    settings = settings_for(store=store, exchange=exchange)
     if top < 0:
         raise ConfigError("--top must be >= 0 (0 lists all)")
     if max_combos <= 0:
         raise ConfigError("--max-combos must be positive")
+    settings = settings_for(store=store, exchange=exchange)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from tradpal_ray.runs import run_sweep
