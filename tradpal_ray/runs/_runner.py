@@ -39,6 +39,8 @@ MIN_TASK_BAR_COMBOS = 10_000_000
 """Bar x combination steps that keep one task busy for >= ~100 ms (a task round trip is ~2 ms)."""
 TASKS_PER_CPU = 3
 """Enough chunks per CPU to balance uneven ones without drowning in overhead."""
+MAX_CHUNK_COMBOS = 50_000
+"""Largest chunk: bounds a task's memory (its combinations and signal arrays) and its retry cost."""
 LOCAL_WORK_LIMIT = 300_000_000
 """Bar x combination steps the automatic choice runs in process (a few seconds on one core)."""
 
@@ -111,13 +113,13 @@ def keep_details(bars: Bars, store: str, run_id: str, ref: StrategyRef, config: 
 
 
 def plan_chunk_size(combos: int, bars: int, symbols: int, cpus: float) -> int:
-    """Combinations per chunk: enough chunks to fill the CPUs, each with >= ~100 ms of work."""
+    """Combinations per chunk: enough chunks to fill the CPUs, each with >= ~100 ms of work, none huge."""
     if combos <= 0:
         return 1
     per_symbol_tasks = max(1, math.ceil(TASKS_PER_CPU * max(cpus, 1) / max(symbols, 1)))
     balanced = math.ceil(combos / per_symbol_tasks)
     busy = math.ceil(MIN_TASK_BAR_COMBOS / max(bars, 1))
-    return max(1, min(combos, max(balanced, busy)))
+    return max(1, min(combos, max(balanced, busy), MAX_CHUNK_COMBOS))
 
 
 class SweepRun:
