@@ -124,14 +124,8 @@ class KlineUpdate:
     """One candle update from a connector, with the exchange time it claims and its arrival (monotonic s)."""
 
     key: tuple[str, str]
-    t: int
-    o: float
-    h: float
-    l: float
-    c: float
-    v: float
-    closed: bool | None
-    event_ms: int
+    candle: tuple[int, float, float, float, float, float, bool | None, int]
+    """``(t, o, h, l, c, v, closed, event_ms)`` as the connector gave it."""
     dated_ms: int
     arrived: float
 
@@ -334,7 +328,7 @@ class Feed:
         dated = t + tracker.step - 1 if closed else t  # a candle opens, and closes, before it is reported
         if self.connector is not None and self.connector.exchange_times:
             dated = max(dated, event_ms)
-        update = KlineUpdate(key, t, o, h, l, c, v, closed, event_ms, dated, now)
+        update = KlineUpdate(key, (t, o, h, l, c, v, closed, event_ms), dated, now)
         if self._unverified or not self.clock.admits(dated, now):
             if len(self._unverified) >= UNVERIFIED_LIMIT:
                 self._unverified.popleft()
@@ -347,10 +341,9 @@ class Feed:
     def _apply(self, update: KlineUpdate) -> None:
         """Hand a candle update the exchange's clock vouches for to its series' tracker."""
         tracker = self.trackers[update.key]
-        self.series[update.key].last_event_ms = update.event_ms
+        self.series[update.key].last_event_ms = update.candle[-1]
         now = time.monotonic()
-        self._emit(update.key, tracker.on_update(update.t, update.o, update.h, update.l, update.c, update.v,
-                                                 update.closed, update.event_ms, now), now)
+        self._emit(update.key, tracker.on_update(*update.candle, now), now)
         if tracker.next is not None and (tracker.closed_until > tracker.next or tracker.disputed):
             self._repair_wake.set()
 
@@ -370,7 +363,7 @@ class Feed:
                 continue
             self.future_events += 1
             log.warning("feed.future_event_rejected", feed=self.name, symbol=update.key[0], timeframe=update.key[1],
-                        open_ms=update.t, dated_ms=update.dated_ms, exchange_ms=sample.server_ms)
+                        open_ms=update.candle[0], dated_ms=update.dated_ms, exchange_ms=sample.server_ms)
 
     # -- the exchange clock ---------------------------------------------------------------------
 
