@@ -118,17 +118,20 @@ async def finish_and_check(sim: Any, feed: Feed, recorder: Recorder, store: Path
     return counts
 
 
+def forged_closed_kline(timeframe: str, t: int, event_ms: int) -> dict[str, Any]:
+    """A fault sending one well-formed closed ``timeframe`` kline opening at ``t``, all prices 1.0."""
+    kline = {"t": t, "T": t + timeframe_ms(timeframe) - 1, "s": "BTCUSDT", "i": timeframe, "f": 1, "L": 1, "o": "1.0",
+             "c": "1.0", "h": "1.0", "l": "1.0", "v": "1.0", "n": 1, "x": True, "q": "1.0", "V": "0.5", "Q": "0.5", "B": "0"}
+    return {"kind": "malformed", "text": orjson.dumps({"e": "kline", "E": event_ms, "s": "BTCUSDT", "k": kline}).decode()}
+
+
 def forged_future_kline(timeframe: str) -> Callable[[Any], dict[str, Any]]:
-    """A fault injecting one well-formed closed ``timeframe`` kline dated 5 minutes after the simulator's clock."""
+    """A fault injecting one closed ``timeframe`` kline dated 5 minutes after the simulator's clock."""
 
     def fault(sim: Any) -> dict[str, Any]:
         step = timeframe_ms(timeframe)
         event_ms = sim.now_ms() + 5 * 60_000
-        t = event_ms // step * step - step  # the candle that would have closed just before ``event_ms``
-        kline = {"t": t, "T": t + step - 1, "s": "BTCUSDT", "i": timeframe, "f": 1, "L": 1, "o": "1.0", "c": "1.0",
-                 "h": "1.0", "l": "1.0", "v": "1.0", "n": 1, "x": True, "q": "1.0", "V": "0.5", "Q": "0.5", "B": "0"}
-        text = orjson.dumps({"e": "kline", "E": event_ms, "s": "BTCUSDT", "k": kline}).decode()
-        return {"kind": "malformed", "text": text}
+        return forged_closed_kline(timeframe, event_ms // step * step - step, event_ms)  # closed just before it
 
     return fault
 
@@ -265,6 +268,36 @@ def test_feed_started_while_the_stream_is_silent_polls_rest_then_hands_back(make
             step = timeframe_ms(tf)
             first = CandleStore(store_root).read_table("binance", SYMBOL, tf).column("open_time")[0].value
             assert before // step * step <= first <= after // step * step, tf
+
+    run(main)
+
+
+def test_a_later_true_close_replaces_a_wrong_one_in_the_store(make_simulator: Any, store_root: Path) -> None:
+    sim = make_simulator([SYMBOL], speed=60.0)  # a 1m candle lasts a second: the forgery lands before its close
+
+    async def main() -> None:
+        # a tolerance of 10 minutes lets a forged close of the forming candle through
+        feed = Feed(feed_config(sim, store_root, "native", clock_tolerance=600.0))
+        await feed.start()
+        tracker = feed.trackers[(SYMBOL, "1m")]
+        try:
+            await wait_for(lambda: tracker.closed_count >= 2 and sim.now_ms() % 60_000 < 30_000,
+                           what="candles, then the first half of a candle")
+            forming = sim.now_ms() // 60_000 * 60_000
+            await asyncio.to_thread(sim.inject, **forged_closed_kline("1m", forming, sim.now_ms()))
+            await wait_for(lambda: any(row.t == forming and row.o == 1.0 for row in tracker.history),
+                           what="the forged close to be taken")
+            await wait_for(lambda: tracker.corrected == 1, what="the true close to correct it")
+            await wait_for(caught_up(feed, sim.now_ms()), what="the feed to catch up with the simulator")
+            in_memory = feed.latest(SYMBOL, "1m", 50)
+        finally:
+            await asyncio.wait_for(feed.stop(), 30)
+        stored = CandleStore(store_root).read_table("binance", SYMBOL, "1m").select(OHLCV)
+        times = stored.column("open_time").cast(pa.int64()).to_pylist()
+        truth = sim.closed_candles(SYMBOL, "1m", times[0], times[-1] + 60_000).select(OHLCV)
+        assert forming in times and stored.equals(truth)
+        true_open = truth.column("open")[times.index(forming)].as_py()
+        assert in_memory.loc[pd.Timestamp(forming, unit="ms", tz="UTC"), "open"] == true_open != 1.0
 
     run(main)
 

@@ -9,7 +9,8 @@ only be confirmed over REST) become a REST fetch range from :meth:`CandleTracker
 result goes back through :meth:`CandleTracker.on_rest`. A REST row counts as closed only once
 the exchange's clock has passed its end, and a closed candle that the stream later reports
 with other values is checked over REST: if what was emitted was wrong, the REST candle is
-emitted again as a correction (the store keeps the last row per open time).
+emitted again as a correction (the store keeps the last row per open time; subscriptions,
+which never repeat an open time, do not pass it on).
 """
 
 from __future__ import annotations
