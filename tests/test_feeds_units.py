@@ -121,6 +121,14 @@ def test_pending_stream_frames_drain_after_rest_fills_the_hole() -> None:
     assert len(tr.history) == 4
 
 
+def test_an_empty_rest_answer_leaves_nothing_to_fetch_until_the_next_resync() -> None:
+    tr = CandleTracker(STEP)
+    tr.start_at(0)
+    tr.resync()
+    assert tr.on_rest(tr.plan(now=0.0), [], 1, closed_before=10 * STEP) == []
+    assert tr.plan(now=100.0) is None  # no busy loop asking an exchange without candles again and again
+
+
 def test_rest_row_of_a_candle_the_exchange_clock_has_not_ended_is_not_closed() -> None:
     tr = CandleTracker(STEP, rest_confirms=True)
     tr.on_update(*bar(0), None, 1, now=0.0)

@@ -185,7 +185,8 @@ class CandleTracker:
         closed = sorted((row for row in rows if int(row[0]) + self.step <= closed_before), key=lambda row: row[0])
         if plan.end is None:
             self.resync_needed = False
-            self._advance_closed_until(closed_before // self.step * self.step, 0.0)
+            if closed:  # what REST shows closed (nothing: nothing to wait for)
+                self._advance_closed_until(int(closed[-1][0]) + self.step, 0.0)
         out: list[CandleRow] = []
         for t, o, h, l, c, v in (row[:6] for row in closed):
             row = CandleRow(int(t), float(o), float(h), float(l), float(c), float(v), True, event_ms)
