@@ -34,7 +34,6 @@ from typing import Any
 import numpy as np
 import orjson
 import uvloop
-
 from _serving import send_paced, serve_forever, spawn
 
 SYMBOL = "BTC/USDT"

@@ -11,7 +11,6 @@ import pyarrow as pa
 import pytest
 
 from tradpal_ray.errors import ConfigError
-from tradpal_ray.market import CandleStore
 from tradpal_ray.feeds import (
     BatchRing,
     CandleBuffer,
@@ -25,6 +24,7 @@ from tradpal_ray.feeds.candles import CandleRow
 from tradpal_ray.feeds.clock import ClockSample, ExchangeClock
 from tradpal_ray.feeds.feed import StreamStats
 from tradpal_ray.feeds.publish import CANDLE_BATCH_SCHEMA, TRADE_BATCH_SCHEMA, RingRead
+from tradpal_ray.market import CandleStore
 
 STEP = 60_000
 

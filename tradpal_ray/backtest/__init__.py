@@ -93,6 +93,7 @@ __all__ = [
     "sma",
     "strategies",
     "strategy",
+    "strategy_combos",
     "strategy_from_function",
     "strategy_ref",
     "sweep",

@@ -24,7 +24,6 @@ from rich.progress import Progress
 from rich.table import Table
 
 from tradpal_ray.backtest import BacktestConfig
-from tradpal_ray.runs import SweepOutcome, SweepRequest, run_sweep
 from tradpal_ray.cli.app import StoreOption, app, console, settings_for
 from tradpal_ray.cli.data import print_store, run_backfill
 from tradpal_ray.cli.sweep import print_results, render
@@ -32,6 +31,7 @@ from tradpal_ray.cluster import connect, dashboard_url
 from tradpal_ray.config import Settings, split_list
 from tradpal_ray.errors import ConfigError, TradpalError
 from tradpal_ray.market import CandleStore
+from tradpal_ray.runs import SweepOutcome, SweepRequest, run_sweep
 from tradpal_ray.serve.launch import ServeOptions, deploy_stats, prepare_environment
 from tradpal_ray.stats.local_redis import RedisProcess, redis_available
 

@@ -17,6 +17,7 @@ import typer
 from tradpal_ray.cli.app import StoreOption, app, console, settings_for
 from tradpal_ray.cluster import connect
 
+
 @app.command()
 def serve(
     host: Annotated[str | None, typer.Option("--host", help="Bind address. Env: TRADPAL_SERVE_HOST (default 127.0.0.1).", show_default=False)] = None,

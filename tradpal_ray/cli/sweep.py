@@ -8,12 +8,11 @@ object ``{"run_id", "status", "metric", "executor", "errors", "skipped", "warnin
 from __future__ import annotations
 
 import math
-import sys
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from tradpal_ray.cli.app import ExchangeOption, StoreOption, app, console, settings_for
+from tradpal_ray.cli.app import ExchangeOption, StoreOption, app, console, emit_json, settings_for
 from tradpal_ray.cli.backtest import (
     CashOption,
     DataOption,
@@ -117,10 +116,7 @@ def sweep(
     finally:
         progress.stop()
     if json_output:
-        import orjson
-
-        sys.stdout.buffer.write(orjson.dumps(_json(outcome, top), option=orjson.OPT_SERIALIZE_NUMPY) + b"\n")
-        sys.stdout.flush()
+        emit_json(_json(outcome, top))
     else:
         render(outcome, top)
     if outcome.manifest.status == "failed":

@@ -14,6 +14,7 @@ Ray executor, which is loaded only when a run goes to a cluster. A run lives und
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import pandas as pd
 
 from tradpal_ray.errors import ConfigError

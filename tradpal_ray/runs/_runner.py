@@ -22,8 +22,8 @@ import pyarrow as pa
 from tradpal_ray.backtest._references import StrategyRef
 from tradpal_ray.backtest.data import Bars
 from tradpal_ray.backtest.engine import BacktestConfig, backtest, sizing_warning
-from tradpal_ray.backtest.metrics import metric, metric_names
-from tradpal_ray.backtest.sweep import rank, sweep
+from tradpal_ray.backtest.metrics import metric_names
+from tradpal_ray.backtest.sweep import sweep
 from tradpal_ray.errors import ConfigError, TradpalError
 from tradpal_ray.log import get_logger
 from tradpal_ray.market.store import encode_key
