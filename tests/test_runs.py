@@ -118,7 +118,7 @@ RUNNER = textwrap.dedent("""
 """)
 
 
-def test_a_killed_driver_reads_as_interrupted_and_resume_finishes_it(tmp_path: Path, goog_csv: str) -> None:
+def test_a_killed_driver_reads_as_interrupted_and_resume_finishes_it(tmp_path: Path, goog_csv: str, run_cli: RunCli) -> None:
     store = tmp_path / "store"
     strategy_file = tmp_path / "resumable_cross.py"
     strategy_file.write_text(
@@ -143,6 +143,8 @@ def test_a_killed_driver_reads_as_interrupted_and_resume_finishes_it(tmp_path: P
     strategy_file.write_text(strategy_file.read_text() + "# edited after the run started\n")
     with pytest.raises(ConfigError, match="changed since run .* started; resume with --allow-changed-code"):
         run_sweep(store=str(store), resume=manifest.run_id)
+    code, _, err = run_cli("sweep", "--store", str(store), "--resume", manifest.run_id)
+    assert code == 2 and err.startswith("error: strategy ") and len(err.strip().splitlines()) == 1
     resumed = run_sweep(store=str(store), resume=manifest.run_id, allow_changed_code=True, executor="local")
     assert resumed.manifest.status == "complete"
     reference = run_sweep(SweepRequest(ref, {"fast": list(range(2, 120)), "slow": list(range(20, 260, 2))},

@@ -107,14 +107,16 @@ def sweep(
     task = progress.add_task("sweep", total=None)
 
     def show(done: int, total: int) -> None:  # the bar appears once the run has started (not before an error)
-        progress.start()
+        if not progress.live.is_started:
+            progress.start()
         progress.update(task, completed=done, total=total)
 
     try:
         outcome = run_sweep(request, store=settings.store, resume=resume, executor=executor, address=address,
                             allow_changed_code=allow_changed_code, on_progress=show)
     finally:
-        progress.stop()
+        if progress.live.is_started:
+            progress.stop()
     if json_output:
         emit_json(_json(outcome, top))
     else:
