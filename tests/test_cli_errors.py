@@ -49,6 +49,14 @@ def goog_csv(tmp_path: Path) -> Path:
         (["--symbols", "GOOG/USD", "--timeframe", "1d", *GRID_ARGS, "--samples", "0"], "samples must be positive"),
         (["--symbols", "GOOG/USD", "--timeframe", "1d", *GRID_ARGS, "--strategy", "nope"], "unknown strategy 'nope'"),
         (["--resume", "no-such-run"], "unknown run 'no-such-run'"),
+        (["--resume", ".."], "unknown run '..': run ids look like"),
+        (["--symbols", "GOOG/USD", "--timeframe", "1d", *GRID_ARGS, "--since", "2024-02-01", "--until", "2024-01-01"],
+         "--since 2024-02-01 is not before --until 2024-01-01"),
+        (["--symbols", "GOOG/USD", "--timeframe", "1d", "--grid", "fast=1:10000:1", "--grid", "slow=2:20000:1"],
+         "the grid has 199,990,000 combinations, over the limit of 10,000,000"),
+        (["--symbols", "GOOG/USD", "--timeframe", "1d", *GRID_ARGS, "--executor", "gpu"], "--executor must be one of"),
+        (["--symbols", "GOOG/USD", "--timeframe", "1d", *GRID_ARGS, "--strategy", "no/such/file.py:f"], "no such file"),
+        (["--symbols", "NOPE/USD", "--timeframe", "1d", *GRID_ARGS], "no test 1d candles for NOPE/USD in the store at"),
     ],
 )
 def test_sweep_rejects_a_bad_request_before_connecting_to_ray(

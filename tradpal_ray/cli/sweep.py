@@ -88,9 +88,11 @@ def sweep(
     settings = settings_for(store=store, exchange=exchange)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from tradpal_ray.runs import run_sweep
+    from tradpal_ray.runs import EXECUTORS, run_sweep
 
-    request = None
+    if executor not in EXECUTORS:
+        raise ConfigError(f"--executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
+    request, no_market = None, []
     if not resume:
         config = backtest_config(cash=cash, fee=fee, size_unit=size_unit, size=size, slippage_bps=slippage_bps, direction=direction,
                                  stop_loss=stop_loss, take_profit=take_profit, periods_per_year=periods_per_year)
@@ -98,16 +100,16 @@ def sweep(
                            settings.exchange, config, max_combos)
         request.check()  # strategy, grid, metric, times: all checked before any data, cluster or output
         if size_unit is None:
-            request, unknown = request.with_market_units(settings.store)
-            for symbol in unknown:
-                console.print(f"[yellow]warning:[/yellow] no market info recorded for {symbol}: size unit 1 "
-                              "(run `tradpal-ray fetch` for it, or give --size-unit)", highlight=False)
+            request, no_market = request.with_market_units(settings.store)
     columns = (TextColumn("sweep"), BarColumn(), MofNCompleteColumn(), TextColumn("chunks"), TimeElapsedColumn())
     progress = Progress(*columns, console=console, transient=json_output)
     task = progress.add_task("sweep", total=None)
 
-    def show(done: int, total: int) -> None:  # the bar appears once the run has started (not before an error)
+    def show(done: int, total: int) -> None:  # the run has started: nothing before this can be an error
         if not progress.live.is_started:
+            for symbol in no_market:
+                console.print(f"[yellow]warning:[/yellow] no market info recorded for {symbol}: size unit 1 "
+                              "(run `tradpal-ray fetch` for it, or give --size-unit)", highlight=False)
             progress.start()
         progress.update(task, completed=done, total=total)
 
