@@ -37,6 +37,20 @@ LogLevelOption = Annotated[
     str | None, typer.Option("--log-level", help="DEBUG, INFO, WARNING or ERROR. Env: TRADPAL_LOG_LEVEL.", show_default=False)
 ]
 
+AddressOption = Annotated[
+    str | None,
+    typer.Option("--address", help="Join this Ray cluster: HOST:PORT, or auto for the one `ray start` runs here "
+                 "(default: RAY_ADDRESS, else a private local Ray).", show_default=False),
+]
+NameOption = Annotated[
+    str | None,
+    typer.Option("--name", help="Instance id in the names of its Ray actors and Serve app (default: derived from "
+                 "the store), so tradpal processes sharing a cluster never touch each other's.", show_default=False),
+]
+ReplaceOption = Annotated[
+    bool, typer.Option("--replace", help="Replace a running feed actor or statistics app of that name instead of refusing.")
+]
+
 
 def settings_for(**flags: object) -> Settings:
     """Settings from the environment with the given CLI flags on top; logging set up."""

@@ -74,7 +74,7 @@ def sweep(
     since: SinceOption = None,
     until: UntilOption = None,
     resume: Annotated[str | None, typer.Option("--resume", help="Finish run RUN_ID: only its missing chunks run.", show_default=False)] = None,
-    address: Annotated[str | None, typer.Option("--address", help="Ray address (default: RAY_ADDRESS, a running cluster, else local).", show_default=False)] = None,
+    address: Annotated[str | None, typer.Option("--address", help="Ray address: HOST:PORT, or auto for the cluster `ray start` runs (default: RAY_ADDRESS, else a private local Ray).", show_default=False)] = None,
     json_output: JsonOption = False,
 ) -> None:
     """Sweep a strategy's parameter grid over symbols on Ray; results persist under <store>/runs/<run_id>."""

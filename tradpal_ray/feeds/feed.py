@@ -39,7 +39,7 @@ from tradpal_ray.feeds.publish import BatchRing, CandleBuffer, RingRead, TradeBu
 from tradpal_ray.feeds.status_store import FeedStatusStore
 from tradpal_ray.log import get_logger
 from tradpal_ray.market.backfill import iter_kline_pages, validate_request
-from tradpal_ray.market.exchange import create_exchange
+from tradpal_ray.market.exchange import ExchangeClock, create_exchange, protocol
 from tradpal_ray.market.retry import Backoff
 from tradpal_ray.market.schema import bad_ohlcv_rows, candles_frame, candles_table, timeframe_ms
 from tradpal_ray.market.store import CandleStore
@@ -47,6 +47,8 @@ from tradpal_ray.market.store import CandleStore
 log = get_logger(__name__)
 
 KINDS = ("candles", "trades")
+CLOCK_SYNC_S = 5.0
+"""How often a feed re-reads the exchange's clock (one light REST call)."""
 
 
 @dataclass(frozen=True)
@@ -94,7 +96,7 @@ class FeedConfig:
             timeframe_ms(timeframe)
         if self.connector not in ("ccxt", "native"):
             raise ConfigError(f"unknown connector {self.connector!r}; valid: ccxt, native")
-        if self.connector == "native" and self.exchange != "binance":
+        if self.connector == "native" and protocol(self.exchange) != "binance":
             raise ConfigError(f"the native connector speaks Binance only; use the ccxt connector for {self.exchange}")
         for name in ("stale_after", "flush_interval", "min_flush_interval", "store_within", "status_interval",
                      "rest_poll_interval"):
@@ -182,6 +184,8 @@ class Feed:
         self.repair_errors = 0
         self.stored_rows = 0
         self.started_ms: int | None = None
+        self.exchange_clock = ExchangeClock()
+        """Lag is measured against the exchange's clock (a simulator's may run in the past, faster)."""
         self._store_pending: list[tuple[str, str, CandleRow]] = []
         self._store_lock = asyncio.Lock()
         self._store_write: asyncio.Future | None = None
@@ -211,8 +215,9 @@ class Feed:
         except BaseException:
             await self.rest_client.close()
             raise
+        await self.exchange_clock.sync(self.rest_client)
         self.started_ms = _wall_ms()
-        loops = [self._supervise(), self._repair_loop(), self._flush_loop(), self._rest_poll_loop()]
+        loops = [self._supervise(), self._repair_loop(), self._flush_loop(), self._rest_poll_loop(), self._clock_loop()]
         if self.store is not None:
             loops += [self._store_loop(), self._status_loop()]
         self._tasks = [asyncio.create_task(loop) for loop in loops]
@@ -451,8 +456,14 @@ class Feed:
             stats.last_message_ms = now_ms
             stats.last_event_ms = last_event
 
+    async def _clock_loop(self) -> None:
+        """Re-read the exchange's clock now and then (its rate and drift), for lag."""
+        while True:
+            await asyncio.sleep(CLOCK_SYNC_S)  # a cadence, not a synchronisation
+            await self.exchange_clock.sync(self.rest_client)
+
     def _record_lag(self) -> None:
-        now_ms = _wall_ms()
+        now_ms = self.exchange_clock.now_ms()
         for symbol, stats in self.trade_stats.items():
             if stats.last_event_ms is not None:
                 self.metrics.lag(symbol, now_ms - stats.last_event_ms)
@@ -580,11 +591,12 @@ class Feed:
     def status(self) -> dict[str, Any]:
         """Health per stream (last message time, lag, messages, closed candles) and of the connection."""
         now_ms = _wall_ms()
+        exchange_ms = self.exchange_clock.now_ms(now_ms)
         mode = self.mode
         streams = []
 
         def row(symbol: str, stream: str, stats: StreamStats, **extra: Any) -> dict[str, Any]:
-            lag = None if stats.last_event_ms is None else now_ms - stats.last_event_ms
+            lag = None if stats.last_event_ms is None else exchange_ms - stats.last_event_ms
             return {"symbol": symbol, "stream": stream, "messages": stats.messages,
                     "last_message_ms": stats.last_message_ms, "lag_ms": lag, "mode": mode,
                     "reconnects": self.reconnects, **extra}

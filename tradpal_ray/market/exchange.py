@@ -2,11 +2,14 @@
 
 ``create_exchange("binance", url="http://127.0.0.1:8765")`` returns the unmodified ccxt
 client with its REST and WebSocket endpoints rewritten to that server: this is how the
-simulator (:mod:`tradpal_ray.sim`, which speaks Binance spot's protocol) is used.
+simulator (:mod:`tradpal_ray.sim`, which speaks Binance spot's protocol) is used. The
+simulator has its own exchange id, :data:`SIMULATOR` (``"sim"``): a Binance client under
+the hood, but its candles are stored under ``exchange=sim``, never where real Binance data goes.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -16,9 +19,19 @@ import ccxt.pro
 from tradpal_ray.errors import ConfigError
 
 
+SIMULATOR = "sim"
+"""Exchange id of tradpal's local simulator (``--exchange sim --exchange-url http://...``)."""
+_PROTOCOL = {SIMULATOR: "binance"}
+
+
 def exchange_ids() -> list[str]:
-    """Exchange ids ccxt supports."""
-    return list(ccxt.exchanges)
+    """Exchange ids ccxt supports, and the simulator's."""
+    return [*ccxt.exchanges, SIMULATOR]
+
+
+def protocol(exchange_id: str) -> str:
+    """The ccxt exchange whose protocol ``exchange_id`` speaks: itself, ``binance`` for the simulator."""
+    return _PROTOCOL.get(exchange_id, exchange_id)
 
 
 def create_exchange(
@@ -30,12 +43,16 @@ def create_exchange(
     secret: str | None = None,
     options: dict[str, Any] | None = None,
 ) -> Any:
-    """A ccxt (``pro=False``) or ccxt.pro (``pro=True``) client for ``exchange_id``.
+    """A ccxt (``pro=False``) or ccxt.pro (``pro=True``) client for ``exchange_id`` (``sim``: a Binance
+    client, which needs the simulator's ``url``).
 
     With ``url`` every REST endpoint is moved to that host (path kept) and the WebSocket
     to ``ws://host/stream/ws``; rate limiting is then off (local servers need none).
     A pro client must be created and closed inside the event loop that uses it.
     """
+    if exchange_id == SIMULATOR and url is None:
+        raise ConfigError("exchange 'sim' is the local simulator: give its URL, e.g. --exchange-url http://127.0.0.1:8765")
+    exchange_id = protocol(exchange_id)
     module = ccxt.pro if pro else ccxt
     if exchange_id not in ccxt.exchanges or not hasattr(module, exchange_id):
         kind = "ccxt.pro" if pro else "ccxt"
@@ -58,6 +75,44 @@ def create_exchange(
     if url is not None:
         _point_at(client, url)
     return client
+
+
+class ExchangeClock:
+    """The exchange's clock as seen from here, from its server time (``fetch_time``).
+
+    Lag is measured against this clock, not ours: a simulator replaying the past at 60x (or an
+    exchange whose clock drifts) must show neither hours of lag nor a negative one. Two syncs
+    a second or more apart give the clock's rate (1.0 for a real exchange, the speed of a
+    simulator running faster); until the first sync it is our own clock.
+    """
+
+    def __init__(self) -> None:
+        self._server_ms: float | None = None
+        self._local_ms = 0.0
+        self.rate = 1.0
+
+    def observe(self, server_ms: float, local_ms: float) -> None:
+        """Record that the exchange's clock read ``server_ms`` at our ``local_ms``."""
+        if self._server_ms is not None and local_ms - self._local_ms >= 1000:
+            self.rate = max(0.0, (server_ms - self._server_ms) / (local_ms - self._local_ms))
+        self._server_ms, self._local_ms = server_ms, local_ms
+
+    def now_ms(self, local_ms: float | None = None) -> int:
+        """The exchange's time now (or at our ``local_ms``), in ms."""
+        local = time.time() * 1000 if local_ms is None else local_ms
+        if self._server_ms is None:
+            return int(local)
+        return int(self._server_ms + (local - self._local_ms) * self.rate)
+
+    async def sync(self, client: Any) -> None:
+        """Ask the exchange its time (a ccxt async client); an exchange that does not tell keeps the estimate."""
+        sent = time.time() * 1000
+        try:
+            server = await client.fetch_time()
+        except Exception:  # noqa: BLE001 - not every exchange serves its time: keep what we have
+            return
+        if server is not None:
+            self.observe(float(server), (sent + time.time() * 1000) / 2)
 
 
 def _point_at(client: Any, url: str) -> None:
