@@ -61,7 +61,8 @@ def connect(address: str | None = None, *, discover: bool = False, num_cpus: int
             return "cluster"
         except ConnectionError as exc:
             if not discovering:
-                raise ConfigError(f"cannot reach the Ray cluster at {target}: {_first_line(exc)}") from None
+                hint = "" if os.environ.get("RAY_AUTH_MODE") else " (a cluster with token auth needs RAY_AUTH_MODE=token)"
+                raise ConfigError(f"cannot reach the Ray cluster at {target}: {_first_line(exc)}{hint}") from None
     _remember(ray.init(address=LOCAL, num_cpus=num_cpus, **init_kwargs))
     log.info("ray.started", mode=LOCAL, cpus=ray.cluster_resources().get("CPU"), dashboard=dashboard_url())
     return LOCAL

@@ -458,9 +458,11 @@ class Feed:
 
     async def _clock_loop(self) -> None:
         """Re-read the exchange's clock now and then (its rate and drift), for lag."""
+        delay = 1.0  # the second reading comes soon: it gives the clock's rate (a simulator may run 60x)
         while True:
-            await asyncio.sleep(CLOCK_SYNC_S)  # a cadence, not a synchronisation
+            await asyncio.sleep(delay)  # a cadence, not a synchronisation
             await self.exchange_clock.sync(self.rest_client)
+            delay = CLOCK_SYNC_S
 
     def _record_lag(self) -> None:
         now_ms = self.exchange_clock.now_ms()
