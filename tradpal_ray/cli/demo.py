@@ -262,7 +262,7 @@ def run_pipeline(settings: Settings, symbols: list[str], window: Window, port: i
     console.rule("statistics API")
     app_id = app_name(where.instance)
     deployed = deploy_stats(options, settings.store, app=app_id, replace=where.replace)
-    stack.callback(stop_stats, app_id, shutdown_serve=mode == "local")  # through Serve's API, before Ray stops
+    stack.callback(stop_stats, app_id)  # through Serve's API, before Ray stops
     console.print(deployed.describe(), highlight=False)
     leaderboard_from_api(deployed.url, outcome.run_id)
     console.print(f"statistics API: {deployed.url}/docs   page: {deployed.url}/   "

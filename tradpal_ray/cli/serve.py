@@ -6,8 +6,8 @@ RAY_SERVE_THROUGHPUT_OPTIMIZED=1 before Ray starts: about 10x the requests/s of 
 default proxy. See :mod:`tradpal_ray.serve.launch`. The app is ``stats-<instance>``
 (``--name``, default derived from the store); on a cluster whose Serve already runs another
 instance's statistics app it refuses unless ``--replace``. On Ctrl-C a Ray started here is
-shut down (Serve first, through its API); on a joined cluster only our app is deleted, other
-Serve apps keep running.
+shut down (our app deleted through Serve's API first); on a joined cluster only our app is
+deleted, other Serve apps keep running.
 """
 
 from __future__ import annotations
@@ -17,15 +17,7 @@ from typing import Annotated
 
 import typer
 
-from tradpal_ray.cli.app import (
-    AddressOption,
-    NameOption,
-    ReplaceOption,
-    StoreOption,
-    app,
-    console,
-    settings_for,
-)
+from tradpal_ray.cli.app import AddressOption, NameOption, ReplaceOption, StoreOption, app, console, settings_for
 from tradpal_ray.cluster import connect, instance_name
 
 
@@ -55,10 +47,10 @@ def serve(
     deployed = None
     try:
         deployed = deploy_stats(options, settings.store, app=app_id, replace=replace)
-        console.print(f"{deployed.describe()} (docs: /docs); Ctrl-C to stop", highlight=False)
+        console.print(f"{deployed.describe()}; docs at /docs; Ctrl-C to stop", highlight=False)
         threading.Event().wait()
     finally:
         if deployed is not None:  # only what we deployed: a refused start leaves the running app alone
-            stop_stats(app_id, shutdown_serve=mode == "local")
+            stop_stats(app_id)
         if mode != "existing":
             ray.shutdown()  # our own Ray stops; a joined cluster stays up (this driver detaches)

@@ -32,13 +32,10 @@ class ServeOptions:
     """HAProxy + throughput-optimized Serve (~10x req/s); binds all interfaces. Default: on off loopback."""
 
 
-APP_PREFIX = "stats-"
-"""Serve applications of the statistics API are named ``stats-<instance>``."""
-
-
 def app_name(instance: str) -> str:
-    """The Serve application name of instance ``instance`` (see :func:`tradpal_ray.cluster.instance_name`)."""
-    return f"{APP_PREFIX}{instance}"
+    """The Serve application name of the statistics API of instance ``instance``: ``stats-<instance>``
+    (see :func:`tradpal_ray.cluster.instance_name`)."""
+    return f"stats-{instance}"
 
 
 @dataclass(frozen=True)
@@ -54,7 +51,7 @@ class DeployedStats:
     def describe(self) -> str:
         """One true line for the terminal."""
         how = "Serve started" if self.started_serve else "joined the Serve already running on this Ray cluster"
-        return f"statistics API (Serve app {self.app}, {how}) on {self.url}"
+        return f"stats API on {self.url} (Serve app {self.app}, {how})"
 
 
 def prepare_environment(settings: Settings, options: ServeOptions) -> ServeOptions:
@@ -85,9 +82,9 @@ def deploy_stats(options: ServeOptions, store: str | None = None, *, app: str, r
     """Run the stats app as ``app`` on the connected Ray, at route ``/``; where it answers.
 
     Serve's own start-up chatter is silenced: the caller prints :meth:`DeployedStats.describe`.
-    When Serve runs already (a joined cluster), an app of that name or another instance's
-    stats app is refused with a ConfigError unless ``replace`` (then it is deleted first):
-    deploying over it would make its port answer with another store's data. ``redeploy``
+    When Serve runs already (a joined cluster), an app of that name or any other app at route
+    ``/`` (another instance's) is refused with a ConfigError unless ``replace`` (then it is
+    deleted first): deploying over it would make its port answer with another store's data. ``redeploy``
     updates an app of our very name in place (a script deploying again on its cluster). ``store`` is
     passed to the replicas explicitly (it is no secret); the Redis URL only through the environment.
     """
@@ -111,9 +108,9 @@ def deploy_stats(options: ServeOptions, store: str | None = None, *, app: str, r
         started = not serve_running()
         if started:
             _check_port_free(options.host or "127.0.0.1", options.port or 8000)
-        else:
-            _make_room(app, list(ray_serve.status().applications), replace=replace, redeploy=redeploy)
         client = serve_start(http_options={"host": options.host, "port": options.port})
+        if not started:
+            _make_room(app, client.get_serve_details().get("applications", {}), replace=replace, redeploy=redeploy)
         try:
             ray_serve.run(stats_app(args), name=app, route_prefix="/")
         except RayServeException as exc:  # e.g. another (non-tradpal) app holds the route "/"
@@ -123,18 +120,18 @@ def deploy_stats(options: ServeOptions, store: str | None = None, *, app: str, r
                          started_serve=started)
 
 
-def stop_stats(app: str, *, shutdown_serve: bool) -> None:
-    """Take the stats app down through Serve's API, before Ray stops: delete ``app`` (if it is
-    still there), then with ``shutdown_serve`` stop Serve itself (only when this process started it)."""
+def stop_stats(app: str) -> None:
+    """Take the stats app down through Serve's API, before Ray stops: delete ``app`` if it is still there.
+
+    Serve itself is left to Ray: a private Ray takes it down with everything else, a shared
+    cluster keeps it for its other apps. (``serve.shutdown()`` makes the controller kill
+    itself under its own shutdown call, which the raylet reports on every exit.)
+    """
     from ray import serve as ray_serve
 
     with quiet_serve():
-        if not serve_running():
-            return
-        if app in ray_serve.status().applications:
+        if serve_running() and app in ray_serve.status().applications:
             ray_serve.delete(app)
-        if shutdown_serve:
-            ray_serve.shutdown()
 
 
 def serve_running() -> bool:
@@ -164,14 +161,16 @@ def quiet_serve() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def _make_room(app: str, running: list[str], *, replace: bool, redeploy: bool) -> None:
-    """Refuse (or, with ``replace``, delete) our app name or another instance's stats app on a shared Serve."""
+def _make_room(app: str, running: dict[str, dict[str, object]], *, replace: bool, redeploy: bool) -> None:
+    """Refuse (or, with ``replace``, delete) on a shared Serve: an app of our name (unless
+    ``redeploy``) and any other app at route ``/``, where ours goes."""
     from ray import serve as ray_serve
 
-    taken = [name for name in running if (name == app and not redeploy) or (name != app and name.startswith(APP_PREFIX))]
+    taken = [name for name, details in running.items()
+             if (name == app and not redeploy) or (name != app and details.get("route_prefix") == "/")]
     if taken and not replace:
-        raise ConfigError(f"Serve on this Ray cluster already runs the statistics API as {', '.join(taken)} "
-                          "(another tradpal process); stop it, or --replace it")
+        raise ConfigError(f"Serve on this Ray cluster already runs {', '.join(taken)} at / (another tradpal "
+                          "process?); stop it, or --replace it")
     for name in taken:
         ray_serve.delete(name)
 
