@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -112,6 +113,23 @@ def test_exchange_clock_learns_offset_and_rate() -> None:
     assert clock.now_ms(5_500) == 1_000_500
     clock.observe(1_060_000, local_ms=6_000)  # 60 s of its time in 1 s of ours: a 60x simulator
     assert clock.rate == 60 and clock.now_ms(6_500) == 1_090_000
+
+
+def test_a_shared_serve_is_refused_unless_replacing() -> None:
+    from tradpal_ray.serve.launch import _check_port_free, _make_room
+
+    running = {"stats-tp-other": {"route_prefix": "/"}, "someone": {"route_prefix": "/someone"}}
+    with pytest.raises(ConfigError, match="already runs stats-tp-other at /"):
+        _make_room("stats-mine", running, replace=False, redeploy=False)
+    with pytest.raises(ConfigError, match="already runs stats-mine"):
+        _make_room("stats-mine", {"stats-mine": {"route_prefix": "/"}}, replace=False, redeploy=False)
+    _make_room("stats-mine", {"stats-mine": {"route_prefix": "/"}, **running} | {"stats-tp-other": {}},
+               replace=False, redeploy=True)  # a script updating its own app; the others are elsewhere
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(ConfigError, match=f"port {taken.getsockname()[1]} on 127.0.0.1 is in use"):
+            _check_port_free("127.0.0.1", taken.getsockname()[1])
 
 
 # -- the simulator's clock and where its candles go -------------------------------------------

@@ -108,7 +108,8 @@ def deploy_stats(options: ServeOptions, store: str | None = None, *, app: str, r
         started = not serve_running()
         if started:
             _check_port_free(options.host or "127.0.0.1", options.port or 8000)
-        client = serve_start(http_options={"host": options.host, "port": options.port})
+        # A running Serve keeps its own host and port: asking for others only earns a warning.
+        client = serve_start(http_options={"host": options.host, "port": options.port} if started else None)
         if not started:
             _make_room(app, client.get_serve_details().get("applications", {}), replace=replace, redeploy=redeploy)
         try:
