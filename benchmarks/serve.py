@@ -30,7 +30,7 @@ from pathlib import Path
 from tradpal_ray.stats.local_redis import free_port
 
 API_KEY = "bench-key"
-RUN_ID = "bench-10k"
+RUN_ID = "sma_cross-20240101T000000-0010a0"  # the shape new_run_id gives (the API refuses others)
 RESULTS = 10_000
 CLIENTS = (1, 8, 32)
 
@@ -55,26 +55,26 @@ def write_big_run(root: Path) -> None:
     import numpy as np
     import pandas as pd
 
-    from tradpal_ray.backtest.distributed import results_table
-    from tradpal_ray.backtest.metrics import STAT_NAMES
-    from tradpal_ray.backtest.results import ResultStore, RunManifest
+    from tradpal_ray.backtest.metrics import metrics
+    from tradpal_ray.runs import RunManifest, RunStore, chunk_table
 
-    store = ResultStore(root)
+    store = RunStore(root)
+    types = {"fast": "int", "slow": "int"}
     symbols = ["BTC/USDT", "ETH/USDT", "SOL/USDT", "BNB/USDT"]
     fast, slow = np.meshgrid(np.arange(2, 52), np.arange(60, 110))
     rng = np.random.default_rng(0)
     per = RESULTS // len(symbols)
     for symbol in symbols:
         frame = pd.DataFrame({"fast": fast.ravel()[:per], "slow": slow.ravel()[:per]})
-        for name in STAT_NAMES:
-            frame[name] = rng.normal(1, 1, per)
+        for m in metrics():
+            frame[m.name] = rng.normal(1, 1, per)
         frame["trades"] = rng.integers(0, 200, per)
         for chunk in range(0, per, 1000):
             part = frame.iloc[chunk : chunk + 1000].reset_index(drop=True)
-            store.write_chunk(RUN_ID, symbol, chunk // 1000, results_table(RUN_ID, symbol, "sma_cross", part, ["fast", "slow"]))
+            store.write_chunk(RUN_ID, symbol, chunk // 1000, chunk_table(RUN_ID, symbol, "sma_cross", part, types))
     store.write_manifest(RunManifest(run_id=RUN_ID, strategy="sma_cross", grid={"fast": [2, 51], "slow": [60, 109]},
                                      symbols=symbols, source="store", exchange="binance", timeframe="1h",
-                                     combos=per, results=RESULTS, status="complete"))
+                                     combos=per, results=RESULTS, status="complete", param_types=types))
 
 
 def wrk(url: str, clients: int, seconds: float) -> dict[str, float]:

@@ -228,7 +228,7 @@ def bench_ray_workers(symbols: int = 8, bars: int = 600_000) -> dict[str, Any]:
 
     import ray
 
-    from tradpal_ray.backtest.distributed import SweepRequest, run_sweep
+    from tradpal_ray.runs import SweepRequest, run_sweep
     from tradpal_ray.market import CandleStore, candles_table
 
     root = tempfile.mkdtemp(prefix="tradpal-bench-")
@@ -242,9 +242,9 @@ def bench_ray_workers(symbols: int = 8, bars: int = 600_000) -> dict[str, Any]:
     for cpus in (1, 2):
         ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
         try:
-            run_sweep(request, store=root, keep_best=0)
+            run_sweep(request, store=root, keep_best=0, executor="ray")
             start = time.perf_counter()
-            outcome = run_sweep(request, store=root, keep_best=0)
+            outcome = run_sweep(request, store=root, keep_best=0, executor="ray")
             seconds[cpus] = time.perf_counter() - start
             assert outcome.manifest.status == "complete" and len(outcome.results) == symbols * 174
         finally:

@@ -3,7 +3,7 @@
 ``redis_server`` is one redis-server per test session (flushed before each test through
 ``redis_url``); ``make_redis`` starts private ones that a test may kill and restart
 (same port). ``make_run`` writes a real sweep run (engine statistics, kept trades and
-equity curves) straight through the ResultStore, without Ray.
+equity curves) straight through the RunStore, without Ray.
 """
 
 from __future__ import annotations
@@ -13,14 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import orjson
 import pandas as pd
 import pytest
 
 from tradpal_ray.backtest import backtest, sweep
-from tradpal_ray.backtest.distributed import results_table
-from tradpal_ray.backtest.results import ResultStore, RunManifest
 from tradpal_ray.backtest.sweep import rank
+from tradpal_ray.runs import RunManifest, RunStore, chunk_table, params_of
 from tradpal_ray.stats.local_redis import RedisProcess
 
 
@@ -66,6 +64,11 @@ def synthetic_bars(seed: int, n: int = 600) -> pd.DataFrame:
                          "close": close, "volume": rng.uniform(1, 10, n)}, index=index)
 
 
+def run_id(n: int) -> str:
+    """A run id of the real shape (``<strategy>-<YYYYmmddTHHMMSS>-<6 hex>``), distinct per ``n``."""
+    return f"sma_cross-20240601T000000-{n:06x}"
+
+
 def write_run(
     root: Path | str,
     run_id: str,
@@ -78,20 +81,22 @@ def write_run(
 ) -> RunManifest:
     """Write a complete sma_cross run the way the sweep runner does (results, kept details, manifest)."""
     grid = grid or {"fast": [5, 10], "slow": [20, 40]}
-    store = ResultStore(root)
+    store = RunStore(root)
+    types = {"fast": "int", "slow": "int"}
     manifest = RunManifest(run_id=run_id, strategy="sma_cross", grid=grid, symbols=list(symbols), source="store",
-                           exchange="binance", timeframe="1h", created_at=created_at, status="running")
+                           exchange="binance", timeframe="1h", created_at=created_at, status="running",
+                           param_types=types)
     store.write_manifest(manifest)
     total = 0
     for k, symbol in enumerate(symbols):
         bars = synthetic_bars(seed * 100 + k)
         frame = sweep(bars, "sma_cross", grid)
-        names = list(grid)
-        store.write_chunk(run_id, symbol, 0, results_table(run_id, symbol, "sma_cross", frame, names))
+        store.write_chunk(run_id, symbol, 0, chunk_table(run_id, symbol, "sma_cross", frame, types))
         stored = store.results(run_id, symbol)
-        for row in rank(stored, "sharpe").head(keep).itertuples():
-            outcome = backtest(bars, "sma_cross", orjson.loads(row.params))
-            store.write_detail(run_id, row.result_id, outcome.trades, outcome.equity)
+        for row in rank(stored, "sharpe").head(keep).to_dict("records"):
+            outcome = backtest(bars, "sma_cross", params_of(row, list(types)))
+            store.write_detail(run_id, row["result_id"], outcome.trades, outcome.equity)
+            manifest.kept[row["result_id"]] = symbol
         total += len(frame)
     manifest.status, manifest.results, manifest.combos = "complete", total, total // len(symbols)
     store.write_manifest(manifest)

@@ -92,7 +92,6 @@ def test_store_source(store_root: Path, run: Runner) -> None:
         (["--param", "fats=3"], "unknown parameter fats"),
         (["--param", "fast"], "bad --param 'fast': expected NAME=VALUE"),
         (["--param", "fast=ten"], "'ten' is not a number"),
-        (["--param", "slow=5000"], "slow=5000 needs at least 5000 bars"),
         (["--param", "fast=40"], "fast must be below slow"),
         (["--fee", "-1"], "fee must be in"),
     ],

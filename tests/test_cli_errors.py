@@ -21,7 +21,6 @@ from market_data import goog
 
 from tradpal_ray.cli import backtest as backtest_cli
 from tradpal_ray.cli import demo
-from tradpal_ray.cli import sweep as sweep_cli
 from tradpal_ray.stats.local_redis import RedisProcess, free_port
 
 RunCli = Callable[..., tuple[int, str, str]]
@@ -58,7 +57,7 @@ def test_sweep_rejects_a_bad_request_before_connecting_to_ray(
     def no_ray(*args: object, **kwargs: object) -> str:
         raise AssertionError("connect() called for a request that cannot run")
 
-    monkeypatch.setattr(sweep_cli, "connect", no_ray)
+    monkeypatch.setattr("tradpal_ray.cluster.connect", no_ray)
     store = tmp_path / "store"
     code, out, err = run_cli("sweep", "--store", str(store), "--exchange", "test", *args)
     assert code == 2 and out == ""

@@ -10,7 +10,7 @@ import pytest
 import ray
 from market_data import write_goog
 
-from tradpal_ray.backtest.distributed import SweepRequest, run_sweep
+from tradpal_ray.runs import SweepRequest, run_sweep
 
 
 def scrape_until(names: set[str], timeout: float = 45.0) -> dict[str, float]:
@@ -36,7 +36,7 @@ def test_sweep_metrics_are_exported(ray_session: None, tmp_path: pytest.TempPath
     write_goog(tmp_path, {"GOOG/USD": 1.0})
     request = SweepRequest(strategy="sma_cross", grid={"fast": [5, 10], "slow": [20, 30, 40]}, symbols=["GOOG/USD"],
                            exchange="test", timeframe="1d")
-    run_sweep(request, store=str(tmp_path), keep_best=0)
+    run_sweep(request, store=str(tmp_path), keep_best=0, executor="ray")
     found = scrape_until({"ray_tradpal_sweep_backtests_total", "ray_tradpal_sweep_chunk_seconds_count"})
     assert found["ray_tradpal_sweep_backtests_total"] >= 6
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from redis_fixtures import write_run
+from redis_fixtures import run_id, write_run
 from test_serve_api import KEY, Server
 
 from tradpal_ray.feeds import FeedStatusStore
@@ -22,6 +22,8 @@ from tradpal_ray.serve import build_app
 from tradpal_ray.serve.page import LEADERBOARD_TOP
 from tradpal_ray.stats import StatsService
 from tradpal_ray.stats.local_redis import RedisProcess
+
+OLD, NEW = run_id(1), run_id(2)
 
 FEED = {"exchange": "binance", "connector": "ws", "mode": "ws", "connected": True, "reconnects": 1, "now_ms": 1_717_200_000_000,
         "streams": [{"symbol": "BTC/USDT", "stream": "kline_1m", "messages": 42, "lag_ms": 1500}]}
@@ -40,8 +42,8 @@ def chromium() -> str:
 def site(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisProcess) -> Iterator[str]:
     """The app on loopback over a store with two runs (``new`` is the newest) and one feed status."""
     root = tmp_path_factory.mktemp("page-store")
-    write_run(root, "old", created_at="2024-05-01T00:00:00+00:00", seed=2)
-    write_run(root, "new", symbols=("BTC/USDT", "ETH/USDT", "SOL/USDT"), grid={"fast": [5, 10, 15], "slow": [20, 30, 40]})
+    write_run(root, OLD, created_at="2024-05-01T00:00:00+00:00", seed=2)
+    write_run(root, NEW, symbols=("BTC/USDT", "ETH/USDT", "SOL/USDT"), grid={"fast": [5, 10, 15], "slow": [20, 30, 40]})
     FeedStatusStore(root).write("binance-ws", FEED)
     with Server(build_app(StatsService(root, redis_server.url), require_key=False)) as server:
         yield server.url
@@ -68,12 +70,12 @@ def attribute(dom: str, element_id: str, name: str) -> str:
 
 def test_page_shows_leaderboard_chart_and_feeds(chromium: str, site: str, tmp_path: Path) -> None:
     with httpx.Client(base_url=site, timeout=10) as http:
-        board = http.get("/runs/new/leaderboard", params={"top": LEADERBOARD_TOP}).json()
+        board = http.get(f"/runs/{NEW}/leaderboard", params={"top": LEADERBOARD_TOP}).json()
         best = board["results"][0]
-        curve = http.get(f"/runs/new/results/{best['result_id']}/equity").json()["equity"]["equity"]
+        curve = http.get(f"/runs/{NEW}/results/{best['result_id']}/equity").json()["equity"]["equity"]
     dom = browse(chromium, f"{site}/", tmp_path, "--dump-dom").stdout
 
-    assert attribute(dom, "leaderboard", "data-run") == "new"  # the newest run by default
+    assert attribute(dom, "leaderboard", "data-run") == NEW  # the newest run by default
     assert attribute(dom, "leaderboard", "data-metric") == board["metric"]
     assert re.findall(r'<tr data-result-id="([0-9a-f]{16})"', dom) == [row["result_id"] for row in board["results"]]
     assert len(board["results"]) == LEADERBOARD_TOP < board["total"]
@@ -94,11 +96,11 @@ def test_page_shows_leaderboard_chart_and_feeds(chromium: str, site: str, tmp_pa
 
 def test_page_selects_run_and_result_and_explains_missing_equity(chromium: str, site: str, tmp_path: Path) -> None:
     with httpx.Client(base_url=site, timeout=10) as http:
-        rows = http.get("/runs/old/leaderboard", params={"top": LEADERBOARD_TOP}).json()["results"]
-        kept = [http.get(f"/runs/old/results/{row['result_id']}/equity").status_code == 200 for row in rows]
+        rows = http.get(f"/runs/{OLD}/leaderboard", params={"top": LEADERBOARD_TOP}).json()["results"]
+        kept = [http.get(f"/runs/{OLD}/results/{row['result_id']}/equity").status_code == 200 for row in rows]
         unkept = rows[kept.index(False)]["result_id"]
-    dom = browse(chromium, f"{site}/?run=old&result={unkept}", tmp_path, "--dump-dom").stdout
-    assert attribute(dom, "leaderboard", "data-run") == "old"
+    dom = browse(chromium, f"{site}/?run={OLD}&result={unkept}", tmp_path, "--dump-dom").stdout
+    assert attribute(dom, "leaderboard", "data-run") == OLD
     assert re.findall(r'<tr data-result-id="([0-9a-f]{16})"', dom) == [row["result_id"] for row in rows]
     assert attribute(dom, "equity", "data-result-id") == unkept and "<svg" not in dom
     assert "No equity curve stored for this result" in dom and 'id="error" role="alert"></span>' in dom

@@ -9,12 +9,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import orjson
 import pytest
 from market_data import write_goog
 
-from tradpal_ray.backtest.distributed import SweepOutcome, SweepRequest, run_sweep
-from tradpal_ray.backtest.results import ResultStore
+from tradpal_ray.runs import RunStore, SweepOutcome, SweepRequest, run_sweep
 from tradpal_ray.errors import ConfigError
 from tradpal_ray.report import build_report
 from tradpal_ray.report.svg import (
@@ -43,7 +41,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> str:
 def run(ray_session: None, store: str) -> SweepOutcome:
     """A complete 2-parameter run: 2 symbols x 12 combinations, the best 3 per symbol kept."""
     request = SweepRequest(strategy="sma_cross", grid=GRID, symbols=SYMBOLS, exchange="test", timeframe="1d")
-    return run_sweep(request, store=store)
+    return run_sweep(request, store=store, executor="ray")
 
 
 def cells(page: str) -> list[str]:
@@ -52,7 +50,7 @@ def cells(page: str) -> list[str]:
 
 
 def test_report_of_a_real_run_has_curves_heatmap_and_tables(run: SweepOutcome, store: str) -> None:
-    page = build_report(ResultStore(store), run.run_id, top=4)
+    page = build_report(RunStore(store), run.run_id, top=4)
 
     # Self-contained: no script, stylesheet or any other resource fetched from anywhere.
     assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
@@ -63,15 +61,14 @@ def test_report_of_a_real_run_has_curves_heatmap_and_tables(run: SweepOutcome, s
     assert len(labels) == 8 and labels[:4] == labels[4:]
     best = run.best_per_symbol()
     assert [label.split(" ")[0] for label in labels[:2]] == list(best["symbol"])
-    assert labels[0].startswith(f"{best['symbol'][0]} fast={orjson.loads(best['params'][0])['fast']} ")
+    assert labels[0].startswith(f"{best['symbol'][0]} fast={best['fast'][0]} ")
 
-    # Heatmap: one cell per combination, each the sharpe averaged over the two symbols.
+    # Heatmap: one cell per combination, each the median sharpe over the two symbols.
     tooltips = cells(page)
-    mean = run.results.groupby("params")["sharpe"].mean()
-    assert len(tooltips) == len(mean) == 12
-    for params, value in mean.items():
-        p = orjson.loads(params)
-        assert any(t.startswith(f"fast={p['fast']} slow={p['slow']}: mean sharpe {value:,.2f}, ") for t in tooltips)
+    median = run.results.groupby(["fast", "slow"])["sharpe"].median()
+    assert len(tooltips) == len(median) == 12
+    for (fast, slow), value in median.items():
+        assert any(t.startswith(f"fast={fast} slow={slow}: median sharpe {value:,.2f}, ") for t in tooltips)
 
     # Tables: the best result of each symbol, and the 12 parameter sets across symbols.
     assert re.findall(r'<tr class="best" data-symbol="([^"]*)"', page) == list(best["symbol"])
@@ -80,21 +77,21 @@ def test_report_of_a_real_run_has_curves_heatmap_and_tables(run: SweepOutcome, s
 
 
 def test_another_metric_ranks_and_colours_by_it(run: SweepOutcome, store: str) -> None:
-    page = build_report(ResultStore(store), run.run_id, metric="max_drawdown_pct")
+    page = build_report(RunStore(store), run.run_id, metric="max_drawdown_pct")
     lowest = run.results.groupby("symbol")["max_drawdown_pct"].min()
     for symbol, value in lowest.items():
         row = re.search(rf'<tr class="best" data-symbol="{re.escape(symbol)}">(.*?)</tr>', page)
         assert row and f"<td>{value:,.2f}</td>" in row.group(1)  # lowest drawdown is best
-    best_cell = min(run.results.groupby("params")["max_drawdown_pct"].mean())
+    best_cell = min(run.results.groupby(["fast", "slow"])["max_drawdown_pct"].median())
     best_colour = "#{:02x}{:02x}{:02x}".format(*VIRIDIS[-1])
-    assert re.search(rf'fill="{best_colour}"><title>[^<]*mean max_drawdown_pct {best_cell:,.2f},', page)
+    assert re.search(rf'fill="{best_colour}"><title>[^<]*median max_drawdown_pct {best_cell:,.2f},', page)
 
 
 def test_other_arities_fall_back_to_the_ranked_table(ray_session: None, store: str) -> None:
     grid = {"window": [10, 14], "lower": [25, 30], "upper": [70, 75]}
     request = SweepRequest(strategy="rsi_reversion", grid=grid, symbols=SYMBOLS[:1], exchange="test", timeframe="1d")
     outcome = run_sweep(request, store=store, keep_best=0)
-    page = build_report(ResultStore(store), outcome.run_id)
+    page = build_report(RunStore(store), outcome.run_id)
     assert cells(page) == []
     assert "needs exactly two varying parameters; this run varies 3 (lower, upper, window)" in page
     assert page.count('<tr class="across">') == 8
@@ -103,9 +100,9 @@ def test_other_arities_fall_back_to_the_ranked_table(ray_session: None, store: s
 
 def test_unknown_run_or_metric_is_a_config_error(run: SweepOutcome, store: str) -> None:
     with pytest.raises(ConfigError, match="unknown run 'nope'"):
-        build_report(ResultStore(store), "nope")
+        build_report(RunStore(store), "nope")
     with pytest.raises(ConfigError, match="unknown metric 'alpha'"):
-        build_report(ResultStore(store), run.run_id, metric="alpha")
+        build_report(RunStore(store), run.run_id, metric="alpha")
 
 
 def test_cli_writes_the_file_and_fails_in_one_line(run: SweepOutcome, store: str, tmp_path: Path, run_cli: RunCli) -> None:

@@ -72,13 +72,22 @@ def test_joins_the_running_cluster_sweeps_the_store_universe_and_prints_json(
         store.write(candles_table(goog(scale), exchange="test", symbol=symbol, timeframe="1d"))
     store.write(candles_table(goog(), exchange="elsewhere", symbol="NOT/USD", timeframe="1d"))
 
+    strategy_file = tmp_path / "signals" / "universe_golden.py"  # the user's own file, outside sys.path
+    strategy_file.parent.mkdir()
+    strategy_file.write_text(
+        "from tradpal_ray.backtest import cross_above, cross_below, sma\n\n"
+        "def golden_cross(bars, fast=10, slow=50):\n"
+        "    f, s = sma(bars.close, fast), sma(bars.close, slow)\n"
+        "    return cross_above(f, s), cross_below(f, s)\n"
+    )
     done = run_script(lone_script, "--store", str(tmp_path / "store"), "--exchange", "test", "--grid", "fast=5,10",
                       "--grid", "slow=20,30", "--metric", "return_pct", "--top", "0", "--json",
-                      ray_address=ray.get_runtime_context().gcs_address)
+                      "--strategy", f"{strategy_file}:golden_cross", ray_address=ray.get_runtime_context().gcs_address)
     assert done.returncode == 0, done.stderr
     assert len(jobs()) == drivers_before + 1  # it joined the session's cluster as a new driver
     doc = json.loads(done.stdout)
     assert doc["status"] == "complete" and doc["metric"] == "return_pct" and doc["errors"] == {}
+    assert doc["executor"] == "ray" and doc["strategy"] == "golden_cross"
     assert {row["symbol"] for row in doc["results"]} == {"GOOG/USD", "GOOG2/USD"} and len(doc["results"]) == 8
     returns = [row["stats"]["return_pct"] for row in doc["results"]]
     assert returns == sorted(returns, reverse=True)

@@ -15,7 +15,7 @@ import pytest
 import schemathesis
 import uvicorn
 from hypothesis import HealthCheck, given, settings
-from redis_fixtures import write_run
+from redis_fixtures import run_id, write_run
 
 from tradpal_ray.config import Settings
 from tradpal_ray.errors import ConfigError
@@ -23,6 +23,8 @@ from tradpal_ray.serve import app, build_app, is_loopback
 from tradpal_ray.serve.deployment import api_key_required, serve_bind_host
 from tradpal_ray.stats import StatsService
 from tradpal_ray.stats.local_redis import RedisProcess, free_port, wait_for
+
+R1 = run_id(1)
 
 KEY = "k-test-0123456789"
 
@@ -52,7 +54,7 @@ class Server:
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("api-store")
-    write_run(root, "r1")
+    write_run(root, R1)
     return root
 
 
@@ -73,14 +75,14 @@ def test_endpoints(client: httpx.Client) -> None:
     assert client.get("/health").json() == {"status": "ok"}
     assert client.get("/ready").json() == {"ready": True, "store": True, "redis": True}
     [run] = client.get("/runs").json()
-    assert run["run_id"] == "r1" and run["status"] == "complete"
-    assert client.get("/runs/r1").json()["summary"]["results"] == 8
-    board = client.get("/runs/r1/leaderboard", params={"metric": "return_pct", "top": 2, "symbol": "ETH/USDT"})
+    assert run["run_id"] == R1 and run["status"] == "complete"
+    assert client.get(f"/runs/{R1}").json()["summary"]["results"] == 8
+    board = client.get(f"/runs/{R1}/leaderboard", params={"metric": "return_pct", "top": 2, "symbol": "ETH/USDT"})
     assert board.status_code == 200 and board.headers["content-type"] == "application/json"
     rows = board.json()["results"]
     assert len(rows) == 2 and rows[0]["return_pct"] >= rows[1]["return_pct"] and rows[0]["symbol"] == "ETH/USDT"
-    best = client.get("/runs/r1/leaderboard", params={"top": 1}).json()["results"][0]
-    equity = client.get(f"/runs/r1/results/{best['result_id']}/equity").json()
+    best = client.get(f"/runs/{R1}/leaderboard", params={"top": 1}).json()["results"][0]
+    equity = client.get(f"/runs/{R1}/results/{best['result_id']}/equity").json()
     assert len(equity["equity"]["equity"]) == 600 and equity["trades"]
     assert {s["symbol"] for s in client.get("/symbols/stats").json()} == {"BTC/USDT", "ETH/USDT"}
     assert client.get("/symbols/stats", params={"symbol": "ETH/USDT", "timeframe": "1h"}).json()[0]["runs"] == 1
@@ -96,20 +98,20 @@ def test_endpoints(client: httpx.Client) -> None:
 
 
 def test_responses_are_the_cached_bytes(client: httpx.Client, redis_server: RedisProcess) -> None:
-    first = client.get("/runs/r1/leaderboard", params={"metric": "sortino", "top": 3})
-    second = client.get("/runs/r1/leaderboard", params={"metric": "sortino", "top": 3})
+    first = client.get(f"/runs/{R1}/leaderboard", params={"metric": "sortino", "top": 3})
+    second = client.get(f"/runs/{R1}/leaderboard", params={"metric": "sortino", "top": 3})
     with redis_server.client() as redis:
         stored = {redis.get(key) for key in redis.keys("tradpal:stats:*:leaderboard:*")}
     assert first.content == second.content and second.content in stored
 
 
 @pytest.mark.parametrize(("path", "params", "message"), [
-    ("/runs/r1/leaderboard", {"metric": "luck"}, "metric"),
-    ("/runs/r1/leaderboard", {"top": 0}, "greater than or equal to 1"),
-    ("/runs/r1/leaderboard", {"top": "ten"}, "valid integer"),
-    ("/runs/r1/leaderboard", {"timeframe": "7x"}, "timeframe"),
+    (f"/runs/{R1}/leaderboard", {"metric": "luck"}, "metric"),
+    (f"/runs/{R1}/leaderboard", {"top": 0}, "greater than or equal to 1"),
+    (f"/runs/{R1}/leaderboard", {"top": "ten"}, "valid integer"),
+    (f"/runs/{R1}/leaderboard", {"timeframe": "7x"}, "timeframe"),
     ("/trades/count", {"status": "pending"}, "status"),
-    ("/runs/r1/results/not-an-id/equity", {}, "pattern"),
+    (f"/runs/{R1}/results/not-an-id/equity", {}, "pattern"),
     ("/runs/bad id!/leaderboard", {}, "pattern"),
 ])
 def test_bad_parameters_are_422_with_a_clear_message(client: httpx.Client, path: str, params: dict[str, Any], message: str) -> None:
@@ -118,10 +120,10 @@ def test_bad_parameters_are_422_with_a_clear_message(client: httpx.Client, path:
 
 
 @pytest.mark.parametrize(("path", "params"), [
-    ("/runs/no-such-run", {}),
-    ("/runs/no-such-run/leaderboard", {}),
-    ("/runs/r1/leaderboard", {"symbol": "SOL/USDT"}),
-    ("/runs/r1/results/0123456789abcdef/equity", {}),
+    (f"/runs/{run_id(999)}", {}),
+    (f"/runs/{run_id(999)}/leaderboard", {}),
+    (f"/runs/{R1}/leaderboard", {"symbol": "SOL/USDT"}),
+    (f"/runs/{R1}/results/0123456789abcdef/equity", {}),
     ("/symbols/stats", {"symbol": "DOGE/USDT"}),
 ])
 def test_unknown_run_result_or_symbol_is_404(client: httpx.Client, path: str, params: dict[str, Any]) -> None:
@@ -146,7 +148,7 @@ def test_api_key_is_required_off_loopback(store: Path, redis_server: RedisProces
             for headers in ({}, {"X-API-Key": "wrong"}, {"X-API-Key": KEY + "x"}):
                 response = await http.get("/runs", headers=headers)
                 assert response.status_code == 401 and "X-API-Key" in response.json()["detail"]
-            assert (await http.get("/runs", headers={"X-API-Key": KEY})).json()[0]["run_id"] == "r1"
+            assert (await http.get("/runs", headers={"X-API-Key": KEY})).json()[0]["run_id"] == R1
             assert (await http.get("/cache/stats", headers={"X-API-Key": "other-key"})).status_code == 200
             allowed = await http.get("/health", headers={"Origin": "https://dash.example"})
             assert allowed.headers["access-control-allow-origin"] == "https://dash.example"
@@ -201,7 +203,7 @@ def test_no_5xx_for_any_generated_input(api: str) -> None:
 def test_schemathesis_reaches_real_runs(client: httpx.Client, make_run: Callable[..., Any]) -> None:
     """The generated cases mostly hit unknown run ids; real ids with odd filters must not 5xx either."""
     for params in ({"symbol": "\u0000"}, {"symbol": "../../x"}, {"strategy": "é" * 64}, {"metric": "fees", "top": 1000}):
-        assert client.get("/runs/r1/leaderboard", params=params).status_code in (200, 404)
+        assert client.get(f"/runs/{R1}/leaderboard", params=params).status_code in (200, 404)
     assert client.get("/symbols/stats", params={"symbol": "../x", "exchange": "\t"}).status_code == 404
 
 
@@ -225,3 +227,26 @@ def test_cli_refuses_to_serve_off_loopback_without_keys(capsys: pytest.CaptureFi
         main(["serve", "--host", "0.0.0.0", "--redis-url", "redis://:cli-secret@127.0.0.1:1/0"])
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and "TRADPAL_API_KEYS" in err and "cli-secret" not in err
+
+
+def test_ids_of_the_wrong_shape_are_refused_and_errors_name_no_path(tmp_path: Path, redis_server: RedisProcess) -> None:
+    """``/runs/%2E%2E`` used to serve a planted ``<store>/manifest.json``; a 503 used to show the
+    store's absolute path."""
+    store = tmp_path / "private-dir" / "store"
+    write_run(store, R1)
+    planted = orjson.loads((store / "runs" / R1 / "manifest.json").read_bytes()) | {"run_id": "PLANTED"}
+    (store / "manifest.json").write_bytes(orjson.dumps(planted))
+    broken = run_id(7)
+    (store / "runs" / broken).mkdir()
+    (store / "runs" / broken / "manifest.json").write_bytes(b"{not json")
+    with Server(build_app(StatsService(store, redis_server.url), require_key=False)) as server, \
+            httpx.Client(base_url=server.url, timeout=10) as http:
+        for path in ("/runs/%2E%2E", "/runs/%2e%2E/leaderboard", f"/runs/{R1}/results/%2E%2E/equity",
+                     "/runs/x%2F..%2F..", f"/runs/{R1}x"):
+            response = http.get(path)
+            assert response.status_code in (404, 422) and "PLANTED" not in response.text, (path, response.text)
+        assert http.get("/runs/%2E%2E").status_code == 422 and "pattern" in http.get("/runs/%2E%2E").text
+        assert http.get(f"/runs/{R1}").json()["run_id"] == R1
+        corrupt = http.get(f"/runs/{broken}")
+        assert corrupt.status_code == 503 and "corrupt manifest" in corrupt.text, corrupt.text
+        assert str(tmp_path) not in corrupt.text and "private-dir" not in corrupt.text, corrupt.text

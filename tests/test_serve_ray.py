@@ -13,16 +13,18 @@ from pathlib import Path
 import httpx
 import pydantic
 import pytest
-from redis_fixtures import synthetic_bars, write_run
+from redis_fixtures import run_id, synthetic_bars, write_run
 
 from tradpal_ray.serve import app
 from tradpal_ray.stats.local_redis import RedisProcess, free_port, wait_for
+
+R1, R2 = run_id(1), run_id(2)
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("serve-store")
-    write_run(root, "r1")
+    write_run(root, R1)
     return root
 
 
@@ -49,37 +51,37 @@ def client(base_url: str) -> Iterator[httpx.Client]:
 def test_endpoints_through_serve(client: httpx.Client) -> None:
     assert client.get("/health").json() == {"status": "ok"}
     assert client.get("/ready").json()["ready"] is True  # loopback: no API key needed
-    assert [r["run_id"] for r in client.get("/runs").json()] == ["r1"]
-    board = client.get("/runs/r1/leaderboard", params={"top": 2, "metric": "profit_factor"})
+    assert [r["run_id"] for r in client.get("/runs").json()] == [R1]
+    board = client.get(f"/runs/{R1}/leaderboard", params={"top": 2, "metric": "profit_factor"})
     assert board.status_code == 200 and board.headers["content-type"] == "application/json"
     assert len(board.json()["results"]) == 2
     best = board.json()["results"][0]["result_id"]
-    assert client.get(f"/runs/r1/results/{best}/equity").json()["result_id"] == best
-    assert client.get("/runs/nope").status_code == 404
-    bad = client.get("/runs/r1/leaderboard", params={"top": -1})
+    assert client.get(f"/runs/{R1}/results/{best}/equity").json()["result_id"] == best
+    assert client.get(f"/runs/{run_id(99)}").status_code == 404 and client.get("/runs/nope").status_code == 422
+    bad = client.get(f"/runs/{R1}/leaderboard", params={"top": -1})
     assert bad.status_code == 422 and "top" in bad.text
     assert client.get("/docs").status_code == 200
 
 
 def test_cache_hits_and_a_new_run_through_serve(client: httpx.Client, store: Path) -> None:
-    path, params = "/runs/r1/leaderboard", {"metric": "sortino", "top": 3}
+    path, params = f"/runs/{R1}/leaderboard", {"metric": "sortino", "top": 3}
     first = client.get(path, params=params).content
     assert client.get(path, params=params).content == first
     assert client.get("/cache/stats").json()["by_kind"]["leaderboard"].get("hit", 0) >= 1
-    write_run(store, "r2", created_at="2025-01-01T00:00:00+00:00", seed=4)
+    write_run(store, R2, created_at="2025-01-01T00:00:00+00:00", seed=4)
     landed = time.monotonic()
-    wait_for(lambda: [r["run_id"] for r in client.get("/runs").json()] == ["r2", "r1"], timeout=1.5,
+    wait_for(lambda: [r["run_id"] for r in client.get("/runs").json()] == [R2, R1], timeout=1.5,
              what="the new run through Serve")
     assert time.monotonic() - landed < 1.5  # 1 s budget plus HTTP round trips on a busy CI box
 
 
 def test_a_sweep_run_by_ray_is_served(client: httpx.Client, store: Path, tmp_path: Path) -> None:
-    from tradpal_ray.backtest.distributed import SweepRequest, run_sweep
+    from tradpal_ray.runs import SweepRequest, run_sweep
 
     data = tmp_path / "SYNTH.csv"
     synthetic_bars(9).to_csv(data)
     outcome = run_sweep(SweepRequest(strategy="sma_cross", grid={"fast": [5, 8], "slow": [20, 30]}, data_file=str(data)),
-                        store=str(store), keep_best=1)
+                        store=str(store), keep_best=1, executor="ray")
     run_id = outcome.run_id
     wait_for(lambda: client.get(f"/runs/{run_id}").json().get("status") == "complete", timeout=1.5,
              what="the finished sweep (the service saw it running, with no results yet)")

@@ -2,72 +2,77 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
+from redis_fixtures import run_id
 
-from tradpal_ray.backtest.results import ResultStore
+from tradpal_ray.runs import RUN_ID_PATTERN, RunStore, chunk_table, new_run_id
 from tradpal_ray.errors import ConfigError
 from tradpal_ray.feeds import FeedStatusStore
 from tradpal_ray.market.schema import candles_table
 from tradpal_ray.market.store import CandleStore
 from tradpal_ray.stats import NotFound, RunVersions, StatsQueries
 
+OLD, NEW = run_id(1), run_id(2)
+R1, R2 = run_id(3), run_id(4)
+
 
 @pytest.fixture
 def two_runs(store_root: Path, make_run: Callable[..., Any]) -> StatsQueries:
-    make_run(store_root, "old-run", created_at="2024-05-01T00:00:00+00:00", seed=1)
-    make_run(store_root, "new-run", symbols=("BTC/USDT",), created_at="2024-06-01T00:00:00+00:00", seed=2)
+    make_run(store_root, OLD, created_at="2024-05-01T00:00:00+00:00", seed=1)
+    make_run(store_root, NEW, symbols=("BTC/USDT",), created_at="2024-06-01T00:00:00+00:00", seed=2)
     return StatsQueries(store_root)
 
 
 def test_runs_newest_first_and_run_summary(two_runs: StatsQueries) -> None:
-    assert [r["run_id"] for r in two_runs.runs()] == ["new-run", "old-run"]
-    doc = two_runs.run("old-run")
+    assert [r["run_id"] for r in two_runs.runs()] == [NEW, OLD]
+    doc = two_runs.run(OLD)
     assert doc["status"] == "complete" and doc["grid"] == {"fast": [5, 10], "slow": [20, 40]}
     summary = doc["summary"]
     assert summary["results"] == 8 and sorted(s["symbol"] for s in summary["symbols"]) == ["BTC/USDT", "ETH/USDT"]
-    frame = ResultStore(two_runs.root).results("old-run", "ETH/USDT")
+    frame = RunStore(two_runs.root).results(OLD, "ETH/USDT")
     eth = next(s for s in summary["symbols"] if s["symbol"] == "ETH/USDT")
     assert eth["best"] == pytest.approx(frame["sharpe"].max()) and eth["results"] == 4
 
 
 def test_leaderboard_ranks_filters_and_rejects(two_runs: StatsQueries) -> None:
-    board = two_runs.leaderboard("old-run", top=3)
+    board = two_runs.leaderboard(OLD, top=3)
     values = [r["sharpe"] for r in board["results"]]
     assert board["metric"] == "sharpe" and board["total"] == 8 and len(values) == 3 and values == sorted(values, reverse=True)
     assert isinstance(board["results"][0]["params"], dict)
-    drawdown = [r["max_drawdown_pct"] for r in two_runs.leaderboard("old-run", metric="max_drawdown_pct", top=8)["results"]]
+    drawdown = [r["max_drawdown_pct"] for r in two_runs.leaderboard(OLD, metric="max_drawdown_pct", top=8)["results"]]
     assert drawdown == sorted(drawdown)  # lower is better
-    eth = two_runs.leaderboard("old-run", symbol="ETH/USDT", top=10)
+    eth = two_runs.leaderboard(OLD, symbol="ETH/USDT", top=10)
     assert eth["total"] == 4 and {r["symbol"] for r in eth["results"]} == {"ETH/USDT"}
-    assert two_runs.leaderboard("old-run", strategy="ema_cross")["results"] == []
-    assert two_runs.leaderboard("old-run", timeframe="1d")["total"] == 0
-    assert two_runs.leaderboard("old-run", timeframe="1h")["total"] == 8
+    assert two_runs.leaderboard(OLD, strategy="ema_cross")["results"] == []
+    assert two_runs.leaderboard(OLD, timeframe="1d")["total"] == 0
+    assert two_runs.leaderboard(OLD, timeframe="1h")["total"] == 8
     with pytest.raises(NotFound, match="SOL/USDT"):
-        two_runs.leaderboard("old-run", symbol="SOL/USDT")
+        two_runs.leaderboard(OLD, symbol="SOL/USDT")
     with pytest.raises(NotFound):
         two_runs.leaderboard("no-such-run")
     with pytest.raises(NotFound):
         two_runs.run("../etc")
     with pytest.raises(ConfigError, match="unknown metric"):
-        two_runs.leaderboard("old-run", metric="luck")
+        two_runs.leaderboard(OLD, metric="luck")
 
 
 def test_equity_and_trades_of_a_kept_result(two_runs: StatsQueries) -> None:
-    best = two_runs.leaderboard("old-run", top=1)["results"][0]
-    doc = two_runs.equity("old-run", best["result_id"])
+    best = two_runs.leaderboard(OLD, top=1)["results"][0]
+    doc = two_runs.equity(OLD, best["result_id"])
     assert len(doc["equity"]["time"]) == len(doc["equity"]["equity"]) == 600
     assert doc["equity"]["time"][0] == int(pd.Timestamp("2024-01-01", tz="UTC").value // 1_000_000)
     closed = [t for t in doc["trades"] if t["exit_reason"] != "open"]
     assert len(closed) == best["trades"]
     assert all(isinstance(t["entry_time"], int) for t in doc["trades"])
-    worst = two_runs.leaderboard("old-run", top=8)["results"][-1]  # not kept (keep=2 per symbol)
+    worst = two_runs.leaderboard(OLD, top=8)["results"][-1]  # not kept (keep=2 per symbol)
     with pytest.raises(NotFound):
-        two_runs.equity("old-run", worst["result_id"])
+        two_runs.equity(OLD, worst["result_id"])
 
 
 def test_symbol_stats_across_runs(two_runs: StatsQueries, store_root: Path) -> None:
@@ -122,20 +127,37 @@ def test_versions_change_when_a_run_lands_or_grows(store_root: Path, make_run: C
     versions = RunVersions(store_root)
     empty, runs = versions.scan()
     assert runs == {}
-    manifest = make_run(store_root, "r1")
+    manifest = make_run(store_root, R1)
     first, runs = versions.scan()
-    assert first != empty and set(runs) == {"r1"} and versions.scan() == (first, runs)
-    make_run(store_root, "r2", seed=3)
+    assert first != empty and set(runs) == {R1} and versions.scan() == (first, runs)
+    make_run(store_root, R2, seed=3)
     second, runs2 = versions.scan()
-    assert second != first and runs2["r1"] == runs["r1"]  # an older run keeps its stamp
-    store = ResultStore(store_root)
+    assert second != first and runs2[R1] == runs[R1]  # an older run keeps its stamp
+    store = RunStore(store_root)
     manifest.status = "running"
     store.write_manifest(manifest)
     running, runs3 = versions.scan()
-    frame = store.results("r1", "BTC/USDT")
-    from tradpal_ray.backtest.distributed import results_table
-
-    store.write_chunk("r1", "BTC/USDT", 7, results_table("r1", "BTC/USDT", "sma_cross",
-                                                          frame[["sharpe"]].assign(fast=1), ["fast"]))
+    frame = store.results(R1, "BTC/USDT")
+    store.write_chunk(R1, "BTC/USDT", 7, chunk_table(R1, "BTC/USDT", "sma_cross",
+                                                      frame[["sharpe"]].assign(fast=1, slow=2), {"fast": "int", "slow": "int"}))
     grown, runs4 = versions.scan()
-    assert grown != running and runs4["r1"] != runs3["r1"] and runs4["r2"] == runs3["r2"]
+    assert grown != running and runs4[R1] != runs3[R1] and runs4[R2] == runs3[R2]
+
+
+def test_run_and_result_ids_must_have_their_real_shape(two_runs: StatsQueries) -> None:
+    """Ids enter from URLs and the command line: ``..`` or a path never reaches the filesystem."""
+    store = RunStore(two_runs.root)
+    Path(two_runs.root, "manifest.json").write_bytes(Path(two_runs.root, "runs", OLD, "manifest.json").read_bytes())
+    for bad in ("..", ".", "../runs/" + OLD, OLD + "/..", "old-run", OLD[:-1] + "g", OLD + "0", ""):
+        with pytest.raises(ConfigError, match="run ids look like"):
+            store.manifest(bad)
+        with pytest.raises(NotFound):
+            two_runs.run(bad)
+    [kept] = [r["result_id"] for r in two_runs.leaderboard(OLD, top=1)["results"]]
+    assert store.detail(OLD, kept)[0] is not None
+    for bad in ("..", "../" + kept, kept.upper(), kept[:-1]):
+        with pytest.raises(ConfigError, match="16 hex digits"):
+            store.detail(OLD, bad)
+    assert re.fullmatch(RUN_ID_PATTERN, new_run_id("sma_cross")) and re.fullmatch(RUN_ID_PATTERN, OLD)
+    odd = new_run_id("../my strategy")  # a strategy name is made safe, never a path
+    assert re.fullmatch(RUN_ID_PATTERN, odd) and odd.startswith("___my_strategy-")

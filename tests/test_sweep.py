@@ -1,4 +1,4 @@
-"""Sweeps on Ray (real single-node Ray): results, isolation of bad symbols, resume, CLI."""
+"""Sweeps in process and on Ray (real single-node Ray): results, isolation of bad symbols, resume, CLI."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 from market_data import goog, write_goog
 
-from tradpal_ray.backtest import BacktestConfig, distributed, sweep
-from tradpal_ray.backtest.distributed import SweepRequest, plan_chunk_size, run_sweep
-from tradpal_ray.backtest.results import ResultStore
+from tradpal_ray.backtest import BacktestConfig, sweep
+from tradpal_ray.errors import ConfigError
+from tradpal_ray.runs import RunStore, SweepRequest, _runner, plan_chunk_size, run_sweep
 
 GRID = {"fast": list(range(5, 51, 5)), "slow": list(range(20, 201, 10))}
 GRID_ARGS = ["--grid", "fast=5:50:5", "--grid", "slow=20:200:10"]
@@ -39,56 +39,69 @@ def ordered(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.sort_values("result_id").reset_index(drop=True)
 
 
-def test_results_equal_the_in_process_sweep_and_keep_the_best(ray_session: None, store: str) -> None:
-    outcome = run_sweep(request(["GOOG/USD", "GOOG2/USD"]), store=store, chunk_size=40)
+@pytest.mark.parametrize("executor", ["ray", "local"])
+def test_results_equal_the_in_process_sweep_and_keep_the_best(ray_session: None, store: str, executor: str) -> None:
+    outcome = run_sweep(request(["GOOG/USD", "GOOG2/USD"]), store=store, chunk_size=40, executor=executor)
     assert outcome.manifest.status == "complete" and outcome.manifest.errors == {}
+    assert outcome.manifest.executor == executor
     assert len(outcome.results) == 2 * 174 and outcome.results["result_id"].is_unique
     local = sweep(goog(), "sma_cross", GRID, BacktestConfig())
     ours = outcome.results[outcome.results["symbol"] == "GOOG/USD"]
-    merged = ours.assign(fast=ours["params"].map(lambda p: json.loads(p)["fast"]), slow=ours["params"].map(lambda p: json.loads(p)["slow"]))
-    merged = merged.merge(local, on=["fast", "slow"], suffixes=("", "_local"))
+    merged = ours.merge(local, on=["fast", "slow"], suffixes=("", "_local"))
     assert len(merged) == 174
     assert (merged["final_equity"] == merged["final_equity_local"]).all()
     assert (merged["trades"] == merged["trades_local"]).all()
 
     best = outcome.best_per_symbol()
     assert list(best["symbol"]) == sorted(best["symbol"], key=lambda s: -best.set_index("symbol").loc[s, "sharpe"])
-    trades, equity = ResultStore(store).detail(outcome.run_id, best["result_id"].iloc[0])
+    trades, equity = RunStore(store).detail(outcome.run_id, best["result_id"].iloc[0])
     assert equity["equity"].iloc[-1] == pytest.approx(best["final_equity"].iloc[0], rel=1e-12)
     assert (trades["exit_reason"] != "open").sum() == best["trades"].iloc[0]
-    saved = ResultStore(store).manifest(outcome.run_id)
+    saved = RunStore(store).manifest(outcome.run_id)
     assert saved.status == "complete" and saved.results == 348 and saved.chunk_size == 40
+    assert set(saved.kept.values()) == {"GOOG/USD", "GOOG2/USD"} and len(saved.kept) == 6
 
 
-def test_a_bad_symbol_fails_alone(ray_session: None, store: str) -> None:
-    outcome = run_sweep(request(["GOOG/USD", "MISSING/USD", "BROKEN/USD"]), store=store)
+@pytest.mark.parametrize("executor", ["ray", "local"])
+def test_a_bad_symbol_fails_alone(ray_session: None, store: str, executor: str) -> None:
+    outcome = run_sweep(request(["GOOG/USD", "BROKEN/USD"]), store=store, executor=executor, chunk_size=30)
     assert outcome.manifest.status == "partial"
-    assert set(outcome.manifest.errors) == {"MISSING/USD", "BROKEN/USD"}
-    assert "no candles" in outcome.manifest.errors["MISSING/USD"]
+    assert set(outcome.manifest.errors) == {"BROKEN/USD"}
     assert "BROKEN" in outcome.manifest.errors["BROKEN/USD"]
     assert set(outcome.results["symbol"]) == {"GOOG/USD"} and len(outcome.results) == 174
-    assert ResultStore(store).manifest(outcome.run_id).errors == outcome.manifest.errors
+    assert RunStore(store).manifest(outcome.run_id).errors == outcome.manifest.errors
+
+
+def test_a_symbol_missing_from_the_store_fails_before_any_run(tmp_path: Path) -> None:
+    store = str(tmp_path)
+    write_goog(tmp_path, {"GOOG/USD": 1.0})
+    with pytest.raises(ConfigError, match=r"no test 1d candles for MISSING/USD in the store .*stored test 1d series: .*GOOG/USD"):
+        run_sweep(request(["GOOG/USD", "MISSING/USD"]), store=store)
+    assert not any(m.symbols == ["GOOG/USD", "MISSING/USD"] for m in RunStore(store).runs())
 
 
 def test_resume_runs_only_missing_chunks_and_never_duplicates(ray_session: None, store: str, tmp_path: Path) -> None:
     first = run_sweep(request(["GOOG/USD", "GOOG2/USD"]), store=store, chunk_size=20)
-    results = ResultStore(store)
+    results = RunStore(store)
     chunk_files = sorted(Path(store, "runs", first.run_id, "results").rglob("chunk-*.parquet"))
-    assert len(chunk_files) == 2 * 9
+    assert len(chunk_files) == 2 * 10  # 10 x 19 raw grid points in chunks of 20; rules applied inside
     untouched = chunk_files[0]
     stamp = untouched.stat().st_mtime_ns
     for lost in chunk_files[3:8]:
         lost.unlink()
     manifest = results.manifest(first.run_id)
-    manifest.status = "running"
+    manifest.status = "running"  # as a driver that died left it
+    manifest.driver = {"host": "elsewhere", "pid": 1}
+    manifest.heartbeat = "2020-01-01T00:00:00+00:00"
     results.write_manifest(manifest)
+    assert results.manifest(first.run_id).current_status() == "interrupted"
 
-    resumed = run_sweep(store=store, resume=first.run_id)
+    resumed = run_sweep(store=store, resume=first.run_id, executor="ray")
     assert resumed.run_id == first.run_id and resumed.manifest.status == "complete"
     assert untouched.stat().st_mtime_ns == stamp
     pd.testing.assert_frame_equal(ordered(resumed.results), ordered(first.results))
-    again = run_sweep(store=store, resume=first.run_id)
-    pd.testing.assert_frame_equal(ordered(again.results), ordered(first.results))
+    with pytest.raises(ConfigError, match="is complete: nothing to resume"):
+        run_sweep(store=store, resume=first.run_id)
 
 
 def test_an_unexpected_error_marks_the_run_failed_not_running(
@@ -97,13 +110,14 @@ def test_an_unexpected_error_marks_the_run_failed_not_running(
     def broken(*args: object) -> None:
         raise RuntimeError("lost the details\nsecond line")
 
-    monkeypatch.setattr(distributed, "_keep_details", broken)
+    monkeypatch.setattr(_runner, "keep_details", broken)
     path = tmp_path / "GOOG.csv"
     goog().to_csv(path)
     store = str(tmp_path / "store")
     with pytest.raises(RuntimeError, match="lost the details"):
-        run_sweep(SweepRequest(strategy="sma_cross", grid={"fast": [5], "slow": [20]}, data_file=str(path)), store=store)
-    [manifest] = ResultStore(store).runs()
+        run_sweep(SweepRequest(strategy="sma_cross", grid={"fast": [5], "slow": [20]}, data_file=str(path)), store=store,
+                  executor="local")
+    [manifest] = RunStore(store).runs()
     assert manifest.status == "failed" and manifest.error == "RuntimeError: lost the details"
 
 

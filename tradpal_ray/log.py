@@ -16,8 +16,11 @@ from typing import Any
 import structlog
 
 _SECRET_KEY = re.compile(r"(password|secret|token|api_?key|auth)", re.IGNORECASE)
+_SECRET_PARAM = re.compile(r"pass|pwd|secret|token|key|auth|cred|sig", re.IGNORECASE)
+"""URL query parameter names whose values are masked: password, ssl_password, token, secret,
+access_key, api_key, auth, credentials, signature... (a key *file* name is masked too: harmless)."""
 _URL_AUTHORITY = re.compile(r"://(?P<authority>[^/?#\s]+)")
-_QUERY_PASSWORD = re.compile(r"(?P<key>[?&;]password=)[^&#\s]+", re.IGNORECASE)
+_QUERY_PARAM = re.compile(r"(?P<name>[?&;][^=&#;?\s]+=)(?P<value>[^&#;\s]*)")
 _configured = False
 
 
@@ -29,13 +32,19 @@ def _mask_userinfo(match: re.Match[str]) -> str:
     return f"://{user}:***@{host}" if at and colon and password else match[0]
 
 
+def _mask_param(match: re.Match[str]) -> str:
+    secret = _SECRET_PARAM.search(match["name"]) and match["value"]
+    return f"{match['name']}***" if secret else match[0]
+
+
 def redact(value: Any) -> Any:
-    """Mask URL passwords in a string (or text quoting URLs, such as a traceback): the userinfo
-    one (``redis://u:p@ss@host`` -> ``redis://u:***@host``) and the ``password=`` query
-    parameter redis-py also honours (``redis://host/0?password=***``). Non-strings pass as they are."""
+    """Mask URL secrets in a string (or text quoting URLs, such as a traceback): the userinfo
+    password (``redis://u:p@ss@host`` -> ``redis://u:***@host``) and every secret-bearing
+    query parameter (``rediss://host/0?password=***&ssl_password=***&ssl_ca_certs=ca.pem``).
+    Non-strings pass as they are."""
     if not isinstance(value, str):
         return value
-    return _QUERY_PASSWORD.sub(r"\g<key>***", _URL_AUTHORITY.sub(_mask_userinfo, value))
+    return _QUERY_PARAM.sub(_mask_param, _URL_AUTHORITY.sub(_mask_userinfo, value))
 
 
 def _mask_secrets(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:

@@ -1,10 +1,12 @@
-"""Backtesting: a pure numba engine (no Ray), strategies, metrics and in-process sweeps.
+"""Backtesting: a pure numba engine (no Ray), strategies by reference, metrics, in-process sweeps.
 
 Defaults reproduce backtesting.py trade for trade (see ``engine`` for the exact contract).
-``sweep`` is the per-task unit a distributed sweep calls for one symbol and chunk of
-combinations.
+``sweep`` is the unit of work a sweep run calls for one symbol and chunk of combinations
+(see :mod:`tradpal_ray.runs`). Strategies are named by reference (:class:`StrategyRef`):
+a registered name, ``module.path:function`` or ``path/to/file.py:function``.
 """
 
+from tradpal_ray.backtest._references import StrategyRef, load_strategy_paths, resolve_strategy, strategy_ref
 from tradpal_ray.backtest.data import Bars, load_bars, load_store_bars, prepare_bars
 from tradpal_ray.backtest.engine import (
     EXIT_REASONS,
@@ -30,39 +32,58 @@ from tradpal_ray.backtest.indicators import (
     rsi,
     sma,
 )
-from tradpal_ray.backtest.metrics import METRICS, STAT_NAMES
+from tradpal_ray.backtest.metrics import (
+    KERNEL_STATS,
+    Metric,
+    derive_metrics,
+    metric,
+    metric_names,
+    register_metric,
+    unregister_metric,
+)
+from tradpal_ray.backtest.sizing import PositionSize, parse_size
 from tradpal_ray.backtest.strategies import (
     Param,
     Strategy,
     get_strategy,
     strategies,
     strategy,
+    strategy_from_function,
 )
 from tradpal_ray.backtest.sweep import rank, sweep
 
 __all__ = [
     "EXIT_REASONS",
-    "METRICS",
-    "STAT_NAMES",
+    "KERNEL_STATS",
     "BacktestConfig",
     "BacktestResult",
     "Bars",
+    "Metric",
     "Param",
+    "PositionSize",
     "Strategy",
+    "StrategyRef",
     "backtest",
     "cached",
     "cross_above",
     "cross_below",
+    "derive_metrics",
     "ema",
     "get_strategy",
     "indicator_cache",
     "load_bars",
     "load_store_bars",
+    "load_strategy_paths",
+    "metric",
+    "metric_names",
     "param_grid",
     "parse_grid",
     "parse_params",
+    "parse_size",
     "prepare_bars",
     "rank",
+    "register_metric",
+    "resolve_strategy",
     "rolling_std",
     "rsi",
     "run_signals",
@@ -70,6 +91,8 @@ __all__ = [
     "sma",
     "strategies",
     "strategy",
-    "strategy_combos",
+    "strategy_from_function",
+    "strategy_ref",
     "sweep",
+    "unregister_metric",
 ]

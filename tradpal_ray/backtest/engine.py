@@ -15,6 +15,10 @@ exclusive_orders=False, finalize_trades=False)`` trade for trade:
   operations (its default order size is ``1 - eps`` of equity), so the floor lands on the
   same integer as the peer's. Visible difference from the plain formula: when
   ``cash / cost`` is exactly an integer, one unit fewer is bought (10,000 at 100, no fee: 99).
+  A fraction ``f`` of equity (``size_fraction``) replaces ``1 - eps`` by ``f`` in both places,
+  which is backtesting.py's ``self.buy(size=f)``; a fixed quote amount (``size_notional``)
+  spends ``min(notional, cash * (1 - eps))``, fees included. An entry that affords zero units
+  is not filled and is counted in ``unfilled_entries`` (see :func:`sizing_warning`).
 - Books are kept as backtesting.py does: ``cash`` drops by the entry fee only; equity is
   ``cash + (close * units - units * entry_price)``; closing adds
   ``units * (exit - entry) - exit fee``. Fee = ``|units| * price * fee`` on each side.
@@ -25,9 +29,12 @@ exclusive_orders=False, finalize_trades=False)`` trade for trade:
   stop first (pessimistic when both are inside one bar's range), then take-profit.
   A long's stop fills at ``min(open, stop)`` when ``low <= stop`` (a gap through the
   stop fills at the open), its take-profit at ``max(open, tp)`` when ``high >= tp``;
-  mirrored for shorts. This is the order backtesting.py processes SL/TP orders in. One
-  deliberate difference: an exit signal fills at the open *before* the stop is checked
-  (backtesting.py checks a pending stop first and may fill it at the worse stop price).
+  mirrored for shorts. This is the order backtesting.py processes SL/TP orders in.
+  An exit signal fills at the open *before* the stop is checked, as in backtesting.py when
+  the strategy exits with ``position.close()``: ``Trade.close()`` puts its order at the
+  front of the queue, ahead of the SL order (``_process_orders`` fills it at the open and
+  the SL/TP orders die with the trade). Only a bare opposite order (``self.sell()`` while
+  long, appended behind the SL) would let backtesting.py fill the stop first.
 - A position open after the last bar is marked to the last close, no exit fee, and left
   out of the trade count, win rate and other trade statistics.
 - If equity reaches 0 or less (possible only with shorts), the position is closed at
@@ -38,7 +45,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -46,7 +53,8 @@ import pandas as pd
 from numba import njit
 
 from tradpal_ray.backtest.data import Bars, prepare_bars
-from tradpal_ray.backtest.metrics import N_STATS, STAT_NAMES, daily_ratios
+from tradpal_ray.backtest.metrics import KERNEL_STATS, MAX_RATIO, NOISE_FLOOR, metric_columns
+from tradpal_ray.backtest.sizing import PositionSize
 from tradpal_ray.backtest.strategies import get_strategy
 from tradpal_ray.errors import ConfigError
 
@@ -56,6 +64,15 @@ EXIT_REASONS = ("signal", "stop_loss", "take_profit", "open", "liquidation")
 
 _FULL = 1.0 - 2.220446049250313e-16  # backtesting.py's default order size (1 - eps)
 _SIGNAL, _STOP, _TAKE, _OPEN, _LIQUIDATION = range(5)
+_KERNEL_WRITES = (
+    "trades", "final_equity", "return_pct", "cagr_pct", "max_drawdown_pct", "win_rate_pct", "profit_factor",
+    "expectancy", "sharpe", "sortino", "exposure_pct", "fees", "best_trade_pct", "worst_trade_pct", "unfilled_entries",
+)  # every statistic simulate() writes, each at its position in the registry's KERNEL_STATS
+if sorted(_KERNEL_WRITES) != sorted(KERNEL_STATS):
+    raise ImportError(f"the kernel writes {sorted(_KERNEL_WRITES)} but KERNEL_STATS is {sorted(KERNEL_STATS)}")
+_N_STATS = len(KERNEL_STATS)
+(_S_TRADES, _S_FINAL_EQUITY, _S_RETURN, _S_CAGR, _S_MAX_DD, _S_WIN_RATE, _S_PROFIT_FACTOR, _S_EXPECTANCY, _S_SHARPE,
+ _S_SORTINO, _S_EXPOSURE, _S_FEES, _S_BEST, _S_WORST, _S_UNFILLED) = (KERNEL_STATS.index(name) for name in _KERNEL_WRITES)
 # Trade record columns written by the kernel.
 _T_ENTRY_BAR, _T_EXIT_BAR, _T_ENTRY_PX, _T_EXIT_PX, _T_UNITS, _T_ENTRY_FEE, _T_EXIT_FEE, _T_PNL, _T_REASON = range(9)
 _T_FIELDS = 9
@@ -70,6 +87,10 @@ class BacktestConfig:
     """Fee rate per side on traded notional (0.001 = 0.1 %)."""
     size_unit: float = 1.0
     """Tradable increment: 1 for shares (backtesting.py), 1e-8 for BTC."""
+    size_fraction: float = 1.0
+    """Fraction of equity spent per entry, fees included, in (0, 1]; 1 = all-in."""
+    size_notional: float | None = None
+    """Fixed quote amount spent per entry (fees included, at most the cash) instead of a fraction."""
     slippage_bps: float = 0.0
     direction: str = "long"
     stop_loss: float | None = None
@@ -77,13 +98,18 @@ class BacktestConfig:
     take_profit: float | None = None
     """Take-profit distance as a fraction of the entry fill price; None = none."""
     periods_per_year: float = 365.0
-    """Annualisation of the daily Sharpe/Sortino: 365 (crypto), 252 (weekday markets)."""
+    """Annualisation of the daily Sharpe/Sortino/CAGR: 365 (crypto), 252 (weekday markets)."""
 
     def __post_init__(self) -> None:
         checks = (
             (self.cash > 0, f"cash must be positive, got {self.cash}"),
             (0 <= self.fee < 0.1, f"fee must be in [0, 0.1), got {self.fee}"),
             (self.size_unit > 0, f"size unit must be positive, got {self.size_unit}"),
+            (0 < self.size_fraction <= 1, f"size fraction must be in (0, 1], got {self.size_fraction}"),
+            (self.size_notional is None or 0 < self.size_notional < math.inf,
+             f"size notional must be a positive amount, got {self.size_notional}"),
+            (self.size_notional is None or self.size_fraction == 1,
+             "give a size fraction or a size notional, not both"),
             (self.slippage_bps >= 0, f"slippage must be >= 0 bps, got {self.slippage_bps}"),
             (self.direction in DIRECTIONS, f"direction must be one of {', '.join(DIRECTIONS)}, got {self.direction!r}"),
             (self.stop_loss is None or 0 < self.stop_loss < 1, f"stop loss must be in (0, 1), got {self.stop_loss}"),
@@ -94,12 +120,19 @@ class BacktestConfig:
             if not ok:
                 raise ConfigError(message)
 
-    def kernel_args(self) -> tuple[float, float, float, float, float, float, int, float]:
+    @property
+    def position_size(self) -> PositionSize:
+        """The sizing scheme (fraction or notional) of this config."""
+        return PositionSize(self.size_fraction, self.size_notional)
+
+    def kernel_args(self) -> tuple[float, float, float, float, float, float, float, float, int, float]:
         """The scalar arguments of the numba kernels, in their order."""
         return (
             float(self.cash),
             float(self.fee),
             float(self.size_unit),
+            _FULL if self.size_fraction == 1 else float(self.size_fraction),
+            math.nan if self.size_notional is None else float(self.size_notional),
             float(self.slippage_bps) / 10_000.0,
             math.nan if self.stop_loss is None else float(self.stop_loss),
             math.nan if self.take_profit is None else float(self.take_profit),
@@ -110,7 +143,7 @@ class BacktestConfig:
 
 @dataclass(frozen=True)
 class BacktestResult:
-    """One backtest: statistics (see :data:`~tradpal_ray.backtest.metrics.METRICS`), trades, equity."""
+    """One backtest: statistics (every metric of :func:`~tradpal_ray.backtest.metrics.metrics`), trades, equity."""
 
     stats: dict[str, float]
     trades: pd.DataFrame
@@ -120,14 +153,17 @@ class BacktestResult:
     strategy: str = ""
     params: dict[str, Any] = field(default_factory=dict)
     config: BacktestConfig = field(default_factory=BacktestConfig)
+    warnings: tuple[str, ...] = ()
+    """Why the result may not be what the user meant: no unit affordable, data too short."""
 
     def to_dict(self, *, trades: bool = False) -> dict[str, Any]:
-        """JSON-ready: ``{"strategy", "params", "config", "stats"[, "trades"]}``; NaN/inf -> None."""
+        """JSON-ready: ``{"strategy", "params", "config", "stats", "warnings"[, "trades"]}``; NaN/inf -> None."""
         out: dict[str, Any] = {
             "strategy": self.strategy,
             "params": dict(self.params),
             "config": asdict(self.config),
             "stats": {k: _json_number(v) for k, v in self.stats.items()},
+            "warnings": list(self.warnings),
         }
         if trades:
             out["trades"] = [
@@ -155,10 +191,70 @@ def _json_number(value: Any) -> float | int | None:
 
 
 def stats_dict(row: np.ndarray) -> dict[str, float]:
-    """A kernel stats row as ``{name: value}`` with ``trades`` as an int."""
-    out = {name: float(v) for name, v in zip(STAT_NAMES, row)}
-    out["trades"] = int(row[0])
-    return out
+    """A kernel stats row plus every derived metric as ``{name: value}``, counts as ints."""
+    return {name: column[0].item() for name, column in metric_columns(row[np.newaxis, :]).items()}
+
+
+def sizing_warning(stats: Mapping[str, float], config: BacktestConfig, *, price: float | None = None) -> str | None:
+    """A one-line warning when entry signals went unfilled because not one size unit was affordable.
+
+    E.g. ``0 trades: 3 entry signals not filled, no size unit affordable (size unit 1 at price
+    ~60,000 with starting cash 10,000, all-in)``; None when every entry signal was filled.
+    ``price`` (a typical price of the series) makes the message concrete.
+    """
+    unfilled = int(stats.get("unfilled_entries", 0) or 0)
+    if unfilled <= 0:
+        return None
+    head = "0 trades: " if stats.get("trades") == 0 else ""
+    signals = "entry signal" if unfilled == 1 else "entry signals"
+    at = f" at price ~{price:,.6g}" if price is not None else ""
+    return (
+        f"{head}{unfilled} {signals} not filled, no size unit affordable (size unit {config.size_unit:g}{at} "
+        f"with starting cash {config.cash:,.6g}, {config.position_size.describe()}); use a smaller size unit "
+        "(e.g. 1e-8 for BTC), more cash or a larger size"
+    )
+
+
+@njit(cache=True, error_model="numpy")
+def _ratio(numerator: float, denominator: float) -> float:
+    """``numerator / denominator``, NaN when undefined (the rule of :func:`~tradpal_ray.backtest.metrics.ratio`)."""
+    if not denominator > NOISE_FLOOR or abs(numerator) > MAX_RATIO * denominator:
+        return math.nan
+    return numerator / denominator
+
+
+@njit(cache=True, error_model="numpy")
+def daily_ratios(day_returns: np.ndarray, count: int, growth: float, ppy: float) -> tuple[float, float, float]:
+    """(Sharpe, Sortino, CAGR) of the first ``count`` daily returns, as empyrical computes them.
+
+    Sharpe = mean / std(ddof=1) * sqrt(ppy); Sortino = mean * ppy / (sqrt(mean(min(r, 0)^2))
+    * sqrt(ppy)); both NaN under 2 returns or when undefined (:func:`_ratio`). CAGR =
+    growth^(ppy / count) - 1 where ``growth`` = last / first day-end equity (the product of
+    1 + r); NaN without returns or when it overflows.
+    """
+    if count == 0:
+        return math.nan, math.nan, math.nan
+    cagr = growth ** (ppy / count) - 1.0
+    if not math.isfinite(cagr):
+        cagr = math.nan
+    if count < 2:
+        return math.nan, math.nan, cagr
+    total = 0.0
+    downside = 0.0
+    for k in range(count):
+        r = day_returns[k]
+        total += r
+        if r < 0.0:
+            downside += r * r
+    mean = total / count
+    sq = 0.0
+    for k in range(count):
+        d = day_returns[k] - mean
+        sq += d * d
+    root_ppy = math.sqrt(ppy)
+    sharpe = _ratio(mean, math.sqrt(sq / (count - 1))) * root_ppy
+    sortino = _ratio(mean, math.sqrt(downside / count)) * root_ppy
+    return sharpe, sortino, cagr
 
 
 # Closed-trade accumulators kept by the kernel in one small array.
@@ -198,10 +294,10 @@ def _close(
 def simulate(
     o: np.ndarray, h: np.ndarray, lo: np.ndarray, c: np.ndarray, day_end: np.ndarray,
     entries: np.ndarray, exits: np.ndarray,
-    cash0: float, fee: float, unit: float, slip: float, sl: float, tp: float, direction: int, ppy: float,
-    equity_out: np.ndarray, trades: np.ndarray, day_returns: np.ndarray,
+    cash0: float, fee: float, unit: float, frac: float, notional: float, slip: float, sl: float, tp: float,
+    direction: int, ppy: float, equity_out: np.ndarray, trades: np.ndarray, day_returns: np.ndarray,
 ) -> tuple[np.ndarray, int]:
-    """Run one backtest; return (stats row in :data:`STAT_NAMES` order, trade rows written).
+    """Run one backtest; return (stats row in :data:`KERNEL_STATS` order, trade rows written).
 
     ``equity_out`` (length n, or 0 to skip) receives the equity curve and ``trades`` (rows =
     an upper bound on trades, or 0 to skip) the trade records; ``day_returns`` is scratch of
@@ -225,7 +321,9 @@ def simulate(
     peak = cash0
     max_dd = 0.0
     exposed = 0
+    unfilled = 0
     n_days = 0
+    first_day_equity = math.nan
     prev_day_equity = math.nan
     equity = cash0
     for i in range(n):
@@ -238,9 +336,14 @@ def simulate(
                 pos = 0.0
             if pending != 0 and pos == 0.0:
                 px = o[i] * (1.0 + slip) if pending > 0 else o[i] * (1.0 - slip)
-                cost = px + (_FULL * px * fee) / _FULL
-                units = ((cash * _FULL) / unit) // cost * unit
-                if units > 0.0:
+                cost = px + (frac * px * fee) / frac
+                budget = cash * frac
+                if notional < budget:  # False when notional is NaN (no fixed amount)
+                    budget = notional
+                units = (budget / unit) // cost * unit
+                if units <= 0.0:
+                    unfilled += 1
+                else:
                     pos = units if pending > 0 else -units
                     entry_px = px
                     entry_fee = units * px * fee
@@ -299,7 +402,9 @@ def simulate(
         elif 1.0 - equity / peak > max_dd:
             max_dd = 1.0 - equity / peak
         if day_end[i]:
-            if not math.isnan(prev_day_equity):  # a previous day exists
+            if math.isnan(first_day_equity):
+                first_day_equity = equity
+            else:  # a previous day exists
                 r = equity / prev_day_equity - 1.0
                 if not math.isnan(r):  # pct_change 0/0 is NaN and dropped, as pandas' dropna does
                     day_returns[n_days] = r
@@ -324,23 +429,25 @@ def simulate(
         trades[t - 1, _T_EXIT_FEE] = 0.0
         trades[t - 1, _T_PNL] = pos * (c[n - 1] - entry_px) - entry_fee
         trades[t - 1, _T_REASON] = _OPEN
-    sharpe, sortino = daily_ratios(day_returns, n_days, ppy)
+    sharpe, sortino, cagr = daily_ratios(day_returns, n_days, prev_day_equity / first_day_equity, ppy)
     closed = acc[_A_CLOSED]
     none = math.nan if closed == 0.0 else 0.0  # trade statistics are NaN without closed trades
-    stats = np.empty(N_STATS)
-    stats[0] = closed
-    stats[1] = equity
-    stats[2] = (equity - cash0) / cash0 * 100.0
-    stats[3] = max_dd * 100.0
-    stats[4] = acc[_A_WINS] / closed * 100.0 + none
-    stats[5] = acc[_A_GROSS_WIN] / abs(acc[_A_GROSS_LOSS]) + none
-    stats[6] = acc[_A_PNL] / closed + none
-    stats[7] = sharpe
-    stats[8] = sortino
-    stats[9] = exposed / n * 100.0
-    stats[10] = acc[_A_FEES]
-    stats[11] = acc[_A_BEST] * 100.0 + none
-    stats[12] = acc[_A_WORST] * 100.0 + none
+    stats = np.empty(_N_STATS)
+    stats[_S_TRADES] = closed
+    stats[_S_FINAL_EQUITY] = equity
+    stats[_S_RETURN] = (equity - cash0) / cash0 * 100.0
+    stats[_S_CAGR] = cagr * 100.0
+    stats[_S_MAX_DD] = max_dd * 100.0
+    stats[_S_WIN_RATE] = acc[_A_WINS] / closed * 100.0 + none
+    stats[_S_PROFIT_FACTOR] = _ratio(acc[_A_GROSS_WIN], -acc[_A_GROSS_LOSS])
+    stats[_S_EXPECTANCY] = acc[_A_PNL] / closed + none
+    stats[_S_SHARPE] = sharpe
+    stats[_S_SORTINO] = sortino
+    stats[_S_EXPOSURE] = exposed / n * 100.0
+    stats[_S_FEES] = acc[_A_FEES]
+    stats[_S_BEST] = acc[_A_BEST] * 100.0 + none
+    stats[_S_WORST] = acc[_A_WORST] * 100.0 + none
+    stats[_S_UNFILLED] = unfilled
     return stats, min(t, trades.shape[0])
 
 
@@ -348,18 +455,19 @@ def simulate(
 def simulate_many(
     o: np.ndarray, h: np.ndarray, lo: np.ndarray, c: np.ndarray, day_end: np.ndarray,
     entries: np.ndarray, exits: np.ndarray,
-    cash0: float, fee: float, unit: float, slip: float, sl: float, tp: float, direction: int, ppy: float,
+    cash0: float, fee: float, unit: float, frac: float, notional: float, slip: float, sl: float, tp: float,
+    direction: int, ppy: float,
 ) -> np.ndarray:
     """Backtest every row of the 2-D (combos x bars) ``entries``/``exits``; one stats row each."""
     k = entries.shape[0]
-    out = np.empty((k, N_STATS))
+    out = np.empty((k, _N_STATS))
     no_equity = np.empty(0)
     no_trades = np.empty((0, _T_FIELDS))
     day_returns = np.empty(c.shape[0])
     for j in range(k):
         stats, _ = simulate(
-            o, h, lo, c, day_end, entries[j], exits[j], cash0, fee, unit, slip, sl, tp, direction, ppy,
-            no_equity, no_trades, day_returns,
+            o, h, lo, c, day_end, entries[j], exits[j], cash0, fee, unit, frac, notional, slip, sl, tp, direction,
+            ppy, no_equity, no_trades, day_returns,
         )
         out[j] = stats
     return out
@@ -374,7 +482,10 @@ def run_signals(
     strategy: str = "",
     params: Mapping[str, Any] | None = None,
 ) -> BacktestResult:
-    """Backtest given boolean entry/exit arrays (signal at a bar's close, fill at the next open)."""
+    """Backtest given boolean entry/exit arrays (signal at a bar's close, fill at the next open).
+
+    The result carries a :func:`sizing_warning` when entry signals found no affordable unit.
+    """
     bars = prepare_bars(bars)
     config = config or BacktestConfig()
     n = len(bars)
@@ -387,13 +498,16 @@ def run_signals(
         bars.open, bars.high, bars.low, bars.close, bars.day_end, entries, exits, *config.kernel_args(),
         equity, trades, np.empty(n),
     )
+    stats_by_name = stats_dict(stats)
+    warning = sizing_warning(stats_by_name, config, price=float(np.median(bars.close)))
     return BacktestResult(
-        stats=stats_dict(stats),
+        stats=stats_by_name,
         trades=_trades_frame(trades[:rows], bars.index),
         equity=pd.Series(equity, index=bars.index, name="equity"),
         strategy=strategy,
         params=dict(params or {}),
         config=config,
+        warnings=() if warning is None else (warning,),
     )
 
 
@@ -405,12 +519,23 @@ def backtest(
     *,
     drop_bad: bool = False,
 ) -> BacktestResult:
-    """Backtest a registered strategy with ``params`` (defaults fill the rest) on ``bars``."""
+    """Backtest a registered strategy with ``params`` (defaults fill the rest) on ``bars``.
+
+    Data shorter than a window parameter is no error: as in backtesting.py, the result has no
+    trades (flat equity) and a warning naming the window and the bar count.
+    """
     bars = prepare_bars(bars, drop_bad=drop_bad)
     strat = get_strategy(strategy)
-    resolved = strat.resolve(params or {}, n_bars=len(bars))
-    entries, exits = strat.signals(bars, resolved)
-    return run_signals(bars, entries, exits, config, strategy=strat.name, params=resolved)
+    resolved = strat.resolve(params or {})
+    n = len(bars)
+    too_long = [f"{name}={v} needs {v}" for name, p in strat.params.items() if p.window and (v := resolved[name]) > n]
+    if not too_long:
+        entries, exits = strat.signals(bars, resolved)
+        return run_signals(bars, entries, exits, config, strategy=strat.name, params=resolved)
+    no_signal = np.zeros(n, dtype=np.bool_)
+    result = run_signals(bars, no_signal, no_signal, config, strategy=strat.name, params=resolved)
+    warning = f"0 trades: only {n} bars, too few for {strat.name} ({', '.join(too_long)})"
+    return replace(result, warnings=(warning, *result.warnings))
 
 
 def _signal_array(values: Any, n: int, name: str) -> np.ndarray:

@@ -21,6 +21,7 @@ Use the indicators from :mod:`tradpal_ray.backtest.indicators` (or wrap your own
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -42,6 +43,9 @@ if TYPE_CHECKING:
     from tradpal_ray.backtest.data import Bars
 
 Signals = tuple[np.ndarray, np.ndarray]
+TOO_LONG = "window longer than the series"
+TOO_SHORT = "too short for a signal after warm-up"
+"""Why a parameter combination does not fit the data (see :meth:`Strategy.unfit`)."""
 Rule = tuple[Callable[[Mapping[str, Any]], bool], str]
 
 
@@ -92,9 +96,14 @@ class Strategy:
     params: dict[str, Param]
     rules: tuple[Rule, ...] = ()
     doc: str = ""
+    origin: str = ""
+    """Where it was defined, ``module:qualname (file:line)``: named in duplicate-name errors."""
 
     def resolve(self, given: Mapping[str, Any], *, n_bars: int | None = None) -> dict[str, Any]:
-        """Defaults overlaid with ``given``, coerced and checked; ConfigError on any problem."""
+        """Defaults overlaid with ``given``, coerced and checked; ConfigError on any problem.
+
+        With ``n_bars``, a window parameter longer than the series is an error too.
+        """
         unknown = sorted(set(given) - set(self.params))
         if unknown:
             raise ConfigError(
@@ -105,11 +114,46 @@ class Strategy:
         for check, message in self.rules:
             if not check(values):
                 raise ConfigError(f"{self.name}: {message} (got {_show(values)})")
-        if n_bars is not None:
-            for name, p in self.params.items():
-                if p.window and values[name] > n_bars:
-                    raise ConfigError(f"{self.name}: {name}={values[name]} needs at least {values[name]} bars, got {n_bars}")
+        if n_bars is not None and values and (
+            problem := next((f"{n}={values[n]} needs at least {values[n]} bars, got {n_bars}"
+                             for n, p in self.params.items() if p.window and values[n] > n_bars), None)
+        ):
+            raise ConfigError(f"{self.name}: {problem}")
         return values
+
+    def unfit(self, values: Mapping[str, Any], n_bars: int) -> str | None:
+        """Why ``values`` cannot trade on ``n_bars`` bars (:data:`TOO_LONG` or :data:`TOO_SHORT`), or None.
+
+        A window of ``w`` bars gives its first value at bar ``w - 1``, a crossover one bar
+        later, and its fill one bar after that: ``w > n_bars - 2`` leaves no bar to trade.
+        """
+        longest = max((values[name] for name, p in self.params.items() if p.window), default=0)
+        if longest > n_bars:
+            return TOO_LONG
+        if longest > n_bars - 2:
+            return TOO_SHORT
+        return None
+
+    def window_problem(self, values: Mapping[str, Any], n_bars: int) -> str | None:
+        """:meth:`unfit` as a sentence naming the parameter, or None."""
+        reason = self.unfit(values, n_bars)
+        if reason is None:
+            return None
+        name = max((n for n, p in self.params.items() if p.window), key=lambda n: values[n])
+        return f"{reason}: {name}={values[name]} on {n_bars} bars"
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready description: name, doc line, origin and each parameter's type, default and limits."""
+        return {
+            "name": self.name,
+            "doc": self.doc.splitlines()[0] if self.doc else "",
+            "origin": self.origin,
+            "params": {
+                name: {"type": p.type.__name__, "default": p.default, "min": p.min, "max": p.max,
+                       "window": p.window, "help": p.help}
+                for name, p in self.params.items()
+            },
+        }
 
     def allows(self, values: Mapping[str, Any]) -> bool:
         """True when ``values`` (all parameters, already typed) satisfies the strategy's rules."""
@@ -147,20 +191,66 @@ def strategy(
 
     def register(func: Callable[..., Signals]) -> Callable[..., Signals]:
         key = name or func.__name__
-        _REGISTRY[key] = Strategy(key, func, dict(params), tuple(rules), (func.__doc__ or "").strip())
+        found = Strategy(key, func, dict(params), tuple(rules), (func.__doc__ or "").strip(), _origin(func))
+        existing = _REGISTRY.get(key)
+        if existing is not None and existing.origin != found.origin:
+            raise ConfigError(f"strategy name {key!r} registered twice: at {existing.origin} and at {found.origin}")
+        _REGISTRY[key] = found  # the same definition executed again (a module reloaded) replaces itself
+        func.__tradpal_strategy__ = found  # type: ignore[attr-defined]
         return func
 
     return register
 
 
-def get_strategy(name: str | Strategy) -> Strategy:
-    """The registered strategy called ``name``; ConfigError listing the known ones otherwise."""
-    if isinstance(name, Strategy):
-        return name
+def _origin(func: Callable[..., Any]) -> str:
+    code = getattr(func, "__code__", None)
+    where = f" ({code.co_filename}:{code.co_firstlineno})" if code else ""
+    return f"{func.__module__}:{func.__qualname__}{where}"
+
+
+def strategy_from_function(func: Callable[..., Signals]) -> Strategy:
+    """A strategy for an undecorated function ``f(bars, **params)``: parameters from its defaults.
+
+    Each parameter after ``bars`` needs an int or float default, which gives its type; a
+    parameter whose name says it is a window (``window``, ``fast``, ``slow``, ``n``, ``*_window``,
+    ``period``, ``span``) is checked against the series length.
+    """
+    params: dict[str, Param] = {}
+    for index, (pname, p) in enumerate(inspect.signature(func).parameters.items()):
+        if index == 0:
+            continue
+        default = p.default
+        if isinstance(default, bool) or not isinstance(default, (int, float)):
+            raise ConfigError(
+                f"strategy {func.__name__}: parameter {pname} needs an int or float default "
+                "(or declare it with @strategy(...))"
+            )
+        is_window = isinstance(default, int) and (pname in _WINDOW_NAMES or pname.endswith("_window"))
+        params[pname] = Param(type(default), default, min=1 if is_window else None, window=is_window)
+    return Strategy(func.__name__, func, params, (), (func.__doc__ or "").strip(), _origin(func))
+
+
+_WINDOW_NAMES = frozenset({"window", "fast", "slow", "n", "period", "span", "lookback", "signal"})
+
+
+def registered(name: str) -> Strategy:
+    """The strategy registered as ``name``; ConfigError listing the known ones otherwise."""
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise ConfigError(f"unknown strategy {name!r}; known: {', '.join(sorted(_REGISTRY))}") from None
+        raise ConfigError(
+            f"unknown strategy {name!r}; known: {', '.join(sorted(_REGISTRY))} "
+            "(or give module.path:function or path/to/file.py:function)"
+        ) from None
+
+
+def get_strategy(name: Any) -> Strategy:
+    """The strategy for a registered name, a reference (``module:func``, ``file.py:func``), or a Strategy."""
+    if isinstance(name, Strategy):
+        return name
+    from tradpal_ray.backtest._references import resolve_strategy
+
+    return resolve_strategy(name)
 
 
 def strategies() -> dict[str, Strategy]:

@@ -18,14 +18,12 @@ from tradpal_ray.backtest.data import Bars, prepare_bars
 from tradpal_ray.backtest.engine import BacktestConfig, simulate_many
 from tradpal_ray.backtest.grid import strategy_combos
 from tradpal_ray.backtest.indicators import indicator_cache
-from tradpal_ray.backtest.metrics import STAT_NAMES
+from tradpal_ray.backtest.metrics import KERNEL_STATS, metric, metric_columns
 from tradpal_ray.backtest.strategies import Strategy, get_strategy
 from tradpal_ray.errors import ConfigError
 
 SIGNAL_BYTES = 64 * 1024 * 1024
 """Upper bound on the 2-D entry + exit arrays built per kernel call (combinations are chunked)."""
-
-LOWER_IS_BETTER = frozenset({"max_drawdown_pct", "fees"})
 
 
 def sweep(
@@ -37,7 +35,7 @@ def sweep(
     rank_by: str | None = None,
     drop_bad: bool = False,
 ) -> pd.DataFrame:
-    """Backtest ``strategy`` for every combination; one row each: parameters then statistics.
+    """Backtest ``strategy`` for every combination; one row each: parameters then every metric.
 
     ``grid`` is a spec (name -> values, expanded with the strategy's rules by
     :func:`~tradpal_ray.backtest.grid.strategy_combos`) or an explicit list of parameter
@@ -53,7 +51,7 @@ def sweep(
         combos = list(grid)
     resolved = [strat.resolve(c, n_bars=len(bars)) for c in combos]
     n = len(bars)
-    stats = np.empty((len(resolved), len(STAT_NAMES)))
+    stats = np.empty((len(resolved), len(KERNEL_STATS)))
     chunk = max(1, SIGNAL_BYTES // (2 * n))
     with indicator_cache(bars.open, bars.high, bars.low, bars.close, bars.volume):
         for start in range(0, len(resolved), chunk):
@@ -66,16 +64,13 @@ def sweep(
                 bars.open, bars.high, bars.low, bars.close, bars.day_end, entries, exits, *config.kernel_args()
             )
     columns: dict[str, Any] = {name: [values[name] for values in resolved] for name in strat.params}
-    columns.update({name: stats[:, k] for k, name in enumerate(STAT_NAMES)})
-    columns["trades"] = stats[:, 0].astype(np.int64)
+    columns.update(metric_columns(stats))
     frame = pd.DataFrame(columns)
     return rank(frame, rank_by) if rank_by else frame
 
 
 def rank(results: pd.DataFrame, by: str, *, ascending: bool | None = None) -> pd.DataFrame:
-    """Sort sweep rows best first by statistic ``by`` (NaN last); lower is better for drawdown and fees."""
-    if by not in STAT_NAMES:
-        raise ConfigError(f"cannot rank by {by!r}; choose one of {', '.join(STAT_NAMES)}")
+    """Sort sweep rows best first by metric ``by`` (NaN last), in its registered direction (ConfigError if unknown)."""
     if ascending is None:
-        ascending = by in LOWER_IS_BETTER
+        ascending = not metric(by).higher_is_better
     return results.sort_values(by, ascending=ascending, na_position="last", kind="stable").reset_index(drop=True)

@@ -1,16 +1,21 @@
-"""The Typer application and the options every command shares."""
+"""The Typer application and the options every command shares.
+
+Nothing here (or in any command module at import time) loads more than Typer and Rich:
+``tradpal-ray --help`` and every command's ``--help`` answer at once. Settings, logging and
+the heavy libraries (pandas, numba, Ray, ccxt) load inside the command that runs.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from pydantic import ValidationError
 from rich.console import Console
 
-from tradpal_ray.config import Settings, load_settings
 from tradpal_ray.errors import ConfigError
-from tradpal_ray.log import configure_logging
+
+if TYPE_CHECKING:
+    from tradpal_ray.config import Settings
 
 app = typer.Typer(
     name="tradpal-ray",
@@ -39,8 +44,8 @@ LogLevelOption = Annotated[
 
 AddressOption = Annotated[
     str | None,
-    typer.Option("--address", help="Join this Ray cluster: HOST:PORT, or auto for the one `ray start` runs here "
-                 "(default: RAY_ADDRESS, else a private local Ray).", show_default=False),
+    typer.Option("--address", help="Join this Ray cluster (HOST:PORT, ray://..., or auto for one started with `ray start`). "
+                                   "Default: RAY_ADDRESS, else a private local Ray when Ray is needed.", show_default=False),
 ]
 NameOption = Annotated[
     str | None,
@@ -54,6 +59,11 @@ ReplaceOption = Annotated[
 
 def settings_for(**flags: object) -> Settings:
     """Settings from the environment with the given CLI flags on top; logging set up."""
+    from pydantic import ValidationError
+
+    from tradpal_ray.config import load_settings
+    from tradpal_ray.log import configure_logging
+
     try:
         settings = load_settings(**flags)
     except ValidationError as exc:

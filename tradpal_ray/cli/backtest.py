@@ -2,56 +2,92 @@
 
 Output: without ``--json``, rich tables (statistics, and trades with ``--trades``) on
 stderr, like every human-facing message of the CLI; with ``--json``, exactly one JSON
-object on stdout: ``{"strategy", "params", "config", "stats"[, "trades"]}`` with NaN and
-infinities as null.
+object on stdout: ``{"strategy", "params", "config", "stats", "warnings"[, "trades"]}`` with
+NaN and infinities as null. Warnings (no unit affordable, data too short) are printed on
+stderr as ``warning: ...`` lines in both modes. The options defined here are shared by ``sweep``.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.table import Table
 
-from tradpal_ray.backtest import (
-    BacktestConfig,
-    BacktestResult,
-    load_bars,
-    load_store_bars,
-    parse_params,
-)
-from tradpal_ray.backtest import backtest as run_backtest
-from tradpal_ray.backtest.data import Bars
 from tradpal_ray.cli.app import ExchangeOption, StoreOption, app, console, settings_for
 from tradpal_ray.errors import ConfigError
-from tradpal_ray.market.schema import timeframe_ms
+
+if TYPE_CHECKING:
+    from tradpal_ray.backtest import BacktestConfig, BacktestResult, Bars
+
+DataOption = Annotated[
+    Path | None, typer.Option("--data", help="CSV or Parquet file with open/high/low/close/volume and a time.", show_default=False)
+]
+TimeframeOption = Annotated[str | None, typer.Option("--timeframe", help="Timeframe in the store, e.g. 1h.", show_default=False)]
+StrategyOption = Annotated[
+    str,
+    typer.Option("--strategy", help="A built-in or registered name (see `tradpal-ray strategies`), "
+                                    "module.path:function, or path/to/file.py:function."),
+]
+CashOption = Annotated[float, typer.Option("--cash", help="Starting cash.")]
+FeeOption = Annotated[float, typer.Option("--fee", help="Fee rate per side (0.001 = 0.1%).")]
+SizeUnitOption = Annotated[
+    float | None,
+    typer.Option("--size-unit", help="Tradable increment (1 for shares, 1e-5 for BTC). Default: the market's lot step "
+                                     "recorded by `fetch` for a store series, 1 for a file.", show_default=False),
+]
+SizeOption = Annotated[
+    str, typer.Option("--size", help="Per entry: a fraction of equity in (0, 1] (1 = all-in, 0.5 = half) or a quote amount, e.g. 500usd.")
+]
+SlippageOption = Annotated[float, typer.Option("--slippage-bps", help="Slippage against every fill, in bps.")]
+DirectionOption = Annotated[str, typer.Option("--direction", help="long, or longshort (exits open shorts).")]
+StopLossOption = Annotated[
+    float | None, typer.Option("--stop-loss", help="Stop distance as a fraction of the entry price.", show_default=False)
+]
+TakeProfitOption = Annotated[
+    float | None, typer.Option("--take-profit", help="Take-profit distance as a fraction of the entry price.", show_default=False)
+]
+PeriodsOption = Annotated[float, typer.Option("--periods-per-year", help="Sharpe/Sortino annualisation: 365 crypto, 252 stocks.")]
+SinceOption = Annotated[str | None, typer.Option("--since", help="First bar time (ISO or ms), inclusive.", show_default=False)]
+UntilOption = Annotated[str | None, typer.Option("--until", help="End time (ISO or ms), exclusive.", show_default=False)]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
+
+
+def backtest_config(
+    *, cash: float, fee: float, size_unit: float | None, size: str, slippage_bps: float, direction: str,
+    stop_loss: float | None, take_profit: float | None, periods_per_year: float,
+) -> BacktestConfig:
+    """The costs and execution options of ``backtest`` and ``sweep`` as a config (ConfigError if bad)."""
+    from tradpal_ray.backtest import BacktestConfig, parse_size
+
+    return BacktestConfig(
+        cash=cash, fee=fee, size_unit=1.0 if size_unit is None else size_unit, **parse_size(size)._asdict(),
+        slippage_bps=slippage_bps, direction=direction, stop_loss=stop_loss, take_profit=take_profit,
+        periods_per_year=periods_per_year,
+    )
 
 
 def load_cli_bars(
-    data: Path | None,
-    store: str | None,
-    exchange: str | None,
-    symbol: str | None,
-    timeframe: str | None,
-    since: str | None,
-    until: str | None,
-    drop_bad: bool,
-) -> Bars:
-    """Bars from ``--data FILE`` or from the store (``--store/--exchange --symbol --timeframe``)."""
+    data: Path | None, store: str | None, exchange: str | None, symbol: str | None, timeframe: str | None,
+    since: str | None, until: str | None, drop_bad: bool,
+) -> tuple[Bars, float | None]:
+    """Bars from ``--data FILE`` or from the store, with the series' recorded size unit (None for a file)."""
+    from tradpal_ray.backtest import load_bars, load_store_bars
+    from tradpal_ray.market.schema import timeframe_ms
+
     if data is not None:
         if store or symbol or timeframe:
             raise ConfigError("give either --data FILE or --store/--symbol/--timeframe, not both")
-        return load_bars(data, since=since, until=until, drop_bad=drop_bad)
+        return load_bars(data, since=since, until=until, drop_bad=drop_bad), None
     if not symbol or not timeframe:
         raise ConfigError("give --data FILE, or --symbol and --timeframe to read from the store")
     timeframe_ms(timeframe)
     settings = settings_for(store=store, exchange=exchange)
-    return load_store_bars(
-        settings.store, settings.exchange, symbol, timeframe, since=since, until=until, drop_bad=drop_bad
-    )
+    from tradpal_ray.market.markets import MarketInfoStore
+
+    bars = load_store_bars(settings.store, settings.exchange, symbol, timeframe, since=since, until=until, drop_bad=drop_bad)
+    return bars, MarketInfoStore(settings.store).size_unit(settings.exchange, symbol)
 
 
 def _number(value: int | float) -> str:
@@ -61,6 +97,8 @@ def _number(value: int | float) -> str:
 
 def render(result: BacktestResult, *, trades: bool) -> None:
     """Print the statistics (and trades) as rich tables on stderr."""
+    from rich.table import Table
+
     params = ", ".join(f"{k}={v}" for k, v in result.params.items())
     table = Table(title=f"{result.strategy}({params})", show_header=False)
     table.add_column("statistic")
@@ -81,28 +119,6 @@ def render(result: BacktestResult, *, trades: bool) -> None:
         console.print(listing)
 
 
-DataOption = Annotated[
-    Path | None, typer.Option("--data", help="CSV or Parquet file with open/high/low/close/volume and a time.", show_default=False)
-]
-TimeframeOption = Annotated[str | None, typer.Option("--timeframe", help="Timeframe in the store, e.g. 1h.", show_default=False)]
-StrategyOption = Annotated[str, typer.Option("--strategy", help="Registered strategy name.")]
-CashOption = Annotated[float, typer.Option("--cash", help="Starting cash.")]
-FeeOption = Annotated[float, typer.Option("--fee", help="Fee rate per side (0.001 = 0.1%).")]
-SizeUnitOption = Annotated[float, typer.Option("--size-unit", help="Tradable increment: 1 for shares, 1e-8 for BTC.")]
-SlippageOption = Annotated[float, typer.Option("--slippage-bps", help="Slippage against every fill, in bps.")]
-DirectionOption = Annotated[str, typer.Option("--direction", help="long, or longshort (exits open shorts).")]
-StopLossOption = Annotated[
-    float | None, typer.Option("--stop-loss", help="Stop distance as a fraction of the entry price.", show_default=False)
-]
-TakeProfitOption = Annotated[
-    float | None, typer.Option("--take-profit", help="Take-profit distance as a fraction of the entry price.", show_default=False)
-]
-PeriodsOption = Annotated[float, typer.Option("--periods-per-year", help="Sharpe/Sortino annualisation: 365 crypto, 252 stocks.")]
-SinceOption = Annotated[str | None, typer.Option("--since", help="First bar time (ISO or ms), inclusive.", show_default=False)]
-UntilOption = Annotated[str | None, typer.Option("--until", help="End time (ISO or ms), exclusive.", show_default=False)]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
-
-
 @app.command()
 def backtest(
     data: DataOption = None,
@@ -114,7 +130,8 @@ def backtest(
     param: Annotated[list[str] | None, typer.Option("--param", help="Strategy parameter NAME=VALUE (repeatable).", show_default=False)] = None,
     cash: CashOption = 10_000.0,
     fee: FeeOption = 0.001,
-    size_unit: SizeUnitOption = 1.0,
+    size_unit: SizeUnitOption = None,
+    size: SizeOption = "1",
     slippage_bps: SlippageOption = 0.0,
     direction: DirectionOption = "long",
     stop_loss: StopLossOption = None,
@@ -127,14 +144,23 @@ def backtest(
     trades: Annotated[bool, typer.Option("--trades", help="Include the trade list.")] = False,
 ) -> None:
     """Backtest one strategy on one series: signal at a bar's close, fill at the next open."""
+    import orjson
+
+    from tradpal_ray.backtest import backtest as run_backtest
+    from tradpal_ray.backtest import get_strategy, parse_params
+
     params = parse_params(param or [])
-    config = BacktestConfig(
-        cash=cash, fee=fee, size_unit=size_unit, slippage_bps=slippage_bps, direction=direction,
-        stop_loss=stop_loss, take_profit=take_profit, periods_per_year=periods_per_year,
-    )
-    bars = load_cli_bars(data, store, exchange, symbol, timeframe, since, until, drop_bad)
-    result = run_backtest(bars, strategy, params, config)
+    options = dict(cash=cash, fee=fee, size=size, slippage_bps=slippage_bps, direction=direction, stop_loss=stop_loss,
+                   take_profit=take_profit, periods_per_year=periods_per_year)
+    backtest_config(size_unit=size_unit, **options)  # bad costs fail before any data is read
+    strat = get_strategy(strategy)
+    bars, market_unit = load_cli_bars(data, store, exchange, symbol, timeframe, since, until, drop_bad)
+    config = backtest_config(size_unit=size_unit if size_unit is not None else market_unit, **options)
+    result = run_backtest(bars, strat, params, config)
+    for warning in result.warnings:
+        console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
     if json_output:
-        sys.stdout.write(json.dumps(result.to_dict(trades=trades)) + "\n")
+        sys.stdout.buffer.write(orjson.dumps(result.to_dict(trades=trades)) + b"\n")
+        sys.stdout.flush()
     else:
         render(result, trades=trades)

@@ -31,7 +31,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from tradpal_ray.backtest import BacktestConfig
-from tradpal_ray.backtest.distributed import SweepOutcome, SweepRequest, run_sweep
+from tradpal_ray.runs import SweepOutcome, SweepRequest, run_sweep
 from tradpal_ray.cli.app import AddressOption, NameOption, ReplaceOption, StoreOption, app, console, settings_for
 from tradpal_ray.cli.data import print_store, run_backfill
 from tradpal_ray.cli.sweep import print_results, render
@@ -45,8 +45,8 @@ from tradpal_ray.stats.local_redis import RedisProcess, redis_available
 
 DEMO_SYMBOLS = "BTC/USDT,ETH/USDT,SOL/USDT,BNB/USDT,XRP/USDT"
 DEMO_GRID = {"fast": list(range(5, 51, 5)), "slow": list(range(20, 201, 10))}
-DEMO_COSTS = BacktestConfig(size_unit=1e-8, fee=0.001)
-"""Crypto sizing: fractional units down to one satoshi, 0.1 % fee per side."""
+DEMO_COSTS = BacktestConfig(fee=0.001)
+"""Sizes come from each market's lot step, recorded by the backfill; 0.1 % fee per side."""
 DAY_MS = 86_400_000
 MINUTE_MS = 60_000
 Window = tuple[int, int]
@@ -125,9 +125,10 @@ def sweep_history(settings: Settings, symbols: list[str], window: Window) -> Swe
     since, until = (pd.Timestamp(ms, unit="ms", tz="UTC").isoformat() for ms in window)
     request = SweepRequest(strategy="sma_cross", grid=DEMO_GRID, symbols=symbols, exchange=settings.exchange,
                            timeframe="1m", since=since, until=until, metric="return_pct", config=DEMO_COSTS)
+    request, _ = request.with_market_units(settings.store)
     with Progress(console=console) as progress:
         task = progress.add_task("sweep chunks", total=None)
-        outcome = run_sweep(request, store=settings.store,
+        outcome = run_sweep(request, store=settings.store, executor="ray",
                             on_progress=lambda done, total: progress.update(task, completed=done, total=total))
     render(outcome, top=5)
     return outcome
@@ -152,9 +153,8 @@ def leaderboard_from_api(url: str, run_id: str, timeout: float = 60.0) -> list[d
         console.print(f"[yellow]warning:[/yellow] the leaderboard of run {run_id} is empty: the sweep kept no result",
                       highlight=False)
         return rows
-    frame = pd.DataFrame(rows)
-    frame["params"] = [orjson.dumps(params).decode() for params in frame["params"]]
-    print_results(f"leaderboard served at {url}/runs/{run_id}/leaderboard", frame)
+    frame = pd.DataFrame([{**row, **row["params"]} for row in rows])
+    print_results(f"leaderboard served at {url}/runs/{run_id}/leaderboard", frame, list(rows[0]["params"]))
     return rows
 
 

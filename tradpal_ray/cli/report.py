@@ -7,11 +7,8 @@ from typing import Annotated
 
 import typer
 
-from tradpal_ray.backtest import STAT_NAMES
-from tradpal_ray.backtest.results import ResultStore
 from tradpal_ray.cli.app import StoreOption, app, console, settings_for
 from tradpal_ray.errors import ConfigError
-from tradpal_ray.report import build_report
 
 
 @app.command()
@@ -20,11 +17,14 @@ def report(
     out: Annotated[Path | None, typer.Option("--out", help="HTML file to write. Default: report-<RUN_ID>.html.", show_default=False)] = None,
     store: StoreOption = None,
     top: Annotated[int, typer.Option("--top", help="Kept results to draw equity and drawdown curves for.")] = 5,
-    metric: Annotated[str | None, typer.Option("--metric", help=f"Heatmap and tables by: {', '.join(STAT_NAMES)}. Default: the run's.", show_default=False)] = None,
+    metric: Annotated[str | None, typer.Option("--metric", help="Heatmap and tables by this metric (see `tradpal-ray metrics`). Default: the run's.", show_default=False)] = None,
 ) -> None:
     """Write an HTML report of a sweep run: equity/drawdown curves, parameter heatmap, per-symbol table."""
+    from tradpal_ray.report import build_report
+    from tradpal_ray.runs import RunStore
+
     settings = settings_for(store=store)
-    page = build_report(ResultStore(settings.store), run_id, top=top, metric=metric)
+    page = build_report(RunStore(settings.store), run_id, top=top, metric=metric)
     path = out or Path(f"report-{run_id}.html")
     try:
         path.write_text(page, encoding="utf-8")

@@ -38,11 +38,18 @@ def serve(
     """Serve run statistics, candle coverage, feeds and trades over HTTP (Ray Serve, Redis cache)."""
     import ray
 
+    from tradpal_ray.log import redact
     from tradpal_ray.serve.launch import ServeOptions, app_name, deploy_stats, prepare_environment, stop_stats
+    from tradpal_ray.stats.cache import redis_problem
 
     settings = settings_for(store=store, redis_url=redis_url)
     app_id = app_name(instance_name(name, settings.store))
     options = prepare_environment(settings, ServeOptions(host, port, replicas, autoscale_max, max_ongoing_requests, fast))
+    cache_url = settings.redis_url.get_secret_value()
+    if (problem := redis_problem(cache_url)) is not None:  # the replicas' own logs never reach this terminal
+        where = redact(cache_url) or "(TRADPAL_REDIS_URL is empty)"
+        console.print(f"[yellow]warning:[/yellow] Redis {where} is not reachable ({problem}): the API answers "
+                      "from the store, uncached, and /ready says 503 until Redis answers", highlight=False, soft_wrap=True)
     mode = connect(address, log_to_driver=False)
     deployed = None
     try:

@@ -1,31 +1,19 @@
-"""``tradpal-ray sweep``: a parameter grid over many symbols, as named Ray tasks.
+"""``tradpal-ray sweep``: a parameter grid over symbols, in process or as Ray tasks.
 
-Human output (progress bar, leaderboard, best per symbol, failures) goes to stderr; with
-``--json`` stdout holds exactly one object ``{"run_id", "status", "errors", "results": [...]}``.
+Human output (progress bar, leaderboard, best per symbol, parameters across symbols,
+skipped combinations, failures) goes to stderr; with ``--json`` stdout holds exactly one
+object ``{"run_id", "status", "metric", "executor", "errors", "skipped", "warnings", "results": [...]}``.
 """
 
 from __future__ import annotations
 
 import math
 import sys
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import orjson
-import pandas as pd
 import typer
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-)
-from rich.table import Table
 
-from tradpal_ray.backtest import STAT_NAMES, BacktestConfig, parse_grid
-from tradpal_ray.backtest.distributed import SweepOutcome, SweepRequest, run_sweep
-from tradpal_ray.backtest.results import HEADLINE_STATS, ResultStore, params_label
-from tradpal_ray.cli.app import ExchangeOption, StoreOption, app, console, settings_for
+from tradpal_ray.cli.app import AddressOption, ExchangeOption, StoreOption, app, console, settings_for
 from tradpal_ray.cli.backtest import (
     CashOption,
     DataOption,
@@ -34,6 +22,7 @@ from tradpal_ray.cli.backtest import (
     JsonOption,
     PeriodsOption,
     SinceOption,
+    SizeOption,
     SizeUnitOption,
     SlippageOption,
     StopLossOption,
@@ -41,10 +30,14 @@ from tradpal_ray.cli.backtest import (
     TakeProfitOption,
     TimeframeOption,
     UntilOption,
+    backtest_config,
 )
-from tradpal_ray.cluster import connect
-from tradpal_ray.config import split_list
 from tradpal_ray.errors import ConfigError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from tradpal_ray.runs import RunManifest, SweepOutcome, SweepRequest
 
 
 @app.command()
@@ -61,11 +54,12 @@ def sweep(
     ] = None,
     samples: Annotated[int | None, typer.Option("--samples", help="Random sample of N combinations instead of the full grid.", show_default=False)] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of --samples.")] = 0,
-    metric: Annotated[str, typer.Option("--metric", help=f"Rank by: {', '.join(STAT_NAMES)}.")] = "sharpe",
+    metric: Annotated[str, typer.Option("--metric", help="Rank by this metric (see `tradpal-ray metrics`).")] = "sharpe",
     top: Annotated[int, typer.Option("--top", help="Results to list (0 = all).")] = 20,
     cash: CashOption = 10_000.0,
     fee: FeeOption = 0.001,
-    size_unit: SizeUnitOption = 1.0,
+    size_unit: SizeUnitOption = None,
+    size: SizeOption = "1",
     slippage_bps: SlippageOption = 0.0,
     direction: DirectionOption = "long",
     stop_loss: StopLossOption = None,
@@ -73,30 +67,52 @@ def sweep(
     periods_per_year: PeriodsOption = 365.0,
     since: SinceOption = None,
     until: UntilOption = None,
+    executor: Annotated[str, typer.Option("--executor", help="auto (in process when the work is small and no cluster is "
+                                                             "given, else Ray), local, or ray.")] = "auto",
+    max_combos: Annotated[int, typer.Option("--max-combos", help="Refuse grids with more combinations than this.")] = 10_000_000,
     resume: Annotated[str | None, typer.Option("--resume", help="Finish run RUN_ID: only its missing chunks run.", show_default=False)] = None,
-    address: Annotated[str | None, typer.Option("--address", help="Ray address: HOST:PORT, or auto for the cluster `ray start` runs (default: RAY_ADDRESS, else a private local Ray).", show_default=False)] = None,
+    allow_changed_code: Annotated[bool, typer.Option("--allow-changed-code", help="With --resume: go on although the strategy's source changed.")] = False,
+    address: AddressOption = None,
     json_output: JsonOption = False,
 ) -> None:
-    """Sweep a strategy's parameter grid over symbols on Ray; results persist under <store>/runs/<run_id>."""
+    """Sweep a strategy's parameter grid over symbols; results persist under <store>/runs/<run_id>."""
     settings = settings_for(store=store, exchange=exchange)
     if top < 0:
         raise ConfigError("--top must be >= 0 (0 lists all)")
+    if max_combos <= 0:
+        raise ConfigError("--max-combos must be positive")
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from tradpal_ray.runs import run_sweep
+
     request = None
-    if resume:
-        ResultStore(settings.store).manifest(resume)  # an unknown run id fails before Ray starts
-    else:
+    if not resume:
+        config = backtest_config(cash=cash, fee=fee, size_unit=size_unit, size=size, slippage_bps=slippage_bps, direction=direction,
+                                 stop_loss=stop_loss, take_profit=take_profit, periods_per_year=periods_per_year)
         request = _request(data, symbols, timeframe, strategy, grid or [], samples, seed, metric, since, until,
-                           settings.exchange, BacktestConfig(
-                               cash=cash, fee=fee, size_unit=size_unit, slippage_bps=slippage_bps, direction=direction,
-                               stop_loss=stop_loss, take_profit=take_profit, periods_per_year=periods_per_year))
-        request.combos()  # strategy, grid, samples, metric, times: all checked before Ray starts
-    connect(address)
+                           settings.exchange, config, max_combos)
+        request.check()  # strategy, grid, metric, times: all checked before any data, cluster or output
+        if size_unit is None:
+            request, unknown = request.with_market_units(settings.store)
+            for symbol in unknown:
+                console.print(f"[yellow]warning:[/yellow] no market info recorded for {symbol}: size unit 1 "
+                              "(run `tradpal-ray fetch` for it, or give --size-unit)", highlight=False)
     columns = (TextColumn("sweep"), BarColumn(), MofNCompleteColumn(), TextColumn("chunks"), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=json_output) as progress:
-        task = progress.add_task("sweep", total=None)
-        outcome = run_sweep(request, store=settings.store, resume=resume,
-                            on_progress=lambda done, total: progress.update(task, completed=done, total=total))
+    progress = Progress(*columns, console=console, transient=json_output)
+    task = progress.add_task("sweep", total=None)
+
+    def show(done: int, total: int) -> None:  # the bar appears once the run has started (not before an error)
+        progress.start()
+        progress.update(task, completed=done, total=total)
+
+    try:
+        outcome = run_sweep(request, store=settings.store, resume=resume, executor=executor, address=address,
+                            allow_changed_code=allow_changed_code, on_progress=show)
+    finally:
+        progress.stop()
     if json_output:
+        import orjson
+
         sys.stdout.buffer.write(orjson.dumps(_json(outcome, top), option=orjson.OPT_SERIALIZE_NUMPY) + b"\n")
         sys.stdout.flush()
     else:
@@ -107,74 +123,108 @@ def sweep(
 
 def _request(
     data: Any, symbols: str | None, timeframe: str | None, strategy: str, grid: list[str], samples: int | None,
-    seed: int, metric: str, since: str | None, until: str | None, exchange: str, config: BacktestConfig,
+    seed: int, metric: str, since: str | None, until: str | None, exchange: str, config: Any, max_combos: int,
 ) -> SweepRequest:
+    from tradpal_ray.backtest import parse_grid
+    from tradpal_ray.config import split_list
+    from tradpal_ray.runs import SweepRequest
+
     if not grid:
         raise ConfigError("give at least one --grid NAME=START:STOP:STEP (or NAME=A,B,C)")
+    common = dict(strategy=strategy, grid=parse_grid(grid), since=since, until=until, config=config, metric=metric,
+                  samples=samples, seed=seed, max_combos=max_combos)
     if data is not None:
         if symbols or timeframe:
             raise ConfigError("give either --data FILE or --symbols/--timeframe, not both")
         if not data.exists():
             raise ConfigError(f"no such file: {data}")
-        return SweepRequest(strategy=strategy, grid=parse_grid(grid), data_file=str(data), since=since, until=until,
-                            config=config, metric=metric, samples=samples, seed=seed)
+        return SweepRequest(data_file=str(data), **common)
     wanted = split_list(symbols)
     if not wanted or not timeframe:
         raise ConfigError("give --data FILE, or --symbols and --timeframe to read from the store")
-    return SweepRequest(strategy=strategy, grid=parse_grid(grid), symbols=wanted, exchange=exchange, timeframe=timeframe,
-                        since=since, until=until, config=config, metric=metric, samples=samples, seed=seed)
+    return SweepRequest(symbols=wanted, exchange=exchange, timeframe=timeframe, **common)
 
 
 def _finite(value: Any) -> Any:
+    if hasattr(value, "item"):
+        value = value.item()
     return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
-def result_rows(frame: pd.DataFrame) -> list[dict[str, Any]]:
+def result_rows(frame: pd.DataFrame, manifest: RunManifest) -> list[dict[str, Any]]:
     """``[{"symbol", "result_id", "params", "stats"}]`` for each row of a results frame."""
-    stats = [name for name in STAT_NAMES if name in frame.columns]
+    from tradpal_ray.backtest.metrics import metric_names
+    from tradpal_ray.runs import params_of
+
+    stats = [name for name in metric_names() if name in frame.columns]
     return [
-        {"symbol": row["symbol"], "result_id": row["result_id"], "params": orjson.loads(row["params"]),
-         "stats": {name: _finite(row[name].item() if hasattr(row[name], "item") else row[name]) for name in stats}}
+        {"symbol": row["symbol"], "result_id": row["result_id"], "params": params_of(row, manifest.param_names),
+         "stats": {name: _finite(row[name]) for name in stats}}
         for row in frame.to_dict("records")
     ]
 
 
 def _json(outcome: SweepOutcome, top: int) -> dict[str, Any]:
-    ranked = outcome.ranked()
-    shown = ranked if top == 0 else ranked.head(top)
-    return {"run_id": outcome.run_id, "status": outcome.manifest.status, "metric": outcome.manifest.metric,
-            "errors": outcome.manifest.errors, "results": result_rows(shown)}
+    m = outcome.manifest
+    shown = outcome.results if top == 0 else outcome.top(top)
+    if top == 0 and len(shown):
+        from tradpal_ray.backtest.sweep import rank
+
+        shown = rank(shown, m.metric)
+    return {"run_id": m.run_id, "status": m.status, "metric": m.metric, "executor": m.executor,
+            "strategy": m.strategy, "strategy_ref": m.strategy_ref.get("text"), "errors": m.errors,
+            "skipped": m.skipped, "warnings": m.warnings, "results": result_rows(shown, m)}
 
 
 def render(outcome: SweepOutcome, top: int) -> None:
-    """Leaderboard, best per symbol, parameters across symbols, and failures, as tables on stderr."""
-    manifest = outcome.manifest
-    ranked = outcome.ranked()
-    print_results(f"top {top or len(ranked)} of {len(ranked)} by {manifest.metric}", ranked if top == 0 else ranked.head(top))
-    if ranked["symbol"].nunique() > 1 if len(ranked) else False:
-        print_results("best per symbol", outcome.best_per_symbol())
-        across = outcome.across_symbols().head(10)
-        table = Table("params", f"mean {manifest.metric}", f"min {manifest.metric}", "symbols", title="parameters across symbols")
-        for row in across.itertuples(index=False):
-            table.add_row(params_label(row[0]), _cell(row[1]), _cell(row[2]), str(row[3]))
-        console.print(table)
-    for symbol, error in manifest.errors.items():
+    """Leaderboard, best per symbol, parameters across symbols, skips and failures, as tables on stderr."""
+    from rich.table import Table
+
+    m = outcome.manifest
+    shown = outcome.results if top == 0 else outcome.top(top)
+    print_results(f"top {len(shown)} of {m.results:,} by {m.metric}", shown, m.param_names)
+    if len(m.symbols) > 1 and m.results:
+        print_results("best per symbol", outcome.best_per_symbol(), m.param_names)
+        if m.results <= ACROSS_LIMIT:
+            across = outcome.across_symbols().head(10)
+            table = Table("params", f"median {m.metric}", f"min {m.metric}", "symbols", title="parameters across symbols")
+            from tradpal_ray.runs import params_label, params_of
+
+            for row in across.to_dict("records"):
+                table.add_row(params_label(params_of(row, m.param_names)), _cell(row[m.metric]),
+                              _cell(row[f"min_{m.metric}"]), str(row["symbols"]))
+            console.print(table)
+    for warning in m.warnings:
+        console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
+    for symbol, error in m.errors.items():
         console.print(f"[red]failed[/red] {symbol}: {error}", highlight=False)
-    console.print(f"run [bold]{manifest.run_id}[/bold]: {manifest.status}, {manifest.results} results", highlight=False)
+    console.print(f"run [bold]{m.run_id}[/bold]: {m.status}, {m.results:,} results ({m.executor})", highlight=False)
 
 
-def print_results(title: str, frame: pd.DataFrame) -> None:
-    """Result rows (symbol, params JSON, statistics) as a table on stderr."""
+ACROSS_LIMIT = 2_000_000
+"""Results above which the across-symbols table (it groups every row) is left out."""
+
+
+def print_results(title: str, frame: pd.DataFrame, param_names: list[str]) -> None:
+    """Result rows (symbol, parameters, headline metrics) as a table on stderr."""
+    from rich.table import Table
+
+    from tradpal_ray.backtest.metrics import metrics
+    from tradpal_ray.runs import params_label, params_of
+
+    headline = [m for m in metrics() if m.headline]
     table = Table("symbol", title=title)
     table.add_column("params", no_wrap=True)
-    for header in HEADLINE_STATS.values():
-        table.add_column(header, justify="right")
+    for m in headline:
+        table.add_column(m.label, justify="right")
     for row in frame.to_dict("records"):
-        table.add_row(row["symbol"], params_label(row["params"]), *(_cell(row[name]) for name in HEADLINE_STATS))
+        table.add_row(row["symbol"], params_label(params_of(row, param_names)),
+                      *(_cell(row.get(m.name)) for m in headline))
     console.print(table)
 
 
 def _cell(value: Any) -> str:
-    if isinstance(value, (int,)) or (hasattr(value, "dtype") and value.dtype.kind == "i"):
-        return str(int(value))
-    return "-" if value is None or (isinstance(value, float) and not math.isfinite(value)) else f"{value:,.2f}"
+    value = _finite(value)
+    if value is None:
+        return "-"
+    return str(value) if isinstance(value, int) else f"{value:,.2f}"

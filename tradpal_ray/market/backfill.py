@@ -17,6 +17,7 @@ import pandas as pd
 
 from tradpal_ray.errors import ConfigError
 from tradpal_ray.log import get_logger
+from tradpal_ray.market.markets import MarketInfoStore, market_info
 from tradpal_ray.market.retry import Backoff, call_with_retry
 from tradpal_ray.market.schema import candles_table, timeframe_ms
 from tradpal_ray.market.store import CandleStore, Gap
@@ -47,8 +48,8 @@ def _iso(ms: int) -> str:
     return pd.Timestamp(ms, unit="ms", tz="UTC").isoformat()
 
 
-async def validate_request(client: Any, symbols: Sequence[str], timeframe: str, policy: Backoff) -> None:
-    """Load markets and reject unknown symbols or timeframes, listing valid ones."""
+async def validate_request(client: Any, symbols: Sequence[str], timeframe: str, policy: Backoff) -> dict[str, Any]:
+    """Load markets and reject unknown symbols or timeframes, listing valid ones; the markets."""
     timeframe_ms(timeframe)
     if client.timeframes and timeframe not in client.timeframes:
         raise ConfigError(f"{client.id} has no timeframe {timeframe!r}; valid: {', '.join(client.timeframes)}")
@@ -58,6 +59,7 @@ async def validate_request(client: Any, symbols: Sequence[str], timeframe: str, 
         valid = sorted(markets)
         shown = ", ".join(valid[:20]) + (f", ... ({len(valid)} in all)" if len(valid) > 20 else "")
         raise ConfigError(f"unknown symbol(s) {', '.join(unknown)} on {client.id}; valid: {shown}")
+    return markets
 
 
 def ranges_to_fetch(since: int, until: int, stored_first: int | None, stored_last: int | None, step: int) -> list[tuple[int, int]]:
@@ -168,7 +170,9 @@ async def backfill(
     exchange does not answer within ``policy``.
     """
     step = timeframe_ms(timeframe)
-    await validate_request(client, symbols, timeframe, policy)
+    markets = await validate_request(client, symbols, timeframe, policy)
+    MarketInfoStore(store.root).record(
+        exchange, {s: market_info(s, markets[s], getattr(client, "precisionMode", 4)) for s in symbols})
     now = await call_with_retry(client.fetch_time, policy=policy, what=f"{exchange} time", client=client)
     forming = (now // step) * step
     until = forming if until is None else min(until, forming)

@@ -2,7 +2,7 @@
 
 The page has no script and no external resource (charts are inline SVG, see
 :mod:`tradpal_ray.report.svg`), so it opens offline and can be mailed or kept as a CI
-artifact. It is built from the :class:`ResultStore` alone; no Ray needed.
+artifact. It is built from the :class:`~tradpal_ray.runs.RunStore` alone; no Ray needed.
 """
 
 from __future__ import annotations
@@ -13,19 +13,13 @@ from html import escape
 from typing import Any
 
 import numpy as np
-import orjson
 import pandas as pd
 
-from tradpal_ray.backtest.distributed import SweepOutcome
-from tradpal_ray.backtest.metrics import STAT_NAMES
-from tradpal_ray.backtest.results import (
-    HEADLINE_STATS,
-    ResultStore,
-    RunManifest,
-    params_label,
-)
-from tradpal_ray.backtest.sweep import LOWER_IS_BETTER, rank
+from tradpal_ray.backtest.metrics import metric as find_metric
+from tradpal_ray.backtest.metrics import metrics
+from tradpal_ray.backtest.sweep import rank
 from tradpal_ray.errors import ConfigError
+from tradpal_ray.runs import RunManifest, RunStore, SweepOutcome, params_label, params_of
 from tradpal_ray.report.svg import Line, heatmap, line_chart
 
 CSS = """
@@ -42,7 +36,7 @@ ACROSS_ROWS = 20
 """Parameter sets listed in the across-symbols table."""
 
 
-def build_report(results: ResultStore, run_id: str, *, top: int = 5, metric: str | None = None) -> str:
+def build_report(results: RunStore, run_id: str, *, top: int = 5, metric: str | None = None) -> str:
     """The HTML report of ``run_id``: ConfigError for an unknown run or metric.
 
     ``top`` kept results get equity and drawdown curves (the best result of each symbol
@@ -50,15 +44,13 @@ def build_report(results: ResultStore, run_id: str, *, top: int = 5, metric: str
     heatmap and ranks the tables.
     """
     manifest = results.manifest(run_id)
-    metric = metric or manifest.metric
-    if metric not in STAT_NAMES:
-        raise ConfigError(f"unknown metric {metric!r}; choose one of {', '.join(STAT_NAMES)}")
+    metric = find_metric(metric or manifest.metric).name
     if top < 0:
         raise ConfigError("--top must be >= 0")
     frame = results.results(run_id)
     if len(frame):
         frame = frame[~frame["symbol"].isin(manifest.errors)].reset_index(drop=True)
-    outcome = SweepOutcome(replace(manifest, metric=metric), frame)
+    outcome = SweepOutcome(replace(manifest, metric=metric), results)
     sections = [_header(manifest, metric, len(frame))]
     if len(frame):
         sections += [
@@ -96,7 +88,7 @@ def _values(values: list[Any]) -> str:
     return ", ".join(map(str, values)) if len(values) <= 8 else f"{values[0]} .. {values[-1]} ({len(values)} values)"
 
 
-def kept_curves(results: ResultStore, manifest: RunManifest, frame: pd.DataFrame, top: int) -> list[tuple[pd.Series, pd.DataFrame]]:
+def kept_curves(results: RunStore, manifest: RunManifest, frame: pd.DataFrame, top: int) -> list[tuple[pd.Series, pd.DataFrame]]:
     """Up to ``top`` (result row, equity frame) pairs among the kept details, best per symbol first.
 
     Details are kept for each symbol's best results by the run's own metric, so candidates are
@@ -120,14 +112,14 @@ def kept_curves(results: ResultStore, manifest: RunManifest, frame: pd.DataFrame
     return picked
 
 
-def _curves_section(results: ResultStore, manifest: RunManifest, frame: pd.DataFrame, top: int) -> str:
+def _curves_section(results: RunStore, manifest: RunManifest, frame: pd.DataFrame, top: int) -> str:
     picked = kept_curves(results, manifest, frame, top)
     head = f"<h2>Equity and drawdown of the best {len(picked)} kept results (by {escape(manifest.metric)})</h2>"
     if not picked:
         return head + '<p class="note">No details were kept for this run.</p>'
     equity_lines, drawdown_lines = [], []
     for row, equity in picked:
-        label = f"{row['symbol']} {params_label(row['params'])} ({manifest.metric} {_number(row[manifest.metric])})"
+        label = f"{row['symbol']} {_label(row, manifest)} ({manifest.metric} {_number(row[manifest.metric])})"
         x = pd.to_datetime(equity["time"], utc=True).to_numpy(dtype="datetime64[ms]").astype(np.int64).astype(float)
         values = equity["equity"].to_numpy(dtype=float)
         equity_lines.append(Line(label, x, values))
@@ -138,12 +130,16 @@ def _curves_section(results: ResultStore, manifest: RunManifest, frame: pd.DataF
     )
 
 
+def _label(row: Any, manifest: RunManifest) -> str:
+    return params_label(params_of(row, manifest.param_names))
+
+
 def _heatmap_section(outcome: SweepOutcome) -> str:
     metric = outcome.manifest.metric
     across = outcome.across_symbols()
-    params = pd.DataFrame([orjson.loads(p) for p in across["params"]])
-    varying = [name for name in params.columns if params[name].nunique(dropna=False) > 1]
-    head = f"<h2>Parameter grid: mean {escape(metric)} over symbols</h2>"
+    names = outcome.manifest.param_names
+    varying = [name for name in names if across[name].nunique(dropna=False) > 1]
+    head = f"<h2>Parameter grid: median {escape(metric)} over symbols</h2>"
     if len(varying) != 2:
         return head + (
             f'<p class="note">A heatmap needs exactly two varying parameters; this run varies {len(varying)} '
@@ -151,19 +147,20 @@ def _heatmap_section(outcome: SweepOutcome) -> str:
         )
     x_name, y_name = varying
     cells = {
-        (x, y): (_float(mean), f"{x_name}={x} {y_name}={y}: mean {metric} {_number(mean)}, min {_number(low)} over {count} symbol(s)")
-        for x, y, mean, low, count in zip(params[x_name], params[y_name], across[metric], across[f"min_{metric}"], across["symbols"])
+        (x, y): (_float(mid), f"{x_name}={x} {y_name}={y}: median {metric} {_number(mid)}, min {_number(low)} over {count} symbol(s)")
+        for x, y, mid, low, count in zip(across[x_name], across[y_name], across[metric], across[f"min_{metric}"], across["symbols"])
     }
     svg = heatmap(
-        sorted(params[x_name].unique()), sorted(params[y_name].unique()), cells, x_label=x_name, y_label=y_name,
-        higher_is_better=metric not in LOWER_IS_BETTER, value_format=_number,
+        sorted(across[x_name].unique()), sorted(across[y_name].unique()), cells, x_label=x_name, y_label=y_name,
+        higher_is_better=find_metric(metric).higher_is_better, value_format=_number,
     )
     note = f'<p class="note">{len(cells)} combinations; blank cells are combinations the strategy rejects; grey: no value.</p>'
     return head + svg + note
 
 
 def _stat_columns(metric: str) -> list[tuple[str, str]]:
-    return ([] if metric in HEADLINE_STATS else [(metric, metric)]) + list(HEADLINE_STATS.items())
+    headline = [(m.name, m.label) for m in metrics() if m.headline]
+    return ([] if metric in dict(headline) else [(metric, find_metric(metric).label)]) + headline
 
 
 def _best_table(outcome: SweepOutcome) -> str:
@@ -171,7 +168,7 @@ def _best_table(outcome: SweepOutcome) -> str:
     header = '<th class="l">symbol</th><th class="l">params</th>' + "".join(f"<th>{escape(title)}</th>" for _, title in columns)
     rows = "".join(
         f'<tr class="best" data-symbol="{escape(row["symbol"])}"><td class="l">{escape(row["symbol"])}</td>'
-        f'<td class="l">{escape(params_label(row["params"]))}</td>'
+        f'<td class="l">{escape(_label(row, outcome.manifest))}</td>'
         + "".join(f"<td>{_number(row[name])}</td>" for name, _ in columns) + "</tr>"
         for _, row in outcome.best_per_symbol().iterrows()
     )
@@ -181,10 +178,11 @@ def _best_table(outcome: SweepOutcome) -> str:
 def _across_table(outcome: SweepOutcome) -> str:
     metric = outcome.manifest.metric
     across = outcome.across_symbols().head(ACROSS_ROWS)
-    header = f'<th class="l">params</th><th>mean {escape(metric)}</th><th>min {escape(metric)}</th><th>symbols</th>'
+    header = f'<th class="l">params</th><th>median {escape(metric)}</th><th>min {escape(metric)}</th><th>symbols</th>'
     rows = "".join(
-        f'<tr class="across"><td class="l">{escape(params_label(params))}</td><td>{_number(mean)}</td><td>{_number(low)}</td><td>{count}</td></tr>'
-        for params, mean, low, count in zip(across["params"], across[metric], across[f"min_{metric}"], across["symbols"])
+        f'<tr class="across"><td class="l">{escape(_label(row, outcome.manifest))}</td><td>{_number(row[metric])}</td>'
+        f'<td>{_number(row[f"min_{metric}"])}</td><td>{row["symbols"]}</td></tr>'
+        for _, row in across.iterrows()
     )
     return f"<h2>Top {len(across)} parameter sets across symbols</h2><table><tr>{header}</tr>{rows}</table>"
 

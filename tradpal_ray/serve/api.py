@@ -20,22 +20,23 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import APIKeyHeader
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-from tradpal_ray.backtest.metrics import STAT_NAMES
+from tradpal_ray.runs import RESULT_ID_PATTERN, RUN_ID_PATTERN
 from tradpal_ray.errors import ConfigError, StoreError
+from tradpal_ray.log import get_logger
 from tradpal_ray.market.schema import TIMEFRAMES
 from tradpal_ray.serve.page import page_response
 from tradpal_ray.stats import NotFound, StatsService
 
+log = get_logger(__name__)
+
 API_KEY_HEADER = "X-API-Key"
-RUN_ID = r"^[A-Za-z0-9_.-]{1,128}$"
-RESULT_ID = r"^[0-9a-f]{16}$"
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
 """``Host`` headers a keyless (loopback) app answers: a DNS-rebound name is refused (400)."""
 
-Metric = Literal[STAT_NAMES]  # type: ignore[valid-type]
 Timeframe = Literal[tuple(TIMEFRAMES)]  # type: ignore[valid-type]
 TradeStatus = Literal["all", "open", "closed"]
-RunId = Annotated[str, Path(pattern=RUN_ID, description="A run id, as listed by /runs.")]
+RunId = Annotated[str, Path(pattern=RUN_ID_PATTERN, description="A run id, as listed by /runs.")]
+ResultId = Annotated[str, Path(pattern=RESULT_ID_PATTERN, description="A result id, as listed by a leaderboard.")]
 Text = Annotated[str | None, Query(min_length=1, max_length=64)]
 
 
@@ -99,17 +100,19 @@ def build_app(
     if not require_key:
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(LOOPBACK_HOSTS))
 
+    # Error bodies name no filesystem path (service.public_message): the store's layout is its own business.
     @app.exception_handler(NotFound)
     async def not_found(_request: Request, exc: NotFound) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=404)
+        return JSONResponse({"detail": service.public_message(exc)}, status_code=404)
 
     @app.exception_handler(ConfigError)
     async def bad_request(_request: Request, exc: ConfigError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=422)
+        return JSONResponse({"detail": service.public_message(exc)}, status_code=422)
 
     @app.exception_handler(StoreError)
     async def store_error(_request: Request, exc: StoreError) -> JSONResponse:
-        return JSONResponse({"detail": f"store unavailable: {exc}"}, status_code=503)
+        log.warning("stats.api.store_error", error=str(exc))  # the operator's log names the file
+        return JSONResponse({"detail": f"store unavailable: {service.public_message(exc)}"}, status_code=503)
 
     @app.exception_handler(_Unauthorized)
     async def unauthorized(_request: Request, _exc: _Unauthorized) -> JSONResponse:
@@ -149,7 +152,7 @@ def build_app(
     @api.get("/runs/{run_id}/leaderboard", tags=["runs"], summary="A run's top results by a metric.")
     async def leaderboard(
         run_id: RunId,
-        metric: Annotated[Metric | None, Query(description="Statistic to rank by; default: the run's.")] = None,
+        metric: Annotated[str | None, Query(description="Metric to rank by (any of the metric registry); default: the run's.", max_length=64)] = None,
         top: Annotated[int, Query(ge=1, le=1000)] = 10,
         symbol: Text = None,
         strategy: Text = None,
@@ -159,7 +162,7 @@ def build_app(
 
     @api.get("/runs/{run_id}/results/{result_id}/equity", tags=["runs"],
              summary="Equity curve and trades of one kept result (the best few per symbol).")
-    async def equity(run_id: RunId, result_id: Annotated[str, Path(pattern=RESULT_ID)]) -> Response:
+    async def equity(run_id: RunId, result_id: ResultId) -> Response:
         return _json(await service.equity(run_id, result_id))
 
     @api.get("/symbols/stats", tags=["symbols"], summary="Per-symbol statistics across runs.")

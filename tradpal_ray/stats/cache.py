@@ -33,6 +33,28 @@ log = get_logger(__name__)
 Validator = Callable[[bytes], bool]
 
 
+def redis_problem(url: str | None, timeout: float = 1.0) -> str | None:
+    """Why Redis at ``url`` cannot cache (no URL, a bad URL, no PING answer within ``timeout`` s), or None.
+
+    A blocking one-shot probe for command-line start-up; secrets in the reason are masked.
+    """
+    import redis
+    from redis.retry import Retry as BlockingRetry
+
+    if not url:
+        return "no Redis URL is set"
+    try:
+        client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout,
+                                      retry=BlockingRetry(NoBackoff(), 0))
+        try:
+            client.ping()
+        finally:
+            client.close()
+    except (RedisError, OSError, ValueError, TypeError) as exc:
+        return redact(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    return None
+
+
 class RedisCache:
     """Cache-aside get-or-compute with a TTL per call, single-flight and graceful degradation."""
 

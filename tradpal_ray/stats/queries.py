@@ -17,16 +17,19 @@ import orjson
 import pandas as pd
 import pyarrow as pa
 
-from tradpal_ray.backtest import rank
-from tradpal_ray.backtest.metrics import STAT_NAMES
-from tradpal_ray.backtest.results import ResultStore, RunManifest
+from tradpal_ray.backtest.metrics import metric as find_metric
+from tradpal_ray.backtest.sweep import rank
 from tradpal_ray.errors import ConfigError
 from tradpal_ray.feeds.status_store import FeedStatusStore
 from tradpal_ray.market.store import CandleStore
+from tradpal_ray.runs import RunManifest, RunStore, params_of, results_schema
 
 TRADE_STATUSES = ("all", "open", "closed")
 MAX_GAPS_LISTED = 20
 """Coverage lists at most this many gaps per series (the count covers all of them)."""
+TRADES_SCHEMA = pa.schema([("exit_reason", pa.string()), ("pnl", pa.float64()), ("run_id", pa.string()),
+                           ("result_id", pa.string()), ("symbol", pa.string())])
+"""The recorded-trades table the trade queries read."""
 
 
 class NotFound(ConfigError):
@@ -42,27 +45,39 @@ def _ms(values: pd.Series) -> list[int | None]:
     return ms
 
 
-def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
-    """DataFrame rows as dicts; datetime columns as epoch ms, params parsed from JSON."""
+def _records(frame: pd.DataFrame, param_names: list[str] | None = None) -> list[dict[str, Any]]:
+    """DataFrame rows as dicts; datetime columns as epoch ms; the parameter columns nested as ``params``."""
     out = frame.copy()
     for column in out.columns:
         if pd.api.types.is_datetime64_any_dtype(out[column]):
             out[column] = pd.Series(_ms(out[column]), index=out.index, dtype=object)
     records = out.astype(object).where(out.notna(), None).to_dict("records")
-    for record in records:
-        if isinstance(record.get("params"), str):
-            record["params"] = orjson.loads(record["params"])
+    if param_names:
+        for record in records:
+            record["params"] = {name: record.pop(name) for name in param_names}
     return records
 
 
 def _summary(manifest: RunManifest) -> dict[str, Any]:
-    """The listing fields of a run."""
+    """The listing fields of a run (a run whose driver died reads as ``interrupted``)."""
     return {
-        "run_id": manifest.run_id, "strategy": manifest.strategy, "status": manifest.status,
-        "exchange": manifest.exchange, "timeframe": manifest.timeframe, "symbols": manifest.symbols,
-        "metric": manifest.metric, "combos": manifest.combos, "results": manifest.results,
+        "run_id": manifest.run_id, "kind": manifest.kind, "strategy": manifest.strategy,
+        "strategy_ref": manifest.strategy_ref.get("text", manifest.strategy),
+        "status": manifest.current_status(), "exchange": manifest.exchange, "timeframe": manifest.timeframe,
+        "symbols": manifest.symbols, "metric": manifest.metric, "combos": manifest.combos,
+        "results": manifest.results, "skipped": manifest.skipped, "warnings": manifest.warnings,
         "created_at": manifest.created_at, "updated_at": manifest.updated_at,
     }
+
+
+def _spread(values: pd.Series) -> dict[str, float | None]:
+    """Median and quartiles of the finite values: one degenerate result cannot swamp them."""
+    finite = values.to_numpy(dtype=float)
+    finite = finite[np.isfinite(finite)]
+    if not len(finite):
+        return {"median": None, "q1": None, "q3": None}
+    q1, median, q3 = np.quantile(finite, [0.25, 0.5, 0.75])
+    return {"median": float(median), "q1": float(q1), "q3": float(q3)}
 
 
 def _pnl_stats(trades: pd.DataFrame) -> dict[str, Any]:
@@ -88,7 +103,7 @@ class StatsQueries:
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = os.fspath(root)
-        self.results = ResultStore(root)
+        self.results = RunStore(root)
         self.candles = CandleStore(root)
         self.feed_status = FeedStatusStore(root)
 
@@ -104,6 +119,15 @@ class StatsQueries:
         """Every run, newest first, as listing fields."""
         return [_summary(m) for m in self.results.runs()]
 
+    def results_schema(self, run_id: str) -> pa.Schema:
+        """The typed schema :meth:`results_table` gives for ``run_id`` (what a cached copy must match).
+
+        From the run's manifest: its parameters' types and the metric columns it stores
+        (a table may have more: the derived metrics).
+        """
+        manifest = self.manifest(run_id)
+        return results_schema(manifest.param_types, manifest.metrics)
+
     def results_table(self, run_id: str) -> pa.Table:
         """All result rows of a run (empty table if none yet); NotFound for an unknown run."""
         self.manifest(run_id)
@@ -111,23 +135,21 @@ class StatsQueries:
         return pa.Table.from_pandas(frame, preserve_index=False)
 
     def run(self, run_id: str, table: pa.Table | None = None) -> dict[str, Any]:
-        """A run's full manifest plus a summary of its results: per symbol, the best result and spread."""
+        """A run's full manifest plus a summary of its results: per symbol, the best result and the spread."""
         manifest = self.manifest(run_id)
         frame = (table if table is not None else self.results_table(run_id)).to_pandas()
         per_symbol = []
         if len(frame):
             metric = manifest.metric
             for symbol, rows in rank(frame, metric).groupby("symbol", sort=False):
-                values = rows[metric].to_numpy(dtype=float)
-                finite = values[np.isfinite(values)]
                 best = rows.iloc[0]
                 per_symbol.append({
                     "symbol": symbol, "results": len(rows), "best_result_id": best["result_id"],
-                    "best_params": orjson.loads(best["params"]), "best": float(best[metric]),
-                    "median": float(np.median(finite)) if len(finite) else None,
-                    "mean_return_pct": float(rows["return_pct"].mean()),
+                    "best_params": params_of(best, manifest.param_names), "best": _finite(best[metric]),
+                    metric: _spread(rows[metric]), "return_pct": _spread(rows["return_pct"]),
                 })
         doc = orjson.loads(manifest.to_json())
+        doc["status"] = manifest.current_status()
         doc["summary"] = {"results": len(frame), "metric": manifest.metric, "symbols": per_symbol}
         return doc
 
@@ -148,9 +170,7 @@ class StatsQueries:
         have gives an empty list (a run has one of each).
         """
         manifest = self.manifest(run_id)
-        metric = metric or manifest.metric
-        if metric not in STAT_NAMES:
-            raise ConfigError(f"unknown metric {metric!r}; choose one of {', '.join(STAT_NAMES)}")
+        metric = find_metric(metric or manifest.metric).name
         frame = (table if table is not None else self.results_table(run_id)).to_pandas()
         if symbol is not None:
             if symbol not in manifest.symbols and (not len(frame) or symbol not in set(frame["symbol"])):
@@ -163,7 +183,7 @@ class StatsQueries:
         rows = rank(frame, metric).head(top) if len(frame) else frame
         return {
             "run_id": run_id, "metric": metric, "strategy": manifest.strategy, "timeframe": manifest.timeframe,
-            "total": len(frame), "results": _records(rows),
+            "total": len(frame), "results": _records(rows, manifest.param_names),
         }
 
     def equity(self, run_id: str, rid: str) -> dict[str, Any]:
@@ -187,7 +207,7 @@ class StatsQueries:
 
         NotFound if ``symbol`` is neither in a run nor in the candle store.
         """
-        groups: dict[tuple[str | None, str, str | None], list[pd.DataFrame]] = {}
+        groups: dict[tuple[str | None, str, str | None], list[tuple[pd.DataFrame, list[str]]]] = {}
         for manifest in self.results.runs():
             if (exchange and manifest.exchange != exchange) or (timeframe and manifest.timeframe != timeframe):
                 continue
@@ -195,24 +215,25 @@ class StatsQueries:
             if symbol and len(frame):
                 frame = frame[frame["symbol"] == symbol]
             for sym, rows in (frame.groupby("symbol", sort=False) if len(frame) else []):
-                groups.setdefault((manifest.exchange, sym, manifest.timeframe), []).append(rows)
+                groups.setdefault((manifest.exchange, sym, manifest.timeframe), []).append((rows, manifest.param_names))
         if symbol and not groups and symbol not in {s.symbol for s in self.candles.series()}:
             raise NotFound(f"unknown symbol {symbol!r}")
         out = []
         for (exch, sym, tf), frames in sorted(groups.items(), key=lambda kv: tuple(str(k) for k in kv[0])):
-            rows = pd.concat(frames, ignore_index=True)
-            best = rank(rows, "sharpe").iloc[0]
+            rows = pd.concat([f for f, _ in frames], ignore_index=True)
+            best_index = rank(rows, "sharpe").index[0]
+            best = rows.loc[best_index]
+            names = next(n for f, n in frames if best["run_id"] in set(f["run_id"]))
             out.append({
                 "exchange": exch, "symbol": sym, "timeframe": tf, "runs": int(rows["run_id"].nunique()),
                 "results": len(rows),
                 "best": {"run_id": best["run_id"], "result_id": best["result_id"], "strategy": best["strategy"],
-                         "params": orjson.loads(best["params"]), "sharpe": float(best["sharpe"]),
-                         "return_pct": float(best["return_pct"])},
-                "return_pct": {"mean": float(rows["return_pct"].mean()), "median": float(rows["return_pct"].median()),
-                               "max": float(rows["return_pct"].max())},
-                "sharpe": {"mean": float(rows["sharpe"].mean()), "median": float(rows["sharpe"].median())},
-                "win_rate_pct_mean": float(rows["win_rate_pct"].mean()),
-                "max_drawdown_pct_mean": float(rows["max_drawdown_pct"].mean()),
+                         "params": params_of(best, names), "sharpe": _finite(best["sharpe"]),
+                         "return_pct": _finite(best["return_pct"])},
+                "return_pct": _spread(rows["return_pct"]),
+                "sharpe": _spread(rows["sharpe"]),
+                "win_rate_pct": _spread(rows["win_rate_pct"]),
+                "max_drawdown_pct": _spread(rows["max_drawdown_pct"]),
             })
         return out
 
@@ -235,23 +256,17 @@ class StatsQueries:
 
     # ---------------------------------------------------------------- trades
     def trades_table(self) -> pa.Table:
-        """Every recorded trade (the kept best results of every run) with run_id, result_id and symbol."""
+        """Every recorded trade (the kept results of every run, as their manifests list them) with run_id, result_id and symbol."""
         frames = []
         for manifest in self.results.runs():
-            frame = self.results.results(manifest.run_id)
-            if not len(frame):
-                continue
-            symbols = dict(zip(frame["result_id"], frame["symbol"]))
-            for rid, sym in symbols.items():
+            for rid, sym in manifest.kept.items():
                 try:
                     trades, _ = self.results.detail(manifest.run_id, rid)
                 except ConfigError:
                     continue
                 frames.append(trades[["exit_reason", "pnl"]].assign(run_id=manifest.run_id, result_id=rid, symbol=sym))
         if not frames:
-            return pa.table({"exit_reason": pa.array([], pa.string()), "pnl": pa.array([], pa.float64()),
-                             "run_id": pa.array([], pa.string()), "result_id": pa.array([], pa.string()),
-                             "symbol": pa.array([], pa.string())})
+            return TRADES_SCHEMA.empty_table()
         return pa.Table.from_pandas(pd.concat(frames, ignore_index=True), preserve_index=False)
 
     def trade_counts(self, status: str = "all", table: pa.Table | None = None) -> dict[str, Any]:
@@ -272,3 +287,8 @@ class StatsQueries:
             "open": int(len(frame) - len(closed)),
             "by_symbol": [{"symbol": sym, **_pnl_stats(rows)} for sym, rows in closed.groupby("symbol", sort=True)],
         }
+
+
+def _finite(value: Any) -> float | None:
+    number = float(value)
+    return number if np.isfinite(number) else None

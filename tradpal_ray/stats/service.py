@@ -10,26 +10,32 @@ unavailable. Keys carry a data version, so a new or updated run is visible withi
 Run-scoped kinds use the run's own stamp (a new run does not evict older runs' entries);
 kinds spanning runs use the global stamp; candle coverage and feed status are not
 versioned and rely on their (short) TTL. Tables the cache shares between queries (a
-run's result rows, the recorded trades) are stored as Arrow IPC streams.
+run's result rows, the recorded trades) are stored as Arrow IPC streams, conformed to the
+schema the query layer declares; a cached table that does not fit it is a miss.
+Errors meant for clients go through :meth:`StatsService.public_message` (no filesystem paths).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
+import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import orjson
 import pyarrow as pa
 
+from tradpal_ray.errors import StoreError
 from tradpal_ray.log import get_logger
 from tradpal_ray.stats.cache import RedisCache
 from tradpal_ray.stats.metrics import CacheMetrics
-from tradpal_ray.stats.queries import StatsQueries
+from tradpal_ray.stats.queries import TRADES_SCHEMA, StatsQueries
 from tradpal_ray.stats.versions import RunVersions, digest
+from tradpal_ray.storage import open_filesystem
 
 log = get_logger(__name__)
 
@@ -70,13 +76,61 @@ def valid_json(data: bytes) -> bool:
     return True
 
 
-def valid_table(data: bytes) -> bool:
-    """Whether ``data`` is a readable Arrow IPC stream."""
+def schema_fits(actual: pa.Schema, expected: pa.Schema) -> bool:
+    """Whether a table of schema ``actual`` has every column of ``expected`` with the same type.
+
+    The one check a cached table passes before any query reads it: a value written by
+    another version of the code (or by anyone with access to Redis) is a miss, not a 500.
+    """
+    return all(
+        (index := actual.get_field_index(field.name)) >= 0 and actual.field(index).type == field.type
+        for field in expected
+    )
+
+
+def conform_table(table: pa.Table, expected: pa.Schema) -> pa.Table:
+    """``table`` with the columns of ``expected`` cast to their types (other columns kept as they are).
+
+    A table without rows may lack columns (a run with no results yet): they are added empty.
+    StoreError if rows lack a column or a value does not cast.
+    """
+    for field in expected:
+        index = table.schema.get_field_index(field.name)
+        if index < 0:
+            if table.num_rows:
+                raise StoreError(f"stored rows lack the column {field.name!r}")
+            table = table.append_column(field, pa.array([], field.type))
+        elif table.schema.field(index).type != field.type:
+            try:
+                table = table.set_column(index, field, table.column(index).cast(field.type))
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                raise StoreError(f"stored column {field.name!r} is not {field.type}: {exc}") from exc
+    return table
+
+
+def valid_table(data: bytes, expected: pa.Schema) -> bool:
+    """Whether ``data`` is a readable Arrow IPC stream of a table that fits ``expected``."""
     try:
-        decode_table(data)
+        return schema_fits(pa.ipc.open_stream(data).schema, expected)
     except (pa.ArrowInvalid, OSError):
         return False
-    return True
+
+
+_ABSOLUTE_PATH = re.compile(r"(?<![\w<>.~-])/[^\s'\"<>,;:]+")
+
+
+def hide_paths(message: str, roots: Iterable[str]) -> str:
+    """``message`` with each of ``roots`` (the store, as given and as resolved) shown as ``<store>``
+    and any other absolute path as ``<path>``: what an HTTP client may see of a store error."""
+    for root in sorted({r for r in roots if r}, key=len, reverse=True):
+        message = message.replace(root, "<store>")
+    return _ABSOLUTE_PATH.sub("<path>", message)
+
+
+def store_spellings(root: str) -> tuple[str, ...]:
+    """The ways a store root can appear in its errors: as given, as a filesystem base path, resolved."""
+    _, base = open_filesystem(root)
+    return (root, base) if "://" in root else (root, base, os.path.realpath(base))
 
 
 class StatsService:
@@ -99,6 +153,7 @@ class StatsService:
         self.metrics = metrics or CacheMetrics()
         root = os.fspath(store)
         where = root if "://" in root else os.path.abspath(root)
+        self._roots = store_spellings(root)
         self.cache = RedisCache(redis_url, prefix=f"tradpal:stats:{digest(where.encode())}:", timeout=timeout,
                                 retry_after=retry_after, metrics=self.metrics)
         self.ttls = {**DEFAULT_TTLS, **(ttls or {})}
@@ -137,7 +192,7 @@ class StatsService:
         except Exception as exc:  # noqa: BLE001 - an unreachable store must not stop the watcher
             if self._store_error is None:
                 log.warning("stats.store.unreachable", error=str(exc).splitlines()[0])
-            self._store_error = str(exc).splitlines()[0] or type(exc).__name__
+            self._store_error = self.public_message(exc)
             return False
         if self._store_error is not None:
             log.info("stats.store.reachable")
@@ -200,15 +255,24 @@ class StatsService:
 
         return await self._cached(kind, stamp, args, encoded)
 
-    async def _table(self, kind: str, stamp: str | None, args: tuple[Any, ...], compute: Callable[[], pa.Table]) -> pa.Table:
-        """A table shared by several queries, cached as Arrow IPC."""
+    async def _table(
+        self, kind: str, stamp: str | None, args: tuple[Any, ...], compute: Callable[[], pa.Table], schema: pa.Schema
+    ) -> pa.Table:
+        """A table shared by several queries, conformed to ``schema`` and cached as Arrow IPC.
+
+        A cached table that does not fit ``schema`` is a miss (counted ``invalid``).
+        """
+
+        def conformed() -> pa.Table:
+            return conform_table(compute(), schema)
 
         async def encoded() -> bytes:
-            return encode_table(await asyncio.to_thread(compute))
+            return encode_table(await asyncio.to_thread(conformed))
 
         if stamp is None:
-            return await asyncio.to_thread(compute)
-        data = await self.cache.get_or_compute(kind, self._key(kind, stamp, *args), self.ttls[kind], encoded, valid_table)
+            return await asyncio.to_thread(conformed)
+        data = await self.cache.get_or_compute(kind, self._key(kind, stamp, *args), self.ttls[kind], encoded,
+                                               functools.partial(valid_table, expected=schema))
         return decode_table(data)
 
     def _run_stamp(self, run_id: str) -> str | None:
@@ -216,10 +280,11 @@ class StatsService:
         return self._runs.get(run_id)
 
     async def _results(self, run_id: str) -> pa.Table:
-        return await self._table("results", self._run_stamp(run_id), (run_id,), lambda: self.queries.results_table(run_id))
+        return await self._table("results", self._run_stamp(run_id), (run_id,), lambda: self.queries.results_table(run_id),
+                                 self.queries.results_schema(run_id))
 
     async def _trades(self) -> pa.Table:
-        return await self._table("trades", self._global, (), self.queries.trades_table)
+        return await self._table("trades", self._global, (), self.queries.trades_table, TRADES_SCHEMA)
 
     # ---------------------------------------------------------------- queries
     async def runs(self) -> bytes:
@@ -270,6 +335,10 @@ class StatsService:
     async def trade_stats(self) -> bytes:
         """Win rate, PnL and profit factor over the recorded trades."""
         return await self._json_over("trade_stats", self._global, (), self._trades, self.queries.trade_stats)
+
+    def public_message(self, exc: BaseException) -> str:
+        """The first line of an error as clients may see it: no filesystem path (see :func:`hide_paths`)."""
+        return hide_paths(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, self._roots)
 
     # ----------------------------------------------------------------- health
     async def readiness(self) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import os
 import orjson
 import pyarrow.fs as pafs
 
-from tradpal_ray.backtest.results import ResultStore
+from tradpal_ray.runs import RunStore
 from tradpal_ray.errors import TradpalError
 from tradpal_ray.storage import open_filesystem
 
@@ -31,7 +31,7 @@ class RunVersions:
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self._fs, base = open_filesystem(root)
         self._runs_dir = f"{base}/runs"
-        self._results = ResultStore(root)
+        self._results = RunStore(root)
         self._status: dict[str, tuple[int, str]] = {}
         """run_id -> (manifest mtime_ns, status) of the last manifest read."""
 

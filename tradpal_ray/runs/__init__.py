@@ -1,0 +1,190 @@
+"""Runs as typed artifacts: requests, manifests, Arrow schemas, the run store and the runner.
+
+Plain code, no Ray import: stats, reports and the CLI depend on this package, never on the
+Ray executor, which is loaded only when a run goes to a cluster. A run lives under
+``<store>/runs/<run_id>/`` (see :class:`RunStore`); ``pd.read_parquet`` on its
+``results`` folder gives one typed column per parameter and per metric.
+
+    from tradpal_ray.runs import SweepRequest, run_sweep
+    outcome = run_sweep(SweepRequest("my_signals.py:golden_cross", {"fast": range(5, 50, 5)},
+                                     data_file="btc.csv"), store="./tradpal-data")
+    outcome.top(10)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+import pandas as pd
+
+from tradpal_ray.errors import ConfigError
+from tradpal_ray.runs._manifest import (
+    RESULT_ID_PATTERN,
+    RUN_ID_PATTERN,
+    RUN_KINDS,
+    RUN_STATUSES,
+    RunManifest,
+    new_run_id,
+)
+from tradpal_ray.runs._plan import DEFAULT_MAX_COMBOS, GridPlan
+from tradpal_ray.runs._request import BarsSource, SweepRequest
+from tradpal_ray.runs._runner import (
+    LOCAL_WORK_LIMIT,
+    ProgressCallback,
+    SweepRun,
+    chunk_table,
+    execute_local,
+    plan_chunk_size,
+    resume_request,
+    start_run,
+)
+from tradpal_ray.runs._schema import (
+    EQUITY_SCHEMA,
+    TRADES_SCHEMA,
+    params_label,
+    params_of,
+    results_schema,
+)
+from tradpal_ray.runs._store import RunStore, check_result_id, check_run_id, result_id
+
+EXECUTORS = ("auto", "local", "ray")
+
+
+@dataclass
+class SweepOutcome:
+    """A finished (or partly failed) run: its manifest, and its results read from the store on demand."""
+
+    manifest: RunManifest
+    store: RunStore
+
+    @property
+    def run_id(self) -> str:
+        """The run's id (``--resume`` takes it)."""
+        return self.manifest.run_id
+
+    @property
+    def results(self) -> pd.DataFrame:
+        """Every result row of the symbols that did not fail (typed columns), in plan order."""
+        frame = self.store.results(self.run_id)
+        return frame[~frame["symbol"].isin(self.manifest.errors)].reset_index(drop=True) if len(frame) else frame
+
+    def top(self, n: int = 10, *, metric: str | None = None) -> pd.DataFrame:
+        """The ``n`` best results by the run's metric (or ``metric``), read chunk by chunk."""
+        return self.store.top(self.run_id, metric or self.manifest.metric, n, exclude=self.manifest.errors)
+
+    def best_per_symbol(self) -> pd.DataFrame:
+        """The best result of each symbol, best first."""
+        return self.store.top(self.run_id, self.manifest.metric, 1, per_symbol=True, exclude=self.manifest.errors)
+
+    def across_symbols(self) -> pd.DataFrame:
+        """Parameter sets ranked by the median of the metric over symbols (robust to one bad symbol)."""
+        from tradpal_ray.backtest.sweep import rank
+
+        frame = self.results
+        names = self.manifest.param_names
+        if not len(frame) or not names:
+            return frame
+        metric = self.manifest.metric
+        table = frame.groupby(names, sort=False)[metric].agg(["median", "min", "count"])
+        table = table.rename(columns={"median": metric, "min": f"min_{metric}", "count": "symbols"}).reset_index()
+        return rank(table, metric)
+
+
+def choose_executor(executor: str, work: int, *, address: str | None = None) -> str:
+    """``local`` or ``ray`` for ``executor`` (``auto``: Ray when a cluster is given or running, or
+    when the work, in bar x combination steps, is more than a few seconds on one core)."""
+    if executor not in EXECUTORS:
+        raise ConfigError(f"--executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
+    if executor != "auto":
+        return executor
+    import os
+    import sys
+
+    ray_running = "ray" in sys.modules and sys.modules["ray"].is_initialized()
+    if address or os.environ.get("RAY_ADDRESS") or ray_running:
+        return "ray"
+    return "local" if work <= LOCAL_WORK_LIMIT else "ray"
+
+
+def run_sweep(
+    request: SweepRequest | None = None,
+    *,
+    store: str,
+    resume: str | None = None,
+    executor: str = "auto",
+    address: str | None = None,
+    keep_best: int = 3,
+    chunk_size: int | None = None,
+    allow_changed_code: bool = False,
+    on_progress: ProgressCallback | None = None,
+) -> SweepOutcome:
+    """Run (or resume) a sweep and return its outcome.
+
+    ``executor``: ``local`` runs in this process, ``ray`` on the connected cluster (starting
+    a private local Ray, or joining ``address``, when none is connected), ``auto`` picks.
+    ``resume`` takes a run id: the request comes from its manifest, only missing chunks
+    run, and a strategy whose source changed since is refused unless ``allow_changed_code``.
+    ConfigError for bad requests; a symbol's bad data is recorded in the manifest instead.
+    """
+    store_obj = RunStore(store)
+    manifest = None
+    if resume:
+        request, manifest = resume_request(store, resume, allow_changed_code=allow_changed_code)
+    elif request is None:
+        raise ConfigError("a sweep needs a request or a run id to resume")
+    _, _, plan = request.check()
+    bars, loaded = request.check_data(store)
+    chosen = choose_executor(executor, plan.total * max(bars, 1) * len(request.symbol_names()), address=address)
+    cpus = 1.0
+    if chosen == "ray":
+        import ray
+
+        from tradpal_ray.cluster import connect
+
+        connect(address)
+        cpus = ray.cluster_resources().get("CPU", 1.0)
+    run = start_run(request, store=store, manifest=manifest, chunk_size=chunk_size, cpus=cpus,
+                    bars_hint=bars or 1000, executor=chosen, on_progress=on_progress)
+    run.loaded.update(loaded)
+    try:
+        if chosen == "ray":
+            from tradpal_ray.runs._ray import execute_ray
+
+            manifest = execute_ray(run, keep_best)
+        else:
+            manifest = execute_local(run, keep_best)
+    except BaseException as exc:  # Ctrl-C, a lost cluster, a bug: never leave the run "running"
+        run.abort(exc)
+        raise
+    if manifest.status == "failed" and not manifest.errors and manifest.error:
+        raise ConfigError(f"run {manifest.run_id}: {manifest.error}")
+    return SweepOutcome(manifest, store_obj)
+
+
+__all__ = [
+    "DEFAULT_MAX_COMBOS",
+    "EQUITY_SCHEMA",
+    "EXECUTORS",
+    "RESULT_ID_PATTERN",
+    "RUN_ID_PATTERN",
+    "RUN_KINDS",
+    "RUN_STATUSES",
+    "TRADES_SCHEMA",
+    "BarsSource",
+    "GridPlan",
+    "RunManifest",
+    "RunStore",
+    "SweepOutcome",
+    "SweepRequest",
+    "SweepRun",
+    "check_result_id",
+    "check_run_id",
+    "chunk_table",
+    "choose_executor",
+    "new_run_id",
+    "params_label",
+    "params_of",
+    "plan_chunk_size",
+    "result_id",
+    "results_schema",
+    "run_sweep",
+]

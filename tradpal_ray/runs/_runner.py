@@ -1,0 +1,312 @@
+"""The plain runner of a sweep: plan chunks, run a chunk, finish; with an in-process executor.
+
+:class:`SweepRun` holds the state of one run (manifest, plan, what is done) and knows
+nothing of Ray; an executor feeds it chunk outcomes. :func:`run_chunk` and
+:func:`keep_details` are the units of work, the same in process and in a Ray task.
+Chunk files are written by the unit of work itself, idempotently, so a retried task or a
+resumed run never duplicates or loses a row. A symbol whose bars are bad fails alone.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+
+from tradpal_ray.backtest._references import StrategyRef
+from tradpal_ray.backtest.data import Bars
+from tradpal_ray.backtest.engine import BacktestConfig, backtest
+from tradpal_ray.backtest.metrics import metric, metric_names
+from tradpal_ray.backtest.sweep import rank, sweep
+from tradpal_ray.errors import ConfigError, TradpalError
+from tradpal_ray.log import get_logger
+from tradpal_ray.market.store import encode_key
+from tradpal_ray.runs._manifest import HEARTBEAT_SECONDS, RunManifest, new_run_id
+from tradpal_ray.runs._plan import GridPlan
+from tradpal_ray.runs._request import BarsSource, SweepRequest
+from tradpal_ray.runs._schema import params_of, results_schema
+from tradpal_ray.runs._store import RunStore, result_id
+
+log = get_logger(__name__)
+
+MIN_TASK_BAR_COMBOS = 10_000_000
+"""Bar x combination steps that keep one task busy for >= ~100 ms (a task round trip is ~2 ms)."""
+TASKS_PER_CPU = 3
+"""Enough chunks per CPU to balance uneven ones without drowning in overhead."""
+LOCAL_WORK_LIMIT = 300_000_000
+"""Bar x combination steps the automatic choice runs in process (a few seconds on one core)."""
+
+ProgressCallback = Callable[[int, int], None]
+"""``(chunks_done, chunks_total)``."""
+
+
+@dataclass(frozen=True)
+class ChunkJob:
+    """One unit of work: a chunk of a plan's combinations on one symbol."""
+
+    run_id: str
+    store: str
+    symbol: str
+    number: int
+    size: int
+    ref: StrategyRef
+    config: BacktestConfig
+    param_types: dict[str, str]
+
+
+@dataclass(frozen=True)
+class ChunkOutcome:
+    """What a chunk did: result rows written and combinations skipped (by reason)."""
+
+    rows: int
+    skipped: dict[str, int]
+
+
+def run_chunk(bars: Bars, plan: GridPlan, job: ChunkJob) -> ChunkOutcome:
+    """Backtest one chunk's combinations that fit the bars and publish them as one typed chunk file."""
+    strat = job.ref.load()
+    skipped: Counter[str] = Counter()
+    fit = []
+    for combo in plan.chunk(job.number, job.size):
+        if not strat.allows(combo):
+            continue  # outside the grid's rules (e.g. fast >= slow): not a result, not a skip
+        reason = strat.unfit(combo, len(bars))
+        if reason:
+            skipped[reason] += 1
+        else:
+            fit.append(combo)
+    frame = sweep(bars, strat, fit, job.config)  # no combination fits: an empty frame with every column
+    table = chunk_table(job.run_id, job.symbol, strat.name, frame, job.param_types)
+    RunStore(job.store).write_chunk(job.run_id, job.symbol, job.number, table, skipped)
+    return ChunkOutcome(len(fit), dict(skipped))
+
+
+def chunk_table(run_id: str, symbol: str, strategy: str, frame: pd.DataFrame, param_types: Mapping[str, str]) -> pa.Table:
+    """The typed Arrow form of one chunk's rows (see :func:`~tradpal_ray.runs.results_schema`)."""
+    metrics = [name for name in metric_names() if name in frame.columns]
+    schema = results_schema(param_types, metrics)
+    names = list(param_types)
+    ids = [result_id(symbol, dict(zip(names, values))) for values in frame[names].itertuples(index=False, name=None)]
+    columns: dict[str, Any] = {"run_id": [run_id] * len(frame), "result_id": ids, "symbol": [symbol] * len(frame),
+                               "strategy": [strategy] * len(frame)}
+    columns.update({name: frame[name].to_numpy() for name in (*names, *metrics)})
+    return pa.table({f.name: pa.array(columns[f.name], f.type) for f in schema}, schema=schema)
+
+
+def keep_details(bars: Bars, store: str, run_id: str, ref: StrategyRef, config: BacktestConfig,
+                 picks: list[tuple[str, dict[str, Any]]]) -> int:
+    """Backtest the picked results again with trades and equity, and keep them."""
+    strat = ref.load()
+    results = RunStore(store)
+    for rid, params in picks:
+        outcome = backtest(bars, strat, params, config)
+        results.write_detail(run_id, rid, outcome.trades, outcome.equity)
+    return len(picks)
+
+
+def plan_chunk_size(combos: int, bars: int, symbols: int, cpus: float) -> int:
+    """Combinations per chunk: enough chunks to fill the CPUs, each with >= ~100 ms of work."""
+    if combos <= 0:
+        return 1
+    per_symbol_tasks = max(1, math.ceil(TASKS_PER_CPU * max(cpus, 1) / max(symbols, 1)))
+    balanced = math.ceil(combos / per_symbol_tasks)
+    busy = math.ceil(MIN_TASK_BAR_COMBOS / max(bars, 1))
+    return max(1, min(combos, max(balanced, busy)))
+
+
+class SweepRun:
+    """The driver's state of one run: its manifest, plan and progress; executors report into it."""
+
+    def __init__(self, store: str, manifest: RunManifest, request: SweepRequest, ref: StrategyRef,
+                 plan: GridPlan, on_progress: ProgressCallback | None = None) -> None:
+        self.store = store
+        self.results = RunStore(store)
+        self.manifest = manifest
+        self.request = request
+        self.ref = ref
+        self.plan = plan
+        self.sources = {s.symbol: s for s in request.sources(store)}
+        self.loaded: dict[str, Bars] = {}
+        """Bars the driver already read (a data file), by symbol."""
+        self._on_progress = on_progress
+        self._done = self.results.done_chunks(manifest.run_id)
+        self.total = len(self.sources) * manifest.chunks
+        self._finished = Counter({s: sum(1 for n in range(manifest.chunks) if (encode_key(s), n) in self._done)
+                                  for s in self.sources})
+        self._last_beat = 0.0
+        if on_progress:
+            on_progress(self.completed, self.total)
+
+    @property
+    def completed(self) -> int:
+        """Chunks done (or abandoned with their failed symbol)."""
+        return sum(self._finished.values())
+
+    @property
+    def run_id(self) -> str:
+        return self.manifest.run_id
+
+    def jobs(self) -> Iterator[ChunkJob]:
+        """The chunks still to run, symbol by symbol, generated on demand (skipping failed symbols)."""
+        m = self.manifest
+        for symbol in self.sources:
+            for number in range(m.chunks):
+                if (encode_key(symbol), number) in self._done or symbol in m.errors:
+                    continue
+                yield ChunkJob(m.run_id, self.store, symbol, number, m.chunk_size, self.ref,
+                               self.request.config_for(symbol), m.param_types)
+
+    def chunk_done(self, job: ChunkJob) -> None:
+        """Record a finished chunk (its rows are already in the store)."""
+        self._finished[job.symbol] += 1
+        self._progress()
+
+    def symbol_failed(self, symbol: str, error: TradpalError) -> None:
+        """Record that ``symbol``'s data is bad: its error in the manifest, its other chunks dropped."""
+        self.manifest.errors.setdefault(symbol, str(error).splitlines()[0])
+        self._finished[symbol] = self.manifest.chunks
+        log.warning("sweep.symbol_failed", run_id=self.run_id, symbol=symbol, error=self.manifest.errors[symbol])
+        self._progress()
+
+    def _progress(self) -> None:
+        if self._on_progress:
+            self._on_progress(self.completed, self.total)
+        self.beat()
+
+    def beat(self) -> None:
+        """Refresh the manifest's heartbeat when it is due (a reader can tell the driver is alive)."""
+        now = time.monotonic()
+        if now - self._last_beat >= HEARTBEAT_SECONDS:
+            self._last_beat = now
+            self.manifest.beat()
+            self.results.write_manifest(self.manifest)
+
+    def best(self, keep: int) -> dict[str, list[tuple[str, dict[str, Any]]]]:
+        """The ``keep`` best results of each symbol that did not fail: ``{symbol: [(result_id, params)]}``."""
+        if keep <= 0:
+            return {}
+        top = self.results.top(self.run_id, self.manifest.metric, keep, per_symbol=True, exclude=self.manifest.errors)
+        names = self.manifest.param_names
+        picks: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+        for symbol, rows in (top.groupby("symbol", sort=False) if len(top) else ()):
+            picks[symbol] = [(row["result_id"], params_of(row, names)) for row in rows.to_dict("records")]
+        return picks
+
+    def finish(self, kept: Mapping[str, str]) -> RunManifest:
+        """Final counts and status into the manifest, written."""
+        m = self.manifest
+        failed = {encode_key(s) for s in m.errors}
+        m.results = sum(n for key, n in self.results.row_count(self.run_id).items() if key not in failed)
+        m.skipped = self.results.skipped(self.run_id)
+        m.kept = dict(kept)
+        m.warnings = run_warnings(m)
+        m.status = "complete" if not m.errors else ("partial" if m.results else "failed")
+        if not m.results and not m.errors and m.skipped:
+            m.status = "failed"
+            m.error = "no combination fits the data: " + "; ".join(
+                f"{count:,} {reason}" for reason, count in sorted(m.skipped.items()))
+        self.results.write_manifest(m)
+        log.info("sweep.done", run_id=self.run_id, status=m.status, results=m.results, failed=len(m.errors),
+                 skipped=sum(m.skipped.values()))
+        return m
+
+    def abort(self, exc: BaseException) -> None:
+        """Record why the run stopped early (Ctrl-C, a lost cluster, a bug): never left "running"."""
+        m = self.manifest
+        interrupted = isinstance(exc, KeyboardInterrupt)
+        m.status = "interrupted" if interrupted else "failed"
+        m.error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        self.results.write_manifest(m)
+        log.error("sweep.aborted", run_id=self.run_id, error=m.error)
+
+
+def run_warnings(manifest: RunManifest) -> list[str]:
+    """What a reader of the run should know: combinations skipped because they do not fit the data."""
+    return [f"{count:,} combination(s) skipped: {reason}" for reason, count in sorted(manifest.skipped.items())]
+
+
+def resume_request(store: str, run_id: str, *, allow_changed_code: bool = False) -> tuple[SweepRequest, RunManifest]:
+    """The request and manifest of run ``run_id``, to finish it.
+
+    ConfigError when the run is still running, or when its strategy's source changed since
+    it started (unless ``allow_changed_code``: the run then goes on with the new source).
+    """
+    manifest = RunStore(store).manifest(run_id)
+    if manifest.current_status() == "running":
+        raise ConfigError(f"run {run_id} is still running (driver {manifest.driver.get('host')} pid {manifest.driver.get('pid')})")
+    if manifest.status == "complete":
+        raise ConfigError(f"run {run_id} is complete: nothing to resume")
+    request = SweepRequest.from_manifest(manifest)
+    if isinstance(request.strategy, StrategyRef):
+        fresh = StrategyRef.parse(request.strategy.text)
+        if fresh.source_hash != request.strategy.source_hash:
+            if not allow_changed_code:
+                raise ConfigError(f"strategy {fresh.text} changed since run {run_id} started; "
+                                  "resume with --allow-changed-code to finish it with the new code")
+            log.warning("sweep.code_changed", run_id=run_id, strategy=fresh.text)
+            manifest.strategy_ref = fresh.to_dict()
+            request = SweepRequest.from_manifest(manifest)
+    return request, manifest
+
+
+def start_run(
+    request: SweepRequest, *, store: str, manifest: RunManifest | None = None, chunk_size: int | None = None,
+    cpus: float = 1.0, bars_hint: int = 1000, executor: str = "local", on_progress: ProgressCallback | None = None,
+) -> SweepRun:
+    """Check the request, write the run's manifest (a new one, or ``manifest`` to resume), return its state.
+
+    ``bars_hint`` (bars per symbol) and ``cpus`` size the chunks of a new run.
+    """
+    request = request.absolute()
+    ref, strat, plan = request.check()
+    if manifest is None:
+        size = chunk_size or plan_chunk_size(plan.total, bars_hint, len(request.symbol_names()), cpus)
+        manifest = request.manifest(new_run_id(strat.name), ref, strat, plan, size)
+    if executor == "ray" and not ref.portable:
+        raise ConfigError(f"strategy {ref.name} exists only in this process (defined in __main__ or inside a "
+                          "function): Ray workers cannot import it; put it in a file and pass path/to/file.py:function")
+    manifest.executor = executor
+    manifest.errors, manifest.error = {}, None
+    manifest.claim()
+    RunStore(store).write_manifest(manifest)
+    log.info("sweep.start", run_id=manifest.run_id, strategy=ref.text, symbols=len(request.symbol_names()),
+             combos=plan.total, chunk_size=manifest.chunk_size, executor=executor)
+    return SweepRun(store, manifest, request, ref, plan, on_progress)
+
+
+def execute_local(run: SweepRun, keep_best: int) -> RunManifest:
+    """Run every missing chunk in this process, one symbol's bars in memory at a time."""
+    loaded: tuple[str, Bars | TradpalError] | None = None
+    for job in run.jobs():
+        if job.symbol in run.manifest.errors:
+            continue
+        if loaded is None or loaded[0] != job.symbol:
+            loaded = (job.symbol, run.loaded[job.symbol] if job.symbol in run.loaded else _load(run.sources[job.symbol]))
+        bars = loaded[1]
+        try:
+            if isinstance(bars, TradpalError):
+                raise bars
+            run_chunk(bars, run.plan, job)
+        except TradpalError as exc:
+            run.symbol_failed(job.symbol, exc)
+            continue
+        run.chunk_done(job)
+    kept: dict[str, str] = {}
+    for symbol, picks in run.best(keep_best).items():
+        bars = run.loaded[symbol] if symbol in run.loaded else run.sources[symbol].load()
+        keep_details(bars, run.store, run.run_id, run.ref, run.request.config_for(symbol), picks)
+        kept.update({rid: symbol for rid, _ in picks})
+    return run.finish(kept)
+
+
+def _load(source: BarsSource) -> Bars | TradpalError:
+    try:
+        return source.load()
+    except TradpalError as exc:
+        return exc

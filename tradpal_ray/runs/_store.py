@@ -1,0 +1,258 @@
+"""The run store: one directory per run under ``<store>/runs/<run_id>/``.
+
+::
+
+    runs/<run_id>/manifest.json                         what was asked and how it went
+    runs/<run_id>/results/<symbol>/chunk-00007.parquet  one file per (symbol, chunk of combinations)
+    runs/<run_id>/detail/<result_id>/{trades,equity}.parquet   kept results in full
+
+Chunk files have deterministic names and are published atomically, so a retried task or a
+resumed run rewrites the same file with the same rows: never a duplicate, never a loss.
+Each chunk file's Arrow metadata records the combinations it skipped (and why), so a
+resumed run still counts them. JSON is orjson; nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
+
+import orjson
+import pandas as pd
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from tradpal_ray.backtest.metrics import derive_metrics, metric_names
+from tradpal_ray.backtest.sweep import rank
+from tradpal_ray.errors import ConfigError, StoreError
+from tradpal_ray.market.store import encode_key
+from tradpal_ray.runs._manifest import RESULT_ID_PATTERN, RUN_ID_PATTERN, RUN_STATUSES, RunManifest, now
+from tradpal_ray.runs._schema import (
+    EQUITY_SCHEMA,
+    ID_COLUMNS,
+    SCHEMA_VERSION,
+    TRADES_SCHEMA,
+    metric_type,
+)
+from tradpal_ray.storage import open_filesystem, write_atomic
+
+_CHUNK = re.compile(r"^chunk-(\d+)\.parquet$")
+_SKIPPED_KEY = b"tradpal.skipped"
+_RUN_ID = re.compile(RUN_ID_PATTERN)
+_RESULT_ID = re.compile(RESULT_ID_PATTERN)
+
+
+def result_id(symbol: str, params: Mapping[str, object]) -> str:
+    """Stable id of one (symbol, parameters) result: the same inputs give the same id in every run."""
+    key = orjson.dumps({"symbol": symbol, "params": dict(params)}, option=orjson.OPT_SORT_KEYS)
+    return hashlib.blake2b(key, digest_size=8).hexdigest()
+
+
+def check_run_id(run_id: str) -> str:
+    """``run_id`` if it has the shape of one; ConfigError otherwise (it becomes a path component)."""
+    if not isinstance(run_id, str) or not _RUN_ID.match(run_id):
+        raise ConfigError(f"unknown run {run_id!r}: run ids look like <strategy>-<YYYYmmddTHHMMSS>-<6 hex digits>")
+    return run_id
+
+
+def check_result_id(rid: str) -> str:
+    """``rid`` if it is 16 hex digits; ConfigError otherwise."""
+    if not isinstance(rid, str) or not _RESULT_ID.match(rid):
+        raise ConfigError(f"no result {rid!r}: result ids are 16 hex digits")
+    return rid
+
+
+class RunStore:
+    """Read and write runs under ``<root>/runs`` (a path or a pyarrow URI)."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = os.fspath(root)
+        self._fs, base = open_filesystem(root)
+        self._base = f"{base}/runs"
+
+    def __repr__(self) -> str:
+        return f"RunStore({self.root!r})"
+
+    def _run_dir(self, run_id: str) -> str:
+        return f"{self._base}/{check_run_id(run_id)}"
+
+    # ------------------------------------------------------------ manifests
+    def write_manifest(self, manifest: RunManifest) -> None:
+        """Create or replace a run's manifest (driver only)."""
+        if manifest.status not in RUN_STATUSES:
+            raise ValueError(f"unknown run status {manifest.status!r}")
+        manifest.updated_at = now()
+        run_dir = self._run_dir(manifest.run_id)
+        self._fs.create_dir(run_dir, recursive=True)
+        data = manifest.to_json()
+        write_atomic(self._fs, f"{run_dir}/manifest.json", lambda out: out.write(data))
+
+    def manifest(self, run_id: str) -> RunManifest:
+        """The manifest of ``run_id``; ConfigError if there is no such run."""
+        path = f"{self._run_dir(run_id)}/manifest.json"
+        try:
+            with self._fs.open_input_stream(path) as stream:
+                return RunManifest.from_json(stream.read())
+        except FileNotFoundError:
+            raise ConfigError(f"unknown run {run_id!r}") from None
+        except (orjson.JSONDecodeError, TypeError) as exc:
+            raise StoreError(f"corrupt manifest of run {run_id}: {exc}") from exc
+
+    def runs(self) -> list[RunManifest]:
+        """Every run's manifest, newest first; a run with a corrupt manifest is skipped."""
+        selector = pafs.FileSelector(self._base, allow_not_found=True)
+        manifests = []
+        for info in self._fs.get_file_info(selector):
+            if info.type == pafs.FileType.Directory and _RUN_ID.match(info.base_name):
+                try:
+                    manifests.append(self.manifest(info.base_name))
+                except (ConfigError, StoreError):
+                    continue
+        return sorted(manifests, key=lambda m: m.created_at, reverse=True)
+
+    # ------------------------------------------------------------- results
+    def chunk_path(self, run_id: str, symbol: str, chunk: int) -> str:
+        """Where the rows of one (symbol, chunk) live."""
+        return f"{self._run_dir(run_id)}/results/{encode_key(symbol)}/chunk-{chunk:05d}.parquet"
+
+    def write_chunk(
+        self, run_id: str, symbol: str, chunk: int, table: pa.Table, skipped: Mapping[str, int] | None = None
+    ) -> None:
+        """Publish one chunk's rows (and what it skipped) atomically; writing it again replaces it."""
+        meta = dict(table.schema.metadata or {})
+        meta[_SKIPPED_KEY] = orjson.dumps(dict(skipped or {}))
+        meta[b"tradpal.schema_version"] = str(SCHEMA_VERSION).encode()
+        table = table.replace_schema_metadata(meta)
+        path = self.chunk_path(run_id, symbol, chunk)
+        self._fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        write_atomic(self._fs, path, lambda out: pq.write_table(table, out, compression="zstd"))
+
+    def _chunk_files(self, run_id: str, symbol: str | None = None) -> list[pafs.FileInfo]:
+        root = f"{self._run_dir(run_id)}/results"
+        if symbol is not None:
+            root = f"{root}/{encode_key(symbol)}"
+        selector = pafs.FileSelector(root, recursive=True, allow_not_found=True)
+        files = [i for i in self._fs.get_file_info(selector) if i.type == pafs.FileType.File and _CHUNK.match(i.base_name)]
+        return sorted(files, key=lambda i: i.path)
+
+    def done_chunks(self, run_id: str) -> set[tuple[str, int]]:
+        """(symbol directory key, chunk) pairs already written: what a resume can skip."""
+        done = set()
+        for info in self._chunk_files(run_id):
+            match = _CHUNK.match(info.base_name)
+            assert match is not None
+            done.add((info.path.rsplit("/", 2)[-2], int(match.group(1))))
+        return done
+
+    def skipped(self, run_id: str) -> dict[str, int]:
+        """Combinations the written chunks skipped, by reason (read from the files' metadata only)."""
+        total: Counter[str] = Counter()
+        for info in self._chunk_files(run_id):
+            try:
+                meta = pq.read_schema(info.path, filesystem=self._fs).metadata or {}
+            except (pa.ArrowInvalid, OSError) as exc:
+                raise StoreError(f"corrupt result file {info.base_name} of run {run_id}: {exc}") from exc
+            total.update(orjson.loads(meta.get(_SKIPPED_KEY, b"{}")))
+        return dict(total)
+
+    def tables(self, run_id: str) -> Iterator[pa.Table]:
+        """Each chunk file of a run as a typed table (with derived metrics), one at a time: bounded memory."""
+        for info in self._chunk_files(run_id):
+            yield _with_derived(_typed(self._read(run_id, info)))
+
+    def row_count(self, run_id: str) -> dict[str, int]:
+        """Result rows per symbol directory key, from the files' footers only."""
+        counts: Counter[str] = Counter()
+        for info in self._chunk_files(run_id):
+            try:
+                counts[info.path.rsplit("/", 2)[-2]] += pq.read_metadata(info.path, filesystem=self._fs).num_rows
+            except (pa.ArrowInvalid, OSError) as exc:
+                raise StoreError(f"corrupt result file {info.base_name} of run {run_id}: {exc}") from exc
+        return dict(counts)
+
+    def top(self, run_id: str, by: str, n: int, *, per_symbol: bool = False, exclude: Iterable[str] = ()) -> pd.DataFrame:
+        """The ``n`` best rows by metric ``by`` (of each symbol with ``per_symbol``), read chunk by chunk."""
+        excluded = set(exclude)
+        best: pd.DataFrame | None = None
+        for table in self.tables(run_id):
+            frame = table.to_pandas()
+            frame = frame[~frame["symbol"].isin(excluded)] if excluded else frame
+            merged = frame if best is None else pd.concat([best, frame], ignore_index=True)
+            ranked = rank(merged, by)
+            best = ranked.groupby("symbol", sort=False).head(n) if per_symbol else ranked.head(n)
+        return rank(best, by).reset_index(drop=True) if best is not None else pd.DataFrame()
+
+    def _read(self, run_id: str, info: pafs.FileInfo) -> pa.Table:
+        try:
+            return pq.read_table(info.path, filesystem=self._fs)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise StoreError(f"corrupt result file {info.base_name} of run {run_id}: {exc}") from exc
+
+    def results_table(self, run_id: str, symbol: str | None = None) -> pa.Table:
+        """All result rows of a run (or one symbol) as a typed Arrow table, in (symbol, chunk, combination) order.
+
+        Runs written before typed results (one JSON ``params`` column) come back typed too,
+        and every metric of the registry that can be derived from stored columns is added.
+        """
+        tables = [_typed(self._read(run_id, info)) for info in self._chunk_files(run_id, symbol)]
+        if not tables:
+            return pa.table({name: pa.array([], pa.string()) for name in ID_COLUMNS})
+        return _with_derived(pa.concat_tables(tables, promote_options="default"))
+
+    def results(self, run_id: str, symbol: str | None = None) -> pd.DataFrame:
+        """:meth:`results_table` as pandas (int64 and float64 columns keep their types)."""
+        return self.results_table(run_id, symbol).to_pandas()
+
+    # -------------------------------------------------------------- details
+    def write_detail(self, run_id: str, rid: str, trades: pd.DataFrame, equity: pd.Series) -> None:
+        """Keep one result's trades and equity curve (for the stats service and reports)."""
+        base = f"{self._run_dir(run_id)}/detail/{check_result_id(rid)}"
+        self._fs.create_dir(base, recursive=True)
+        equity_table = pa.table({"time": equity.index, "equity": equity.to_numpy()}, schema=EQUITY_SCHEMA)
+        frame = trades.assign(exit_reason=trades["exit_reason"].astype(str))
+        trades_table = pa.Table.from_pandas(frame[TRADES_SCHEMA.names], schema=TRADES_SCHEMA, preserve_index=False)
+        write_atomic(self._fs, f"{base}/equity.parquet", lambda out: pq.write_table(equity_table, out))
+        write_atomic(self._fs, f"{base}/trades.parquet", lambda out: pq.write_table(trades_table, out))
+
+    def detail(self, run_id: str, rid: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """(trades, equity) of a kept result; ConfigError if it was not kept."""
+        base = f"{self._run_dir(run_id)}/detail/{check_result_id(rid)}"
+        try:
+            trades = pq.read_table(f"{base}/trades.parquet", filesystem=self._fs).to_pandas()
+            equity = pq.read_table(f"{base}/equity.parquet", filesystem=self._fs).to_pandas()
+        except FileNotFoundError:
+            raise ConfigError(f"no detail kept for result {rid!r} of run {run_id!r}") from None
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise StoreError(f"corrupt detail of result {rid} of run {run_id}: {exc}") from exc
+        return trades, equity
+
+
+def _typed(table: pa.Table) -> pa.Table:
+    """A chunk table without file metadata; a version-1 one (parameters as one JSON string
+    column ``params``) with one typed column per parameter."""
+    table = table.replace_schema_metadata(None)
+    if "params" not in table.column_names:
+        return table
+    params = [orjson.loads(text) for text in table.column("params").to_pylist()]
+    names = list(params[0]) if params else []
+    table = table.drop_columns(["params"])
+    at = len(ID_COLUMNS)
+    for offset, name in enumerate(names):
+        values = [p.get(name) for p in params]
+        kind = pa.float64() if any(isinstance(v, float) for v in values) else pa.int64()
+        table = table.add_column(at + offset, pa.field(name, kind), pa.array(values, kind))
+    return table
+
+
+def _with_derived(table: pa.Table) -> pa.Table:
+    """``table`` plus the registry's derived metrics it lacks (computed from its stored columns)."""
+    stored = set(table.column_names)
+    columns = {name: table.column(name).to_numpy(zero_copy_only=False) for name in metric_names() if name in stored}
+    for name, values in derive_metrics(columns, skip_missing=True).items():
+        if name not in stored:
+            table = table.append_column(pa.field(name, metric_type(name)), pa.array(values, metric_type(name)))
+    return table
