@@ -18,9 +18,8 @@ from typing import Any
 
 import aiohttp
 import orjson
-from aiohttp import WSMsgType, web
-
 from _serving import send_paced, serve_forever, spawn
+from aiohttp import WSMsgType, web
 
 SYMBOL = "BTC/USDT"
 TRADES_PER_MINUTE = 60_000

@@ -34,7 +34,6 @@ from typing import Any
 import numpy as np
 import orjson
 import uvloop
-
 from _serving import send_paced, serve_forever, spawn
 
 SYMBOL = "BTC/USDT"
@@ -73,6 +72,9 @@ def _serve_replay(ports: Any) -> None:
     async def klines(request: web.Request) -> web.Response:
         return web.Response(body=b"[]", content_type="application/json")
 
+    async def server_time(request: web.Request) -> web.Response:  # the feeds read the exchange's clock
+        return web.Response(body=orjson.dumps({"serverTime": int(time.time() * 1000)}), content_type="application/json")
+
     async def stream(request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(max_msg_size=0)
         await ws.prepare(request)
@@ -90,8 +92,8 @@ def _serve_replay(ports: Any) -> None:
             pass
         return ws
 
-    serve_forever([("/api/v3/exchangeInfo", info), ("/api/v3/klines", klines), ("/stream/ws", stream),
-                   ("/stream/ws/{tail:.*}", stream)], ports)
+    serve_forever([("/api/v3/exchangeInfo", info), ("/api/v3/klines", klines), ("/api/v3/time", server_time),
+                   ("/stream/ws", stream), ("/stream/ws/{tail:.*}", stream)], ports)
 
 
 def _serve_simulator(ports: Any, trades_per_minute: float) -> None:

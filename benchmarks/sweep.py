@@ -228,8 +228,8 @@ def bench_ray_workers(symbols: int = 8, bars: int = 600_000) -> dict[str, Any]:
 
     import ray
 
-    from tradpal_ray.runs import SweepRequest, run_sweep
     from tradpal_ray.market import CandleStore, candles_table
+    from tradpal_ray.runs import SweepRequest, run_sweep
 
     root = tempfile.mkdtemp(prefix="tradpal-bench-")
     names = [f"WALK{k}/USD" for k in range(symbols)]

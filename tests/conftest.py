@@ -116,3 +116,14 @@ def make_simulator() -> Iterator[Callable[..., Any]]:
 def simulator(make_simulator: Callable[..., Any]) -> Any:
     """A running simulator of BTC/USDT and ETH/USDT, seed 7, 600x speed, starting 2024-03-01."""
     return make_simulator(["BTC/USDT", "ETH/USDT"], seed=7)
+
+
+@pytest.fixture
+def isolated_strategies(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The test registers strategies into its own copy of the registry (gone after it)."""
+    import sys
+
+    import tradpal_ray.backtest  # noqa: F401  (loads the registry module)
+
+    registry = sys.modules["tradpal_ray.backtest.strategies"]
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))

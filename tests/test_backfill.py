@@ -8,12 +8,15 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
+import orjson
 import pyarrow as pa
 import pytest
 
 from tradpal_ray.errors import ConfigError, ExchangeUnavailable
 from tradpal_ray.market import CandleStore, create_exchange, to_ms
 from tradpal_ray.market.backfill import BackfillReport, backfill, ranges_to_fetch
+from tradpal_ray.market.markets import MarketInfoStore
 from tradpal_ray.market.retry import Backoff
 from tradpal_ray.sim import SimulatorThread, open_replay, run_simulator
 
@@ -164,6 +167,22 @@ def test_fetch_command(sim: SimulatorThread, tmp_path: Path) -> None:
     assert ok.returncode == 0, ok.stderr
     assert "BTC/USDT" in ok.stderr and "120" in ok.stderr
     assert CandleStore(tmp_path).read_table("binance", "BTC/USDT", "1m").num_rows == 120
+
+    # The market's lot step is recorded, and store backtests size orders in it by default.
+    info = httpx.get(f"{sim.url}/api/v3/exchangeInfo", timeout=10).json()
+    [btc] = [s for s in info["symbols"] if s["symbol"] == "BTCUSDT"]
+    step = float(next(f["stepSize"] for f in btc["filters"] if f["filterType"] == "LOT_SIZE"))
+    assert MarketInfoStore(tmp_path).size_unit("binance", "BTC/USDT") == step < 1
+    args = ("backtest", "--symbol", "BTC/USDT", "--timeframe", "1m", "--param", "fast=3", "--param", "slow=8", "--json")
+    default = cli(*args, store=tmp_path)
+    assert default.returncode == 0, default.stderr
+    doc = orjson.loads(default.stdout)
+    assert doc["config"]["size_unit"] == step and doc["stats"]["trades"] > 0 and doc["warnings"] == []
+    whole = cli(*args, "--size-unit", "1", store=tmp_path)  # 10,000 cash cannot buy one BTC
+    doc = orjson.loads(whole.stdout)
+    assert doc["stats"]["trades"] == 0 and doc["stats"]["unfilled_entries"] > 0
+    assert doc["warnings"][0].startswith("0 trades: ") and "no size unit affordable" in doc["warnings"][0]
+    assert "warning: 0 trades: " in whole.stderr
 
     for args, message in [
         (["--symbols", "NOPE/USDT", "--since", "2024-02-29"], "unknown symbol(s) NOPE/USDT"),

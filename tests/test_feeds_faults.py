@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pandas as pd
 import pyarrow as pa
 import pytest
@@ -117,12 +118,35 @@ async def finish_and_check(sim: Any, feed: Feed, recorder: Recorder, store: Path
     return counts
 
 
-async def inject_repeatedly(sim: Any, feed: Feed, faults: list[dict[str, Any]], reconnects: bool, between: int = 2) -> None:
+def forged_closed_kline(timeframe: str, t: int, event_ms: int) -> dict[str, Any]:
+    """A fault sending one well-formed closed ``timeframe`` kline opening at ``t``, all prices 1.0."""
+    kline = {"t": t, "T": t + timeframe_ms(timeframe) - 1, "s": "BTCUSDT", "i": timeframe, "f": 1, "L": 1, "o": "1.0",
+             "c": "1.0", "h": "1.0", "l": "1.0", "v": "1.0", "n": 1, "x": True, "q": "1.0", "V": "0.5", "Q": "0.5", "B": "0"}
+    return {"kind": "malformed", "text": orjson.dumps({"e": "kline", "E": event_ms, "s": "BTCUSDT", "k": kline}).decode()}
+
+
+def forged_future_kline(timeframe: str) -> Callable[[Any], dict[str, Any]]:
+    """A fault injecting one closed ``timeframe`` kline dated 5 minutes after the simulator's clock."""
+
+    def fault(sim: Any) -> dict[str, Any]:
+        step = timeframe_ms(timeframe)
+        event_ms = sim.now_ms() + 5 * 60_000
+        return forged_closed_kline(timeframe, event_ms // step * step - step, event_ms)  # closed just before it
+
+    return fault
+
+
+Fault = dict[str, Any] | Callable[[Any], dict[str, Any]]
+"""A fault's parameters, or a function of the simulator giving them at injection time."""
+
+
+async def inject_repeatedly(sim: Any, feed: Feed, faults: list[Fault], reconnects: bool, between: int = 2) -> None:
     """Inject each fault after ``between`` more 1m candles have closed; wait until it took effect."""
     tracker = feed.trackers[(SYMBOL, "1m")]
     for fault in faults:
         target = tracker.closed_count + between
         await wait_for(lambda target=target: tracker.closed_count >= target, what="candles between faults")
+        fault = fault(sim) if callable(fault) else fault
         kind, before = fault["kind"], feed.reconnects
         served = sim.stats()["faults"]["served"].get(kind, 0)
         await asyncio.to_thread(sim.inject, **fault)
@@ -134,7 +158,7 @@ async def inject_repeatedly(sim: Any, feed: Feed, faults: list[dict[str, Any]], 
             await wait_for(lambda before=before: feed.reconnects > before, what=f"a reconnect after {kind}")
 
 
-FAULTS: dict[str, list[dict[str, Any]]] = {
+FAULTS: dict[str, list[Fault]] = {
     "close": [{"kind": "close"}] * 3,
     "abort": [{"kind": "abort"}] * 3,
     # short stalls lose frames silently (repaired after the grace); long ones trip the watchdog
@@ -147,6 +171,8 @@ FAULTS: dict[str, list[dict[str, Any]]] = {
     "rest_error": [{"kind": "rest_error", "count": 3, "status": 503, "retry_after": 0},
                    {"kind": "rest_error", "count": 3, "status": 429, "retry_after": 0},
                    {"kind": "rest_error", "count": 9, "status": 418, "retry_after": 0}],
+    # one well-formed closed kline dated 5 minutes ahead of the exchange clock, for each timeframe
+    "forged_future": [forged_future_kline("1m"), forged_future_kline("5m"), forged_future_kline("1m")],
 }
 RECONNECTING = {"close", "abort", "freeze", "rest_error"}
 
@@ -167,16 +193,21 @@ def test_no_candle_lost_or_duplicated_under_faults(make_simulator: Any, store_ro
         try:
             reconnects = fault in RECONNECTING or (fault == "malformed" and connector == "ccxt")
             await inject_repeatedly(sim, feed, FAULTS[fault], reconnects)
+            if fault == "forged_future":
+                await wait_for(lambda: feed.status()["future_events"] >= 3, what="the forged klines to be rejected")
             counts = await finish_and_check(sim, feed, recorder, store_root)
         finally:
             await asyncio.wait_for(feed.stop(), 30)
             await recorder.stop()
         served = sim.stats()["faults"]["served"]
-        assert served.get(fault, 0) >= 3, f"the simulator served {served}"
+        kind = "malformed" if fault == "forged_future" else fault
+        assert served.get(kind, 0) >= 3, f"the simulator served {served}"
         if reconnects:
             assert feed.reconnects >= 3
         if fault == "malformed" and connector == "native":
             assert feed.connector.malformed == 3
+        if fault == "forged_future" and connector == "native":
+            assert feed.status()["future_events"] == 3  # each counted once (ccxt may hand a cached one out again)
         assert counts["1m"] >= 6
 
     run(main)
@@ -205,6 +236,68 @@ def test_rest_fallback_while_stream_keeps_failing_then_back_to_ws(make_simulator
         finally:
             await asyncio.wait_for(feed.stop(), 30)
             await recorder.stop()
+
+    run(main)
+
+
+@pytest.mark.parametrize("connector", ["native", "ccxt"])
+def test_feed_started_while_the_stream_is_silent_polls_rest_then_hands_back(make_simulator: Any, store_root: Path,
+                                                                            connector: str) -> None:
+    sim = make_simulator([SYMBOL], speed=SPEED)
+
+    async def main() -> None:
+        await asyncio.to_thread(sim.inject, "stall")  # every connection silent from before the start until cleared
+        before = sim.now_ms()
+        feed = Feed(feed_config(sim, store_root, connector, rest_fallback_after=2, rest_poll_interval=0.2))
+        await feed.start()
+        after = sim.now_ms()
+        recorder = Recorder(feed, store_root)
+        try:
+            tracker = feed.trackers[(SYMBOL, "1m")]
+            await wait_for(lambda: feed.mode == "rest", what="REST mode")
+            await wait_for(lambda: tracker.closed_count >= 3, what="closed candles polled over REST")
+            assert all(stats.messages == 0 for stats in feed.series.values())  # none of them came over the stream
+            await asyncio.to_thread(sim.inject, "clear")
+            await wait_for(lambda: feed.mode == "ws" and feed.series[(SYMBOL, "1m")].messages > 0,
+                           what="the stream to take over again")
+            await finish_and_check(sim, feed, recorder, store_root)
+        finally:
+            await asyncio.wait_for(feed.stop(), 30)
+            await recorder.stop()
+        for tf in TIMEFRAMES:  # stored from the candle forming when the feed started
+            step = timeframe_ms(tf)
+            first = CandleStore(store_root).read_table("binance", SYMBOL, tf).column("open_time")[0].value
+            assert before // step * step <= first <= after // step * step, tf
+
+    run(main)
+
+
+def test_a_later_true_close_replaces_a_wrong_one_in_the_store(make_simulator: Any, store_root: Path) -> None:
+    sim = make_simulator([SYMBOL], speed=60.0)  # a 1m candle lasts a second: the forgery lands before its close
+
+    async def main() -> None:
+        # a tolerance of 10 minutes lets a forged close of the forming candle through
+        feed = Feed(feed_config(sim, store_root, "native", clock_tolerance=600.0))
+        await feed.start()
+        tracker = feed.trackers[(SYMBOL, "1m")]
+        try:
+            await wait_for(lambda: tracker.closed_count >= 2 and sim.now_ms() % 60_000 < 30_000,
+                           what="candles, then the first half of a candle")
+            forming = sim.now_ms() // 60_000 * 60_000
+            await asyncio.to_thread(sim.inject, **forged_closed_kline("1m", forming, sim.now_ms()))
+            await wait_for(lambda: any(row.t == forming and row.o == 1.0 for row in tracker.history),
+                           what="the forged close to be taken")
+            await wait_for(lambda: tracker.corrected == 1, what="the true close to correct it")
+            await wait_for(caught_up(feed, sim.now_ms()), what="the feed to catch up with the simulator")
+            in_memory = feed.latest(SYMBOL, "1m", 50)
+        finally:
+            await asyncio.wait_for(feed.stop(), 30)
+        stored = CandleStore(store_root).read_table("binance", SYMBOL, "1m").select(OHLCV)
+        times = stored.column("open_time").cast(pa.int64()).to_pylist()
+        truth = sim.closed_candles(SYMBOL, "1m", times[0], times[-1] + 60_000).select(OHLCV)
+        assert forming in times and stored.equals(truth)
+        true_open = truth.column("open")[times.index(forming)].as_py()
+        assert in_memory.loc[pd.Timestamp(forming, unit="ms", tz="UTC"), "open"] == true_open != 1.0
 
     run(main)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,6 @@ import pyarrow as pa
 import pytest
 
 from tradpal_ray.errors import ConfigError
-from tradpal_ray.market import CandleStore
 from tradpal_ray.feeds import (
     BatchRing,
     CandleBuffer,
@@ -21,8 +21,10 @@ from tradpal_ray.feeds import (
     TradeBuffer,
 )
 from tradpal_ray.feeds.candles import CandleRow
+from tradpal_ray.feeds.clock import ClockSample, ExchangeClock
 from tradpal_ray.feeds.feed import StreamStats
 from tradpal_ray.feeds.publish import CANDLE_BATCH_SCHEMA, TRADE_BATCH_SCHEMA, RingRead
+from tradpal_ray.market import CandleStore
 
 STEP = 60_000
 
@@ -70,7 +72,7 @@ def test_lost_closed_frame_is_planned_after_grace_and_merged_from_rest() -> None
     assert tr.plan(now=5.5) is None
     plan = tr.plan(now=6.0)
     assert plan == RepairPlan(STEP, 2 * STEP)
-    out = tr.on_rest(plan, [list(bar(STEP, 50.0))], event_ms=999)
+    out = tr.on_rest(plan, [list(bar(STEP, 50.0))], event_ms=999, closed_before=2 * STEP + 5)
     assert closed_times(out) == [STEP] and out[0].o == 50.0
     assert tr.repaired == 1 and tr.plan(now=100.0) is None
 
@@ -83,7 +85,7 @@ def test_ccxt_newer_open_time_is_confirmed_over_rest_immediately() -> None:
     plan = tr.plan(now=0.0)
     assert plan == RepairPlan(0, STEP)
     # REST may return more than asked; only the closed ones count
-    assert closed_times(tr.on_rest(plan, [list(bar(0)), list(bar(STEP))], 3)) == [0]
+    assert closed_times(tr.on_rest(plan, [list(bar(0)), list(bar(STEP))], 3, closed_before=2 * STEP)) == [0]
     # a closed flag from a ccxt stream is never trusted
     assert tr.on_update(*bar(STEP), True, 4, now=0.0)[0].closed is False
 
@@ -91,8 +93,8 @@ def test_ccxt_newer_open_time_is_confirmed_over_rest_immediately() -> None:
 def test_resync_fetches_since_last_closed_and_drops_the_forming_row() -> None:
     tr = CandleTracker(STEP, last_closed=0)
     assert tr.plan(now=0.0) == RepairPlan(STEP, None)
-    rows = [list(bar(t)) for t in (STEP, 2 * STEP, 3 * STEP)]  # the newest may still be forming
-    out = tr.on_rest(RepairPlan(STEP, None), rows, 1)
+    rows = [list(bar(t)) for t in (STEP, 2 * STEP, 3 * STEP)]  # the newest is still forming at the exchange
+    out = tr.on_rest(RepairPlan(STEP, None), rows, 1, closed_before=4 * STEP - 1)
     assert closed_times(out) == [STEP, 2 * STEP]
     assert tr.plan(now=10.0) is None  # caught up: nothing to fetch until the next resync
     tr.resync()
@@ -101,7 +103,8 @@ def test_resync_fetches_since_last_closed_and_drops_the_forming_row() -> None:
 
 def test_candle_missing_at_the_exchange_is_skipped_not_waited_for() -> None:
     tr = CandleTracker(STEP, last_closed=0)
-    out = tr.on_rest(RepairPlan(STEP, None), [list(bar(2 * STEP)), list(bar(3 * STEP)), list(bar(4 * STEP))], 1)
+    out = tr.on_rest(RepairPlan(STEP, None), [list(bar(2 * STEP)), list(bar(3 * STEP)), list(bar(4 * STEP))], 1,
+                     closed_before=4 * STEP + 5)
     assert closed_times(out) == [2 * STEP, 3 * STEP]
     assert tr.skipped == 1
 
@@ -113,9 +116,77 @@ def test_pending_stream_frames_drain_after_rest_fills_the_hole() -> None:
     tr.on_update(*bar(4 * STEP), True, 0, now=0.0)
     plan = tr.plan(now=10.0)
     assert plan == RepairPlan(STEP, 5 * STEP)
-    out = tr.on_rest(plan, [list(bar(STEP)), list(bar(2 * STEP)), list(bar(3 * STEP))], 1)
+    out = tr.on_rest(plan, [list(bar(STEP)), list(bar(2 * STEP)), list(bar(3 * STEP))], 1, closed_before=5 * STEP)
     assert closed_times(out) == [STEP, 2 * STEP, 3 * STEP, 4 * STEP]
     assert len(tr.history) == 4
+
+
+def test_an_empty_rest_answer_leaves_nothing_to_fetch_until_the_next_resync() -> None:
+    tr = CandleTracker(STEP)
+    tr.start_at(0)
+    tr.resync()
+    assert tr.on_rest(tr.plan(now=0.0), [], 1, closed_before=10 * STEP) == []
+    assert tr.plan(now=100.0) is None  # no busy loop asking an exchange without candles again and again
+
+
+def test_rest_row_of_a_candle_the_exchange_clock_has_not_ended_is_not_closed() -> None:
+    tr = CandleTracker(STEP, rest_confirms=True)
+    tr.on_update(*bar(0), None, 1, now=0.0)
+    tr.on_update(*bar(2 * STEP), None, 2, now=0.0)  # claims 0 and STEP have closed
+    plan = tr.plan(now=0.0)
+    assert plan == RepairPlan(0, 2 * STEP)
+    # the exchange's clock says STEP is still forming: its REST row has partial values
+    assert closed_times(tr.on_rest(plan, [list(bar(0)), list(bar(STEP, 1.0))], 3, closed_before=2 * STEP - 1)) == [0]
+    assert tr.plan(now=0.0) == RepairPlan(STEP, 2 * STEP)  # asked again until it has ended
+    out = tr.on_rest(tr.plan(now=0.0), [list(bar(STEP, 7.0))], 4, closed_before=2 * STEP)
+    assert closed_times(out) == [STEP] and out[0].o == 7.0
+
+
+def test_a_new_series_starts_at_the_candle_forming_at_start_and_can_poll_rest() -> None:
+    tr = CandleTracker(STEP)
+    assert tr.plan(now=0.0) is None
+    tr.start_at(2 * STEP + 500)
+    tr.resync()  # a reconnect, or REST polling, without a single stream update
+    assert tr.plan(now=0.0) == RepairPlan(2 * STEP, None)
+    out = tr.on_rest(tr.plan(now=0.0), [list(bar(2 * STEP)), list(bar(3 * STEP))], 1, closed_before=4 * STEP - 1)
+    assert closed_times(out) == [2 * STEP] and tr.next == 3 * STEP
+
+
+def test_a_later_true_close_replaces_a_wrong_one_after_a_rest_check() -> None:
+    tr = CandleTracker(STEP)
+    assert closed_times(tr.on_update(*bar(0, 1.0), True, STEP - 1, now=0.0)) == [0]  # wrong, and emitted
+    assert tr.on_update(*bar(0, 100.0), True, STEP - 1, now=0.0) == []  # the true close, seen as a duplicate...
+    assert tr.disputed == {0}
+    plan = tr.plan(now=0.0)  # ... is checked over REST
+    assert plan == RepairPlan(0, STEP)
+    out = tr.on_rest(plan, [list(bar(0, 100.0))], 5, closed_before=STEP)
+    assert [(r.t, r.o, r.closed) for r in out] == [(0, 100.0, True)]  # the correction
+    assert tr.corrected == 1 and not tr.disputed and tr.plan(now=0.0) is None
+    assert [r.o for r in tr.history] == [100.0]
+    # a wrong frame after the true one changes nothing: REST confirms what was emitted
+    tr.on_update(*bar(STEP, 100.0), True, 2 * STEP - 1, now=0.0)
+    tr.on_update(*bar(STEP, 1.0), True, 2 * STEP - 1, now=0.0)
+    assert tr.on_rest(tr.plan(now=0.0), [list(bar(STEP, 100.0))], 6, closed_before=2 * STEP) == []
+    assert tr.corrected == 1 and not tr.disputed
+    assert tr.on_update(*bar(STEP, 100.0), True, 2 * STEP - 1, now=0.0) == [] and not tr.disputed  # a plain duplicate
+
+
+def test_exchange_clock_bounds_from_server_time_samples() -> None:
+    clock = ExchangeClock(tolerance_ms=1000, min_baseline=0.2)
+    assert clock.admits(0, at=0.0) is None and clock.lower() is None
+    clock.observe(ClockSample(1_000_000, sent=10.0, received=10.001))
+    assert clock.latest(10.1) is None  # the rate is unknown yet (this exchange runs 300x)
+    assert clock.admits(1_000_500, at=9.0) is True  # arrived before the sample was asked for
+    assert clock.admits(1_001_001, at=9.0) is False
+    assert clock.admits(1_000_500, at=10.5) is None  # arrived after: only a newer sample can tell
+    clock.observe(ClockSample(1_300_000, sent=11.0, received=11.001))
+    assert clock.rate is not None and 300_000 <= clock.rate <= 300_000 * 1.01
+    latest = clock.latest(12.0)
+    assert latest is not None and 1_600_000 <= latest <= 1_600_000 + 3_000
+    assert clock.admits(1_600_000, at=12.0) is True
+    assert clock.admits(1_600_000 + 5 * 60_000, at=12.0) is None  # 5 minutes ahead: never on the projection alone
+    assert clock.latest(11.0 + clock.horizon + 1) is None  # too long since the newest sample
+    assert clock.lower() == 1_300_000
 
 
 def test_candle_buffer_batch() -> None:
@@ -256,6 +327,7 @@ def test_a_bad_candle_from_the_exchange_is_dropped_and_the_rest_stored(tmp_path:
     feed.series[("BTC/USDT", "1m")] = StreamStats()
     for k, (o, h, l, c) in enumerate([(100, 101, 99, 100), (100, 98, 99, 100), (100, 102, 99, 101)]):  # 2nd: high < low
         feed.kline("BTC/USDT", "1m", k * STEP, o, h, l, c, 5.0, True, k * STEP + STEP)
+    feed.observe_clock(ClockSample(3 * STEP, sent=time.monotonic(), received=time.monotonic()))  # vouches for them
     assert asyncio.run(feed.write_store()) == 3
     stored = CandleStore(tmp_path).read_table("binance", "BTC/USDT", "1m")
     assert stored.column("open_time").cast(pa.int64()).to_pylist() == [0, 2 * STEP]
@@ -265,3 +337,16 @@ def test_a_bad_candle_from_the_exchange_is_dropped_and_the_rest_stored(tmp_path:
         feed.latest("BTC/USDT", "1m", 0)
     with pytest.raises(ConfigError, match="at least 1"):
         asyncio.run(feed.poll("trades", limit=0))
+
+
+def test_a_candle_update_dated_after_the_exchange_clock_is_rejected_and_counted() -> None:
+    feed = Feed(FeedConfig(symbols=("BTC/USDT",), clock_tolerance=5.0))  # not started: no network
+    tracker = feed.trackers[("BTC/USDT", "1m")] = CandleTracker(STEP)
+    feed.series[("BTC/USDT", "1m")] = StreamStats()
+    feed.kline("BTC/USDT", "1m", 0, 100, 101, 99, 100, 5.0, True, STEP)
+    feed.kline("BTC/USDT", "1m", 10 * STEP, 1, 1, 1, 1, 1.0, True, 11 * STEP)  # closed 10 minutes from now
+    feed.kline("BTC/USDT", "1m", STEP, 100, 101, 99, 100, 5.0, True, 2 * STEP)
+    assert feed.status()["unverified"] == 3 and tracker.closed_count == 0  # nothing applied unread
+    feed.observe_clock(ClockSample(2 * STEP, sent=time.monotonic(), received=time.monotonic()))
+    assert feed.status()["future_events"] == 1 and feed.status()["unverified"] == 0
+    assert [row.t for row in tracker.history] == [0, STEP] and tracker.closed_until == 2 * STEP and not tracker.pending

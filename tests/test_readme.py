@@ -12,7 +12,7 @@ from tradpal_ray.backtest import backtest, get_strategy
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-def test_python_examples_run() -> None:
+def test_python_examples_run(isolated_strategies: None) -> None:
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
     assert blocks
     for block in blocks:

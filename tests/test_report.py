@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 from market_data import write_goog
 
-from tradpal_ray.runs import RunStore, SweepOutcome, SweepRequest, run_sweep
 from tradpal_ray.errors import ConfigError
 from tradpal_ray.report import build_report
 from tradpal_ray.report.svg import (
@@ -24,6 +23,7 @@ from tradpal_ray.report.svg import (
     heatmap,
     nice_ticks,
 )
+from tradpal_ray.runs import RunStore, SweepOutcome, SweepRequest, run_sweep
 
 SYMBOLS = ["GOOG/USD", "GOOG2/USD"]
 GRID = {"fast": [5, 10, 15, 20], "slow": [10, 20, 30, 40]}  # 12 combinations with fast < slow

@@ -10,8 +10,9 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -171,3 +172,65 @@ def test_a_run_records_the_strategy_reference_and_source_hash(tmp_path: Path, go
     assert len(m.strategy_ref["source_hash"]) == 64
     assert m.driver["pid"] == os.getpid() and m.current_status() == "complete"
     assert list(m.kept.values()) == ["GOOG"]
+
+
+@pytest.fixture
+def per_trade_metric() -> Iterator[str]:
+    """A derived metric registered by the test (and removed after it)."""
+    from tradpal_ray.backtest import Metric, ratio, register_metric, unregister_metric
+
+    register_metric(Metric("return_per_trade", "ret/trade", "return % per closed trade",
+                           derive=lambda c: ratio(c["return_pct"], c["trades"])))
+    yield "return_per_trade"
+    unregister_metric("return_per_trade")
+
+
+def test_a_metric_added_in_a_test_appears_everywhere(tmp_path: Path, goog_csv: str, run_cli: RunCli,
+                                                     per_trade_metric: str, redis_server: Any) -> None:
+    """CLI listing and ranking, sweep JSON, the API's leaderboard and the HTML report: no other change."""
+    import httpx
+    from test_serve_api import Server
+
+    from tradpal_ray.report import build_report
+    from tradpal_ray.serve import build_app
+    from tradpal_ray.stats import StatsService
+
+    code, out, _ = run_cli("metrics", "--json")
+    assert code == 0 and {"name": "return_per_trade", "label": "ret/trade", "higher_is_better": True,
+                          "description": "return % per closed trade"} in json.loads(out)["metrics"]
+    code, out, err = run_cli("sweep", "--store", str(tmp_path), "--data", goog_csv, "--grid", "fast=5:50:5",
+                             "--grid", "slow=20:200:10", "--metric", per_trade_metric, "--top", "5", "--json",
+                             "--executor", "local")
+    assert code == 0, err
+    doc = json.loads(out)
+    values = [row["stats"][per_trade_metric] for row in doc["results"]]
+    assert values == sorted(values, reverse=True) and len(values) == 5
+    row = doc["results"][0]["stats"]
+    assert row[per_trade_metric] == pytest.approx(row["return_pct"] / row["trades"])
+    with Server(build_app(StatsService(tmp_path, redis_server.url), require_key=False)) as server:
+        board = httpx.get(f"{server.url}/runs/{doc['run_id']}/leaderboard",
+                          params={"metric": per_trade_metric, "top": 5}, timeout=30).json()
+    assert [r[per_trade_metric] for r in board["results"]] == pytest.approx(values)
+    page = build_report(RunStore(tmp_path), doc["run_id"], metric=per_trade_metric)
+    assert f"<b>metric</b>: {per_trade_metric}" in page and "ret/trade" in page
+
+
+def test_results_with_no_affordable_unit_say_so_in_the_cli_json_and_api(tmp_path: Path, run_cli: RunCli) -> None:
+    from market_data import write_goog
+
+    from tradpal_ray.stats.queries import StatsQueries
+
+    write_goog(tmp_path, {"GOOGX/USD": 100.0})  # prices of 20,000-70,000 against 10,000 cash, size unit 1
+    code, out, err = run_cli("sweep", "--store", str(tmp_path), "--exchange", "test", "--symbols", "GOOGX/USD",
+                             "--timeframe", "1d", "--grid", "fast=5,10", "--grid", "slow=20,30", "--json",
+                             "--executor", "local")
+    assert code == 0, err
+    assert "warning: no market info recorded for GOOGX/USD: size unit 1" in err
+    doc = json.loads(out)
+    assert all(row["stats"]["trades"] == 0 for row in doc["results"])
+    assert all(row["warnings"] and "no size unit affordable (size unit 1 " in row["warnings"][0] for row in doc["results"])
+    board = StatsQueries(tmp_path).leaderboard(doc["run_id"])
+    assert all("no size unit affordable" in row["warnings"][0] for row in board["results"])
+    code, _, err = run_cli("sweep", "--store", str(tmp_path), "--exchange", "test", "--symbols", "GOOGX/USD",
+                           "--timeframe", "1d", "--grid", "fast=5,10", "--grid", "slow=20,30", "--executor", "local")
+    assert code == 0 and "listed result(s): 0 trades: " in err.replace("\n", " ")

@@ -11,11 +11,11 @@ import pandas as pd
 import pytest
 from redis_fixtures import run_id
 
-from tradpal_ray.runs import RUN_ID_PATTERN, RunStore, chunk_table, new_run_id
 from tradpal_ray.errors import ConfigError
 from tradpal_ray.feeds import FeedStatusStore
 from tradpal_ray.market.schema import candles_table
 from tradpal_ray.market.store import CandleStore
+from tradpal_ray.runs import RUN_ID_PATTERN, RunStore, chunk_table, new_run_id
 from tradpal_ray.stats import NotFound, RunVersions, StatsQueries
 
 OLD, NEW = run_id(1), run_id(2)

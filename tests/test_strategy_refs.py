@@ -37,13 +37,11 @@ GOLDEN_CROSS = textwrap.dedent('''
 
 
 @pytest.fixture
-def strategy_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def strategy_file(tmp_path: Path, isolated_strategies: None) -> Path:
     """``golden_cross`` and ``plain_cross`` in a file outside sys.path, under a module name unique to the test.
 
     The registry is the test's own copy, so what the file registers is gone afterwards.
     """
-    registry = sys.modules["tradpal_ray.backtest.strategies"]
-    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
     home = tmp_path / "elsewhere"
     home.mkdir()
     path = home / f"user_signals_{tmp_path.name.replace('-', '_')}.py"

@@ -179,3 +179,4 @@ def test_chunk_plan_fills_cpus_and_keeps_tasks_busy() -> None:
     assert plan_chunk_size(10_000, 1_000_000, 4, 2) == 5_000  # balanced over symbols x CPUs
     assert plan_chunk_size(3, 10, 1, 64) == 3
     assert plan_chunk_size(0, 10, 1, 2) == 1
+    assert plan_chunk_size(10_000_000, 400, 1, 2) == 50_000  # a huge grid: bounded chunks, generated on demand

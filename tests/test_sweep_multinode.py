@@ -47,7 +47,6 @@ GOLDEN_CROSS = textwrap.dedent('''
 def test_a_strategy_file_reaches_every_node_after_it_is_deleted(ray_cluster: Any, store: str, tmp_path: Path) -> None:
     """The file lives outside the project and sys.path, and is gone once the first chunks are in flight."""
     import ray
-
     from market_data import goog
 
     home = tmp_path / "elsewhere"

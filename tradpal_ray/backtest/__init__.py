@@ -38,6 +38,7 @@ from tradpal_ray.backtest.metrics import (
     derive_metrics,
     metric,
     metric_names,
+    ratio,
     register_metric,
     unregister_metric,
 )
@@ -82,6 +83,7 @@ __all__ = [
     "parse_size",
     "prepare_bars",
     "rank",
+    "ratio",
     "register_metric",
     "resolve_strategy",
     "rolling_std",
@@ -91,6 +93,7 @@ __all__ = [
     "sma",
     "strategies",
     "strategy",
+    "strategy_combos",
     "strategy_from_function",
     "strategy_ref",
     "sweep",

@@ -55,15 +55,16 @@ class StrategyRef:
         target, sep, name = text.rpartition(":")
         if not sep:
             strat = registered(text)
-            module = sys.modules.get(strat.func.__module__)
+            module_name = strat.func.__module__ or ""
+            module = sys.modules.get(module_name)
             origin = getattr(module, "__file__", None)
             reachable = getattr(module, strat.func.__name__, None) is strat.func
-            if _builtin(strat) or strat.func.__module__ == "__main__" or not origin or not reachable:
+            if _builtin(strat) or module_name == "__main__" or not origin or not reachable:
                 return cls(text=text, kind="builtin", target="", name=text, source_hash=_function_hash(strat.func))
             # Registered by a user's module: refer to it by that module, so workers can load it.
             if module is not None and getattr(module, "__tradpal_hash__", None):
                 return cls.parse(f"{origin}:{strat.func.__name__}")
-            return cls.parse(f"{strat.func.__module__}:{strat.func.__name__}")
+            return cls.parse(f"{module_name}:{strat.func.__name__}")
         if not name.isidentifier():
             raise ConfigError(f"bad strategy reference {text!r}: {name!r} is not a Python name")
         if target.endswith(".py") or os.sep in target or "/" in target:
@@ -189,7 +190,7 @@ def load_strategy_paths(paths: list[str]) -> list[ModuleType]:
 
 
 def _builtin(strat: Strategy) -> bool:
-    return strat.func.__module__.startswith("tradpal_ray.")
+    return (strat.func.__module__ or "").startswith("tradpal_ray.")
 
 
 def _check_hash(ref: StrategyRef, found: str) -> None:
@@ -270,7 +271,7 @@ def _module_hash(module: ModuleType) -> str:
 def _function_hash(func: Any) -> str:
     try:
         source = inspect.getsource(func)
-    except (OSError, TypeError):
+    except Exception:  # no source file (exec'd code, a REPL) or one that does not parse: hash the name
         source = f"{func.__module__}.{func.__qualname__}"
     return hashlib.sha256(source.encode()).hexdigest()
 

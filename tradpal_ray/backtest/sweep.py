@@ -20,7 +20,6 @@ from tradpal_ray.backtest.grid import strategy_combos
 from tradpal_ray.backtest.indicators import indicator_cache
 from tradpal_ray.backtest.metrics import KERNEL_STATS, metric, metric_columns
 from tradpal_ray.backtest.strategies import Strategy, get_strategy
-from tradpal_ray.errors import ConfigError
 
 SIGNAL_BYTES = 64 * 1024 * 1024
 """Upper bound on the 2-D entry + exit arrays built per kernel call (combinations are chunked)."""

@@ -74,3 +74,13 @@ def settings_for(**flags: object) -> Settings:
         raise ConfigError(f"bad setting: {problems}") from None
     configure_logging(settings.log_level, settings.log_format)
     return settings
+
+
+def emit_json(doc: object) -> None:
+    """Write ``doc`` as one JSON line on stdout (orjson: NaN and infinities become null, numpy values allowed)."""
+    import sys
+
+    import orjson
+
+    sys.stdout.buffer.write(orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n")
+    sys.stdout.flush()

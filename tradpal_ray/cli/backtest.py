@@ -9,13 +9,12 @@ stderr as ``warning: ...`` lines in both modes. The options defined here are sha
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from tradpal_ray.cli.app import ExchangeOption, StoreOption, app, console, settings_for
+from tradpal_ray.cli.app import ExchangeOption, StoreOption, app, console, emit_json, settings_for
 from tradpal_ray.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -144,8 +143,6 @@ def backtest(
     trades: Annotated[bool, typer.Option("--trades", help="Include the trade list.")] = False,
 ) -> None:
     """Backtest one strategy on one series: signal at a bar's close, fill at the next open."""
-    import orjson
-
     from tradpal_ray.backtest import backtest as run_backtest
     from tradpal_ray.backtest import get_strategy, parse_params
 
@@ -160,7 +157,6 @@ def backtest(
     for warning in result.warnings:
         console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
     if json_output:
-        sys.stdout.buffer.write(orjson.dumps(result.to_dict(trades=trades)) + b"\n")
-        sys.stdout.flush()
+        emit_json(result.to_dict(trades=trades))
     else:
         render(result, trades=trades)

@@ -31,7 +31,6 @@ from rich.progress import Progress
 from rich.table import Table
 
 from tradpal_ray.backtest import BacktestConfig
-from tradpal_ray.runs import SweepOutcome, SweepRequest, run_sweep
 from tradpal_ray.cli.app import AddressOption, NameOption, ReplaceOption, StoreOption, app, console, settings_for
 from tradpal_ray.cli.data import print_store, run_backfill
 from tradpal_ray.cli.sweep import print_results, render
@@ -40,6 +39,7 @@ from tradpal_ray.config import Settings, split_list
 from tradpal_ray.errors import ConfigError, TradpalError
 from tradpal_ray.market import CandleStore
 from tradpal_ray.market.exchange import SIMULATOR
+from tradpal_ray.runs import SweepOutcome, SweepRequest, run_sweep
 from tradpal_ray.serve.launch import ServeOptions, app_name, deploy_stats, prepare_environment, stop_stats
 from tradpal_ray.stats.local_redis import RedisProcess, redis_available
 

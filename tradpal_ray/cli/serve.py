@@ -21,6 +21,7 @@ from tradpal_ray.cli.app import AddressOption, NameOption, ReplaceOption, StoreO
 from tradpal_ray.cluster import connect, instance_name
 
 
+
 @app.command()
 def serve(
     host: Annotated[str | None, typer.Option("--host", help="Bind address. Env: TRADPAL_SERVE_HOST (default 127.0.0.1).", show_default=False)] = None,

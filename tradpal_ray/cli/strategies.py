@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Annotated
 
 import typer
 
-from tradpal_ray.cli.app import app, console
+from tradpal_ray.cli.app import app, console, emit_json
 from tradpal_ray.cli.backtest import JsonOption
 
 
@@ -21,15 +20,13 @@ def strategies(
     json_output: JsonOption = False,
 ) -> None:
     """List every strategy it can see: name, parameters (type, default, limits) and doc line."""
-    import orjson
-
-    from tradpal_ray.backtest import load_strategy_paths, strategies as registered
+    from tradpal_ray.backtest import load_strategy_paths
+    from tradpal_ray.backtest import strategies as registered
 
     load_strategy_paths(strategy_path or [])
     described = [s.describe() for _, s in sorted(registered().items())]
     if json_output:
-        sys.stdout.buffer.write(orjson.dumps({"strategies": described}) + b"\n")
-        sys.stdout.flush()
+        emit_json({"strategies": described})
         return
     from rich.table import Table
 
@@ -56,10 +53,7 @@ def metrics(json_output: JsonOption = False) -> None:
     rows = [{"name": m.name, "label": m.label, "higher_is_better": m.higher_is_better, "description": m.description}
             for m in registered()]
     if json_output:
-        import orjson
-
-        sys.stdout.buffer.write(orjson.dumps({"metrics": rows}) + b"\n")
-        sys.stdout.flush()
+        emit_json({"metrics": rows})
         return
     from rich.table import Table
 

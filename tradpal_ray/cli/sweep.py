@@ -8,12 +8,11 @@ object ``{"run_id", "status", "metric", "executor", "errors", "skipped", "warnin
 from __future__ import annotations
 
 import math
-import sys
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from tradpal_ray.cli.app import AddressOption, ExchangeOption, StoreOption, app, console, settings_for
+from tradpal_ray.cli.app import AddressOption, ExchangeOption, StoreOption, app, console, emit_json, settings_for
 from tradpal_ray.cli.backtest import (
     CashOption,
     DataOption,
@@ -76,11 +75,11 @@ def sweep(
     json_output: JsonOption = False,
 ) -> None:
     """Sweep a strategy's parameter grid over symbols; results persist under <store>/runs/<run_id>."""
-    settings = settings_for(store=store, exchange=exchange)
     if top < 0:
         raise ConfigError("--top must be >= 0 (0 lists all)")
     if max_combos <= 0:
         raise ConfigError("--max-combos must be positive")
+    settings = settings_for(store=store, exchange=exchange)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from tradpal_ray.runs import run_sweep
@@ -111,10 +110,7 @@ def sweep(
     finally:
         progress.stop()
     if json_output:
-        import orjson
-
-        sys.stdout.buffer.write(orjson.dumps(_json(outcome, top), option=orjson.OPT_SERIALIZE_NUMPY) + b"\n")
-        sys.stdout.flush()
+        emit_json(_json(outcome, top))
     else:
         render(outcome, top)
     if outcome.manifest.status == "failed":
@@ -154,12 +150,12 @@ def _finite(value: Any) -> Any:
 def result_rows(frame: pd.DataFrame, manifest: RunManifest) -> list[dict[str, Any]]:
     """``[{"symbol", "result_id", "params", "stats"}]`` for each row of a results frame."""
     from tradpal_ray.backtest.metrics import metric_names
-    from tradpal_ray.runs import params_of
+    from tradpal_ray.runs import params_of, result_warnings
 
     stats = [name for name in metric_names() if name in frame.columns]
     return [
         {"symbol": row["symbol"], "result_id": row["result_id"], "params": params_of(row, manifest.param_names),
-         "stats": {name: _finite(row[name]) for name in stats}}
+         "stats": {name: _finite(row[name]) for name in stats}, "warnings": result_warnings(manifest, row)}
         for row in frame.to_dict("records")
     ]
 
@@ -180,9 +176,14 @@ def render(outcome: SweepOutcome, top: int) -> None:
     """Leaderboard, best per symbol, parameters across symbols, skips and failures, as tables on stderr."""
     from rich.table import Table
 
+    from tradpal_ray.runs import result_warnings
+
     m = outcome.manifest
     shown = outcome.results if top == 0 else outcome.top(top)
     print_results(f"top {len(shown)} of {m.results:,} by {m.metric}", shown, m.param_names)
+    unaffordable = [w for row in shown.to_dict("records") for w in result_warnings(m, row)]
+    if unaffordable:
+        console.print(f"[yellow]warning:[/yellow] {len(unaffordable)} listed result(s): {unaffordable[0]}", highlight=False)
     if len(m.symbols) > 1 and m.results:
         print_results("best per symbol", outcome.best_per_symbol(), m.param_names)
         if m.results <= ACROSS_LIMIT:

@@ -6,7 +6,11 @@ None when the client drops it (ccxt). The tracker emits rows in the one order co
 the store rely on: every closed candle exactly once, by open time, with forming updates in
 between. Missing closed candles (lost frames, reconnects, restarts, a ccxt candle that can
 only be confirmed over REST) become a REST fetch range from :meth:`CandleTracker.plan`, whose
-result goes back through :meth:`CandleTracker.on_rest`.
+result goes back through :meth:`CandleTracker.on_rest`. A REST row counts as closed only once
+the exchange's clock has passed its end, and a closed candle that the stream later reports
+with other values is checked over REST: if what was emitted was wrong, the REST candle is
+emitted again as a correction (the store keeps the last row per open time; subscriptions,
+which never repeat an open time, do not pass it on).
 """
 
 from __future__ import annotations
@@ -41,10 +45,11 @@ class CandleTracker:
     """Turn a stream of candle updates of one series into ordered, deduplicated candle rows.
 
     ``step`` is the timeframe in ms; ``last_closed`` the open time of the newest closed candle
-    already recorded (the store's, after a restart). ``rest_confirms`` (ccxt) means the
-    stream cannot say when a candle closed: a newer open time marks it closed and its final
-    values come from REST. Otherwise closed candles come from the stream (``x`` flag) and a
-    hole left by a lost frame is fetched over REST after ``grace`` seconds.
+    already recorded (the store's, after a restart); a new series starts at the first update or
+    at :meth:`start_at`. ``rest_confirms`` (ccxt) means the stream cannot say when a candle
+    closed: a newer open time marks it closed and its final values come from REST. Otherwise
+    closed candles come from the stream (``x`` flag) and a hole left by a lost frame is fetched
+    over REST after ``grace`` seconds.
     """
 
     def __init__(self, step: int, last_closed: int | None = None, *, rest_confirms: bool = False,
@@ -61,14 +66,25 @@ class CandleTracker:
         self.forming: CandleRow | None = None
         self.pending: dict[int, CandleRow] = {}
         self.history: deque[CandleRow] = deque(maxlen=history)
+        self.disputed: set[int] = set()
+        """Open times of emitted closed candles the stream later reported with other values."""
         self.resync_needed = last_closed is not None
         self._gap_since: float | None = None
         self.duplicates = 0
         self.stale = 0
         self.repaired = 0
         self.skipped = 0
+        self.corrected = 0
         self.closed_count = 0
 
+    def start_at(self, now_ms: int) -> None:
+        """Anchor a series with nothing recorded at the candle forming at exchange time ``now_ms``.
+
+        From then on a reconnect or REST polling fetches its closed candles even if the stream
+        never delivered anything.
+        """
+        if self.next is None:
+            self.next = self.closed_until = now_ms // self.step * self.step
 
     def resync(self) -> None:
         """After a reconnect or restart: the next plan fetches everything since the last closed candle."""
@@ -80,14 +96,18 @@ class CandleTracker:
         """Rows to publish for one update (``now``: monotonic seconds, for the repair grace)."""
         if self.next is None:
             self.next = self.closed_until = t
+        row = CandleRow(t, o, h, l, c, v, bool(closed), event_ms)
         if t < self.next:
             self.duplicates += 1  # closed and emitted already (duplicate or late frame)
+            if closed and not self.rest_confirms and not self._emitted_as(row):
+                self.disputed.add(t)  # one of the two is wrong: REST decides
             return []
-        row = CandleRow(t, o, h, l, c, v, bool(closed), event_ms)
         if closed and not self.rest_confirms:
             self._advance_closed_until(t + self.step, now)
             if t in self.pending:
                 self.duplicates += 1
+                if self.pending[t][:6] != row[:6]:
+                    self.disputed.add(t)
                 return []
             if t != self.next:
                 self.pending[t] = row  # an earlier closed candle is still missing
@@ -120,6 +140,21 @@ class CandleTracker:
             self.forming = None
         return [row]
 
+    def _emitted_as(self, row: CandleRow) -> bool:
+        """Whether ``row``'s values are those emitted for its open time (True when no longer in memory)."""
+        emitted = next((old for old in reversed(self.history) if old.t == row.t), None)
+        return emitted is None or emitted[:6] == row[:6]
+
+    def _correct(self, row: CandleRow) -> list[CandleRow]:
+        """Re-emit the closed candle ``row`` (checked over REST) if it differs from what was emitted."""
+        if self._emitted_as(row):
+            return []
+        for i, old in enumerate(self.history):
+            if old.t == row.t:
+                self.history[i] = row
+        self.corrected += 1
+        return [row]
+
     def _drain(self, out: list[CandleRow]) -> None:
         while self.next in self.pending:
             out += self._emit(self.pending[self.next])
@@ -136,30 +171,38 @@ class CandleTracker:
             self.rest_confirms or now - self._gap_since >= self.grace
         ):
             return RepairPlan(self.next, self.closed_until)
+        if self.disputed:
+            return RepairPlan(min(self.disputed), max(self.disputed) + self.step)
         return None
 
-    def on_rest(self, plan: RepairPlan, rows: list[list[float]], event_ms: int) -> list[CandleRow]:
+    def on_rest(self, plan: RepairPlan, rows: list[list[float]], event_ms: int, closed_before: int) -> list[CandleRow]:
         """Merge REST klines fetched for ``plan``; rows to publish, closed candles in order.
 
-        For an open-ended plan the newest row may be the forming candle and is left out; a row
-        newer than a missing one proves the missing candle does not exist at the exchange.
+        Only rows whose candle ended by ``closed_before`` (exchange time, ms, read before the
+        fetch) count: the others may still be forming. A row newer than a missing one proves the
+        missing candle does not exist at the exchange. Disputed candles come back as corrections.
         """
-        rows = sorted(rows, key=lambda row: row[0])
+        closed = sorted((row for row in rows if int(row[0]) + self.step <= closed_before), key=lambda row: row[0])
         if plan.end is None:
             self.resync_needed = False
-            if rows:
-                self._advance_closed_until(int(rows[-1][0]), 0.0)
-                rows = rows[:-1]
+            if closed:  # what REST shows closed (nothing: nothing to wait for)
+                self._advance_closed_until(int(closed[-1][0]) + self.step, 0.0)
         out: list[CandleRow] = []
-        for t, o, h, l, c, v in (row[:6] for row in rows):
-            t = int(t)
-            if self.next is None or t < self.next or t >= self.closed_until:
+        for t, o, h, l, c, v in (row[:6] for row in closed):
+            row = CandleRow(int(t), float(o), float(h), float(l), float(c), float(v), True, event_ms)
+            if self.next is None or row.t >= self.closed_until:
                 continue
-            if t > self.next:
-                self.skipped += (t - self.next) // self.step
+            if row.t < self.next:
+                if row.t in self.disputed:
+                    out += self._correct(row)
+                continue
+            if row.t > self.next:
+                self.skipped += (row.t - self.next) // self.step
             self.repaired += 1
-            out += self._emit(CandleRow(t, float(o), float(h), float(l), float(c), float(v), True, event_ms))
+            out += self._emit(row)
             self._drain(out)
+        end = closed_before if plan.end is None else min(plan.end, closed_before)
+        self.disputed = {t for t in self.disputed if not (plan.start <= t and t + self.step <= end and t < self.next)}
         if self.next is not None and self.next >= self.closed_until:
             self._gap_since = None
         return out

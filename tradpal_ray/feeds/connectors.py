@@ -46,6 +46,8 @@ class Connector(Protocol):
     """One exchange stream connection (re-dialled by calling :meth:`run` again)."""
 
     name: str
+    exchange_times: bool
+    """Whether candle updates carry the exchange's event time (else the receipt time)."""
     last_message: float
     """Monotonic time of the last frame (or of the dial): what the staleness watchdog checks."""
     received: int
@@ -75,6 +77,7 @@ class NativeBinanceConnector:
     """
 
     name = "native"
+    exchange_times = True
 
     def __init__(self, ws_url: str, ids: dict[str, str], timeframes: Sequence[str], trades: bool = True,
                  connect_timeout: float = 10.0) -> None:
@@ -146,6 +149,7 @@ class CcxtConnector:
     """
 
     name = "ccxt"
+    exchange_times = False
 
     def __init__(self, exchange: str, url: str | None, markets: dict[str, Any], symbols: Sequence[str],
                  timeframes: Sequence[str], trades: bool = True) -> None:

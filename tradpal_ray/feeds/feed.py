@@ -2,13 +2,19 @@
 
 :class:`Feed` validates the request, resumes every candle series from the store, and runs:
 
+* the exchange clock: a server-time sample at start anchors every new series at the candle
+  forming then (so REST repair and polling work even if the stream never delivers), and
+  candle updates dated after the exchange's clock plus ``clock_tolerance`` are rejected and
+  counted (those the clock cannot vouch for yet wait, in order, for a fresh sample);
 * the stream supervisor: dial, watch for staleness (no frame for ``stale_after`` tears the
   connection down - this is what catches ccxt's silent freeze), reconnect with capped,
   jittered exponential backoff; after ``rest_fallback_after`` connections in a row without
   data the mode becomes "rest" until a connection delivers data again;
 * gap repair: every :class:`~tradpal_ray.feeds.candles.CandleTracker` plan is fetched with
   the backfill pager and merged back in order (after every reconnect and restart, for lost
-  frames, for ccxt's REST-confirmed closes, and every ``rest_poll_interval`` in REST mode);
+  frames, for ccxt's REST-confirmed closes, for closed candles the stream reported twice with
+  different values, and every ``rest_poll_interval`` in REST mode); each round reads the
+  exchange's clock first, and only candles that ended before it count as closed;
 * the flush loop: buffered rows become one Arrow batch per kind at most every
   ``flush_interval`` (sooner when ``flush_rows`` pile up, or every ``min_flush_interval``
   while a consumer is waiting), handed to ``publish`` (``ray.put`` in the actor) and kept in
@@ -22,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,22 +40,21 @@ import pyarrow as pa
 
 from tradpal_ray.errors import ConfigError, TradpalError
 from tradpal_ray.feeds.candles import CandleRow, CandleTracker, RepairPlan
+from tradpal_ray.feeds.clock import ClockSample, ExchangeClock
 from tradpal_ray.feeds.connectors import Connector, make_connector
 from tradpal_ray.feeds.metrics import FeedMetrics
 from tradpal_ray.feeds.publish import BatchRing, CandleBuffer, RingRead, TradeBuffer
 from tradpal_ray.feeds.status_store import FeedStatusStore
 from tradpal_ray.log import get_logger
 from tradpal_ray.market.backfill import iter_kline_pages, validate_request
-from tradpal_ray.market.exchange import ExchangeClock, create_exchange, protocol
-from tradpal_ray.market.retry import Backoff
+from tradpal_ray.market.exchange import create_exchange, protocol
+from tradpal_ray.market.retry import Backoff, call_with_retry
 from tradpal_ray.market.schema import bad_ohlcv_rows, candles_frame, candles_table, timeframe_ms
 from tradpal_ray.market.store import CandleStore
 
 log = get_logger(__name__)
 
 KINDS = ("candles", "trades")
-CLOCK_SYNC_S = 5.0
-"""How often a feed re-reads the exchange's clock (one light REST call)."""
 
 
 @dataclass(frozen=True)
@@ -81,6 +87,8 @@ class FeedConfig:
     rest_fallback_after: int = 5
     """Connections in a row without data before polling REST (0: never)."""
     rest_poll_interval: float = 2.0
+    clock_tolerance: float = 5.0
+    """Seconds a candle update may be dated after the exchange's clock (its REST server time) before it is rejected."""
     request_timeout_ms: int = 10_000
     history: int = 1000
     """Closed candles per series kept in memory for :meth:`Feed.latest`."""
@@ -102,11 +110,28 @@ class FeedConfig:
                      "rest_poll_interval"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)!r}")
+        if not self.clock_tolerance >= 0:
+            raise ConfigError(f"clock_tolerance must be zero or more, got {self.clock_tolerance!r}")
 
     @property
     def name(self) -> str:
         """The feed's (and its actor's) name, ``feed:<exchange>:<shard>``."""
         return f"feed:{self.exchange}:{self.shard}"
+
+
+@dataclass(frozen=True)
+class KlineUpdate:
+    """One candle update from a connector, with the exchange time it claims and its arrival (monotonic s)."""
+
+    key: tuple[str, str]
+    candle: tuple[int, float, float, float, float, float, bool | None, int]
+    """``(t, o, h, l, c, v, closed, event_ms)`` as the connector gave it."""
+    dated_ms: int
+    arrived: float
+
+
+UNVERIFIED_LIMIT = 100_000
+"""Candle updates kept waiting for the exchange's clock; beyond it the oldest are dropped (repair refetches)."""
 
 
 @dataclass
@@ -184,12 +209,15 @@ class Feed:
         self.repair_errors = 0
         self.stored_rows = 0
         self.started_ms: int | None = None
-        self.exchange_clock = ExchangeClock()
-        """Lag is measured against the exchange's clock (a simulator's may run in the past, faster)."""
         self._store_pending: list[tuple[str, str, CandleRow]] = []
         self._store_lock = asyncio.Lock()
         self._store_write: asyncio.Future | None = None
         self.bad_candles = 0
+        self.clock = ExchangeClock(int(config.clock_tolerance * 1000))
+        self.future_events = 0
+        self.unverified_dropped = 0
+        self._unverified: deque[KlineUpdate] = deque()
+        self._clock_wake = asyncio.Event()
         self._store_wake = asyncio.Event()
         self._unstored: set[tuple[str, str]] = set()
         self._held: dict[tuple[str, str], list[CandleRow]] = {}
@@ -212,10 +240,12 @@ class Feed:
         self.rest_client = await open_rest_client(cfg)
         try:
             await self._prepare()
+            exchange_now = (await self._sample_clock()).server_ms
         except BaseException:
             await self.rest_client.close()
             raise
-        await self.exchange_clock.sync(self.rest_client)
+        for tracker in self.trackers.values():
+            tracker.start_at(exchange_now)
         self.started_ms = _wall_ms()
         loops = [self._supervise(), self._repair_loop(), self._flush_loop(), self._rest_poll_loop(), self._clock_loop()]
         if self.store is not None:
@@ -256,6 +286,12 @@ class Feed:
             if stuck:  # never expected: say which loop ignored its cancellation, and go on flushing
                 log.error("feed.stop_stuck", feed=self.name, tasks=[t.get_coro().__qualname__ for t in stuck])
         try:
+            if self._unverified:  # updates that arrived just before: one more clock reading judges them
+                try:
+                    await asyncio.wait_for(self._sample_clock(), 5.0)
+                except (TimeoutError, TradpalError, ccxt.BaseError) as exc:
+                    log.warning("feed.unverified_at_stop", feed=self.name, updates=len(self._unverified),
+                                error=f"{type(exc).__name__}: {str(exc)[:200]}")
             self.flush(force=True)
             if self.store is not None:
                 if self._store_write is not None:  # a write cancelled with its loop still runs in its thread
@@ -277,7 +313,10 @@ class Feed:
 
     def kline(self, symbol: str, timeframe: str, t: int, o: float, h: float, l: float, c: float,
               v: float, closed: bool | None, event_ms: int) -> None:
-        """One candle update from the stream (see :class:`~tradpal_ray.feeds.connectors.FeedSink`)."""
+        """One candle update from the stream (see :class:`~tradpal_ray.feeds.connectors.FeedSink`).
+
+        Applied at once if the exchange's clock vouches for its date, else queued for the clock loop.
+        """
         key = (symbol, timeframe)
         tracker = self.trackers.get(key)
         if tracker is None:
@@ -285,11 +324,77 @@ class Feed:
         stats = self.series[key]
         stats.messages += 1
         stats.last_message_ms = _wall_ms()
-        stats.last_event_ms = event_ms
         now = time.monotonic()
-        self._emit(key, tracker.on_update(t, o, h, l, c, v, closed, event_ms, now), now)
-        if tracker.next is not None and tracker.closed_until > tracker.next:
+        dated = t + tracker.step - 1 if closed else t  # a candle opens, and closes, before it is reported
+        if self.connector is not None and self.connector.exchange_times:
+            dated = max(dated, event_ms)
+        update = KlineUpdate(key, (t, o, h, l, c, v, closed, event_ms), dated, now)
+        if self._unverified or not self.clock.admits(dated, now):
+            if len(self._unverified) >= UNVERIFIED_LIMIT:
+                self._unverified.popleft()
+                self.unverified_dropped += 1
+            self._unverified.append(update)
+            self._clock_wake.set()
+            return
+        self._apply(update)
+
+    def _apply(self, update: KlineUpdate) -> None:
+        """Hand a candle update the exchange's clock vouches for to its series' tracker."""
+        tracker = self.trackers[update.key]
+        self.series[update.key].last_event_ms = update.candle[-1]
+        now = time.monotonic()
+        self._emit(update.key, tracker.on_update(*update.candle, now), now)
+        if tracker.next is not None and (tracker.closed_until > tracker.next or tracker.disputed):
             self._repair_wake.set()
+
+    def observe_clock(self, sample: ClockSample) -> None:
+        """Take a reading of the exchange's clock; apply or reject queued updates it can judge, oldest first."""
+        self.clock.observe(sample)
+        queue = self._unverified
+        while queue:
+            update = queue[0]
+            verdict = self.clock.admits(update.dated_ms, update.arrived)
+            if verdict is None:  # it arrived after the sample was asked for: the next sample decides
+                self._clock_wake.set()
+                return
+            queue.popleft()
+            if verdict:
+                self._apply(update)
+                continue
+            self.future_events += 1
+            log.warning("feed.future_event_rejected", feed=self.name, symbol=update.key[0], timeframe=update.key[1],
+                        open_ms=update.candle[0], dated_ms=update.dated_ms, exchange_ms=sample.server_ms)
+
+    # -- the exchange clock ---------------------------------------------------------------------
+
+    async def _sample_clock(self) -> ClockSample:
+        """Read the exchange's server time (the wall clock for an exchange that does not tell it)."""
+        client = self.rest_client
+        sent = time.monotonic()
+        if client.has.get("fetchTime"):
+            server_ms = await call_with_retry(client.fetch_time, policy=self.config.rest,
+                                              what=f"{self.config.exchange} server time", client=client)
+        else:
+            server_ms = _wall_ms()
+        sample = ClockSample(int(server_ms), sent, time.monotonic())
+        self.observe_clock(sample)
+        return sample
+
+    async def _clock_loop(self) -> None:
+        attempt = 0
+        while True:
+            await self._clock_wake.wait()
+            self._clock_wake.clear()
+            try:
+                await self._sample_clock()
+            except Exception as exc:  # updates stay queued: the next round retries
+                log.warning("feed.clock_failed", feed=self.name, error=f"{type(exc).__name__}: {str(exc)[:200]}",
+                            exc_info=None if isinstance(exc, (TradpalError, ccxt.BaseError)) else exc)
+                self._clock_wake.set()
+                await asyncio.sleep(self.config.rest.delay(min(attempt, 16)))
+                attempt += 1
+                continue
+            attempt = 0
 
     def _emit(self, key: tuple[str, str], rows: list[CandleRow], now: float) -> None:
         if not rows:
@@ -372,7 +477,13 @@ class Feed:
             plans = [(key, plan) for key, tracker in self.trackers.items() if (plan := tracker.plan(now))]
             if not plans:
                 continue
-            results = await asyncio.gather(*(self._repair(key, plan) for key, plan in plans), return_exceptions=True)
+            try:  # candles that ended before this reading have closed
+                sample = await self._sample_clock()
+            except Exception as exc:
+                results: list[Any] = [exc]
+            else:
+                results = await asyncio.gather(*(self._repair(key, plan, sample.server_ms) for key, plan in plans),
+                                               return_exceptions=True)
             errors = [r for r in results if isinstance(r, BaseException)]
             for error in errors:
                 if not isinstance(error, Exception):
@@ -387,20 +498,23 @@ class Feed:
             else:
                 attempt = 0
 
-    async def _repair(self, key: tuple[str, str], plan: RepairPlan) -> None:
+    async def _repair(self, key: tuple[str, str], plan: RepairPlan, exchange_now: int) -> None:
         symbol, timeframe = key
         rows: list[list[float]] = []
         async for page in iter_kline_pages(self.rest_client, symbol, timeframe, plan.start, plan.end,
                                            policy=self.config.rest, what=f"{self.config.exchange} gap repair"):
             rows += page
         tracker = self.trackers[key]
-        before = tracker.repaired
-        self._emit(key, tracker.on_rest(plan, rows, _wall_ms()), time.monotonic())
+        before, corrected = tracker.repaired, tracker.corrected
+        self._emit(key, tracker.on_rest(plan, rows, _wall_ms(), exchange_now), time.monotonic())
         repaired = tracker.repaired - before
         self.metrics.repaired(repaired)
         if repaired:
             log.info("feed.repaired", feed=self.name, symbol=symbol, timeframe=timeframe, candles=repaired,
                      start=plan.start, end=plan.end)
+        if tracker.corrected > corrected:
+            log.warning("feed.corrected", feed=self.name, symbol=symbol, timeframe=timeframe,
+                        candles=tracker.corrected - corrected, start=plan.start, end=plan.end)
 
     async def _rest_poll_loop(self) -> None:
         while True:
@@ -456,16 +570,17 @@ class Feed:
             stats.last_message_ms = now_ms
             stats.last_event_ms = last_event
 
-    async def _clock_loop(self) -> None:
-        """Re-read the exchange's clock now and then (its rate and drift), for lag."""
-        delay = 1.0  # the second reading comes soon: it gives the clock's rate (a simulator may run 60x)
-        while True:
-            await asyncio.sleep(delay)  # a cadence, not a synchronisation
-            await self.exchange_clock.sync(self.rest_client)
-            delay = CLOCK_SYNC_S
+    def exchange_now_ms(self) -> int:
+        """The exchange's time now, projected from its newest server-time sample at its measured
+        rate (our clock before any sample). Lag is measured against it: a simulator's clock may
+        run in the past, and faster than ours."""
+        newest, rate = self.clock.newest, self.clock.rate
+        if newest is None:
+            return _wall_ms()
+        return newest.server_ms + int((1000.0 if rate is None else rate) * (time.monotonic() - newest.sent))
 
     def _record_lag(self) -> None:
-        now_ms = self.exchange_clock.now_ms()
+        now_ms = self.exchange_now_ms()
         for symbol, stats in self.trade_stats.items():
             if stats.last_event_ms is not None:
                 self.metrics.lag(symbol, now_ms - stats.last_event_ms)
@@ -593,7 +708,7 @@ class Feed:
     def status(self) -> dict[str, Any]:
         """Health per stream (last message time, lag, messages, closed candles) and of the connection."""
         now_ms = _wall_ms()
-        exchange_ms = self.exchange_clock.now_ms(now_ms)
+        exchange_ms = self.exchange_now_ms()
         mode = self.mode
         streams = []
 
@@ -606,7 +721,8 @@ class Feed:
         for (symbol, timeframe), tracker in self.trackers.items():
             streams.append(row(symbol, f"kline_{timeframe}", self.series[(symbol, timeframe)],
                                last_closed_ms=tracker.last_closed, closed=tracker.closed_count,
-                               repaired=tracker.repaired, duplicates=tracker.duplicates + tracker.stale))
+                               repaired=tracker.repaired, corrected=tracker.corrected,
+                               duplicates=tracker.duplicates + tracker.stale))
         if self.config.trades:
             for symbol, stats in self.trade_stats.items():
                 streams.append(row(symbol, "trade", stats))
@@ -622,6 +738,9 @@ class Feed:
             "malformed": (connector.malformed if connector else 0) + self.trades.malformed,
             "trade_duplicates": self.trades.duplicates,
             "bad_candles": self.bad_candles,
+            "future_events": self.future_events,
+            "unverified": len(self._unverified),
+            "unverified_dropped": self.unverified_dropped,
             "stored_rows": self.stored_rows,
             "store_pending": len(self._store_pending),
             "batches": {kind: ring.next_seq for kind, ring in self.rings.items()},

@@ -9,7 +9,6 @@ the hood, but its candles are stored under ``exchange=sim``, never where real Bi
 
 from __future__ import annotations
 
-import time
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -75,44 +74,6 @@ def create_exchange(
     if url is not None:
         _point_at(client, url)
     return client
-
-
-class ExchangeClock:
-    """The exchange's clock as seen from here, from its server time (``fetch_time``).
-
-    Lag is measured against this clock, not ours: a simulator replaying the past at 60x (or an
-    exchange whose clock drifts) must show neither hours of lag nor a negative one. Two syncs
-    a second or more apart give the clock's rate (1.0 for a real exchange, the speed of a
-    simulator running faster); until the first sync it is our own clock.
-    """
-
-    def __init__(self) -> None:
-        self._server_ms: float | None = None
-        self._local_ms = 0.0
-        self.rate = 1.0
-
-    def observe(self, server_ms: float, local_ms: float) -> None:
-        """Record that the exchange's clock read ``server_ms`` at our ``local_ms``."""
-        if self._server_ms is not None and local_ms - self._local_ms >= 1000:
-            self.rate = max(0.0, (server_ms - self._server_ms) / (local_ms - self._local_ms))
-        self._server_ms, self._local_ms = server_ms, local_ms
-
-    def now_ms(self, local_ms: float | None = None) -> int:
-        """The exchange's time now (or at our ``local_ms``), in ms."""
-        local = time.time() * 1000 if local_ms is None else local_ms
-        if self._server_ms is None:
-            return int(local)
-        return int(self._server_ms + (local - self._local_ms) * self.rate)
-
-    async def sync(self, client: Any) -> None:
-        """Ask the exchange its time (a ccxt async client); an exchange that does not tell keeps the estimate."""
-        sent = time.time() * 1000
-        try:
-            server = await client.fetch_time()
-        except Exception:  # noqa: BLE001 - not every exchange serves its time: keep what we have
-            return
-        if server is not None:
-            self.observe(float(server), (sent + time.time() * 1000) / 2)
 
 
 def _point_at(client: Any, url: str) -> None:

@@ -19,8 +19,8 @@ from tradpal_ray.backtest.metrics import metric as find_metric
 from tradpal_ray.backtest.metrics import metrics
 from tradpal_ray.backtest.sweep import rank
 from tradpal_ray.errors import ConfigError
-from tradpal_ray.runs import RunManifest, RunStore, SweepOutcome, params_label, params_of
 from tradpal_ray.report.svg import Line, heatmap, line_chart
+from tradpal_ray.runs import RunManifest, RunStore, SweepOutcome, params_label, params_of
 
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1080px;color:#222;padding:0 12px}

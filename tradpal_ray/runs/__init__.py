@@ -14,6 +14,7 @@ Ray executor, which is loaded only when a run goes to a cluster. A run lives und
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import pandas as pd
 
 from tradpal_ray.errors import ConfigError
@@ -34,6 +35,7 @@ from tradpal_ray.runs._runner import (
     chunk_table,
     execute_local,
     plan_chunk_size,
+    result_warnings,
     resume_request,
     start_run,
 )
@@ -185,6 +187,7 @@ __all__ = [
     "params_of",
     "plan_chunk_size",
     "result_id",
+    "result_warnings",
     "results_schema",
     "run_sweep",
 ]

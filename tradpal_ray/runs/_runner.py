@@ -21,9 +21,9 @@ import pyarrow as pa
 
 from tradpal_ray.backtest._references import StrategyRef
 from tradpal_ray.backtest.data import Bars
-from tradpal_ray.backtest.engine import BacktestConfig, backtest
-from tradpal_ray.backtest.metrics import metric, metric_names
-from tradpal_ray.backtest.sweep import rank, sweep
+from tradpal_ray.backtest.engine import BacktestConfig, backtest, sizing_warning
+from tradpal_ray.backtest.metrics import metric_names
+from tradpal_ray.backtest.sweep import sweep
 from tradpal_ray.errors import ConfigError, TradpalError
 from tradpal_ray.log import get_logger
 from tradpal_ray.market.store import encode_key
@@ -39,6 +39,8 @@ MIN_TASK_BAR_COMBOS = 10_000_000
 """Bar x combination steps that keep one task busy for >= ~100 ms (a task round trip is ~2 ms)."""
 TASKS_PER_CPU = 3
 """Enough chunks per CPU to balance uneven ones without drowning in overhead."""
+MAX_CHUNK_COMBOS = 50_000
+"""Largest chunk: bounds a task's memory (its combinations and signal arrays) and its retry cost."""
 LOCAL_WORK_LIMIT = 300_000_000
 """Bar x combination steps the automatic choice runs in process (a few seconds on one core)."""
 
@@ -111,13 +113,13 @@ def keep_details(bars: Bars, store: str, run_id: str, ref: StrategyRef, config: 
 
 
 def plan_chunk_size(combos: int, bars: int, symbols: int, cpus: float) -> int:
-    """Combinations per chunk: enough chunks to fill the CPUs, each with >= ~100 ms of work."""
+    """Combinations per chunk: enough chunks to fill the CPUs, each with >= ~100 ms of work, none huge."""
     if combos <= 0:
         return 1
     per_symbol_tasks = max(1, math.ceil(TASKS_PER_CPU * max(cpus, 1) / max(symbols, 1)))
     balanced = math.ceil(combos / per_symbol_tasks)
     busy = math.ceil(MIN_TASK_BAR_COMBOS / max(bars, 1))
-    return max(1, min(combos, max(balanced, busy)))
+    return max(1, min(combos, max(balanced, busy), MAX_CHUNK_COMBOS))
 
 
 class SweepRun:
@@ -224,6 +226,13 @@ class SweepRun:
         m.error = f"{type(exc).__name__}: {exc}".splitlines()[0]
         self.results.write_manifest(m)
         log.error("sweep.aborted", run_id=self.run_id, error=m.error)
+
+
+def result_warnings(manifest: RunManifest, row: Mapping[str, Any]) -> list[str]:
+    """What a reader of one result row should know: entry signals unfilled because no unit was affordable."""
+    config = SweepRequest.from_manifest(manifest).config_for(str(row["symbol"]))
+    warning = sizing_warning(row, config)
+    return [warning] if warning else []
 
 
 def run_warnings(manifest: RunManifest) -> list[str]:

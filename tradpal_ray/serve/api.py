@@ -20,10 +20,10 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import APIKeyHeader
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-from tradpal_ray.runs import RESULT_ID_PATTERN, RUN_ID_PATTERN
 from tradpal_ray.errors import ConfigError, StoreError
 from tradpal_ray.log import get_logger
 from tradpal_ray.market.schema import TIMEFRAMES
+from tradpal_ray.runs import RESULT_ID_PATTERN, RUN_ID_PATTERN
 from tradpal_ray.serve.page import page_response
 from tradpal_ray.stats import NotFound, StatsService
 

@@ -22,7 +22,7 @@ from tradpal_ray.backtest.sweep import rank
 from tradpal_ray.errors import ConfigError
 from tradpal_ray.feeds.status_store import FeedStatusStore
 from tradpal_ray.market.store import CandleStore
-from tradpal_ray.runs import RunManifest, RunStore, params_of, results_schema
+from tradpal_ray.runs import RunManifest, RunStore, params_of, result_warnings, results_schema
 
 TRADE_STATUSES = ("all", "open", "closed")
 MAX_GAPS_LISTED = 20
@@ -183,7 +183,9 @@ class StatsQueries:
         rows = rank(frame, metric).head(top) if len(frame) else frame
         return {
             "run_id": run_id, "metric": metric, "strategy": manifest.strategy, "timeframe": manifest.timeframe,
-            "total": len(frame), "results": _records(rows, manifest.param_names),
+            "total": len(frame), "results": [
+                {**record, "warnings": result_warnings(manifest, record)} for record in _records(rows, manifest.param_names)
+            ],
         }
 
     def equity(self, run_id: str, rid: str) -> dict[str, Any]:

@@ -15,8 +15,8 @@ import os
 import orjson
 import pyarrow.fs as pafs
 
-from tradpal_ray.runs import RunStore
 from tradpal_ray.errors import TradpalError
+from tradpal_ray.runs import RunStore
 from tradpal_ray.storage import open_filesystem
 
 
