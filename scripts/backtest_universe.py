@@ -4,7 +4,8 @@
 The universe is every symbol of --exchange/--timeframe in the store (--timeframe may be left
 out when the store holds one), or --symbols. Every other option is `tradpal-ray sweep`'s, so
 the output (tables on stderr, or one JSON object on stdout with --json) and the exit codes
-are the same. It joins a running Ray cluster if there is one, else starts a local one.
+are the same. It joins the Ray cluster --address or RAY_ADDRESS names, else a running cluster
+(``ray submit`` runs it on the head with no RAY_ADDRESS), else starts a local Ray.
 
 It imports only the installed ``tradpal_ray`` package, never a file next to it, so it runs
 the same three ways:
@@ -24,12 +25,13 @@ import typer.main
 from tradpal_ray.cli import app
 from tradpal_ray.cli import main as cli_main
 from tradpal_ray.cli.app import settings_for
+from tradpal_ray.cluster import connect
 from tradpal_ray.config import split_list
 from tradpal_ray.errors import ConfigError, TradpalError
 from tradpal_ray.market import CandleStore
 from tradpal_ray.market.store import SeriesInfo
 
-OWN_OPTIONS = ("--store", "--exchange", "--timeframe", "--symbols")
+OWN_OPTIONS = ("--store", "--exchange", "--timeframe", "--symbols", "--address")
 NOT_PASSED_ON = (*OWN_OPTIONS, "--data")
 """The universe comes from the store, so the sweep's --data does not apply."""
 
@@ -64,6 +66,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--exchange", help="Exchange of the universe. Env: TRADPAL_EXCHANGE.")
     parser.add_argument("--timeframe", help="Timeframe of the universe (default: the only one stored).")
     parser.add_argument("--symbols", help="Comma-separated symbols instead of every stored one.")
+    parser.add_argument("--address", help="Ray address: HOST:PORT, auto or local (default: RAY_ADDRESS, else the "
+                                          "running cluster, else a local Ray).")
     return parser
 
 
@@ -77,6 +81,7 @@ def main(argv: list[str] | None = None) -> None:
         if not (symbols and timeframe):
             timeframe, stored = universe(CandleStore(settings.store).series(), settings.exchange, timeframe)
             symbols = symbols or stored
+        connect(args.address, discover=True)  # the sweep below finds this Ray initialised and uses it
     except TradpalError as exc:
         parser.exit(2, f"error: {exc}\n")
     cli_main(["sweep", "--store", settings.store, "--exchange", settings.exchange,

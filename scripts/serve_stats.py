@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """Deploy the statistics API (Ray Serve over the store, cached in Redis).
 
-On a running Ray cluster it deploys the app (named "stats") and exits: Serve keeps it up
-(`serve shutdown` or `ray down` stops it). When no cluster is running it starts a local Ray
+On a running Ray cluster it deploys the app (named "stats-<name>", --name defaulting to one
+derived from the store; deploying again updates it) and exits: Serve keeps it up (`serve
+shutdown` or `ray down` stops it). Another instance's statistics app is refused unless --replace. When no cluster is running it starts a local Ray
 and serves until Ctrl-C. It imports only the installed ``tradpal_ray`` package:
 
     python scripts/serve_stats.py --port 8000 --store ./tradpal-data
@@ -17,10 +18,10 @@ from __future__ import annotations
 
 import argparse
 
-from tradpal_ray.cluster import connect, script_parser, wait_if_local
+from tradpal_ray.cluster import connect, instance_name, script_parser, wait_if_local
 from tradpal_ray.config import load_settings
 from tradpal_ray.errors import TradpalError
-from tradpal_ray.serve.launch import ServeOptions, deploy_stats, prepare_environment
+from tradpal_ray.serve.launch import ServeOptions, app_name, deploy_stats, prepare_environment
 
 
 def parser() -> argparse.ArgumentParser:
@@ -45,8 +46,9 @@ def main(argv: list[str] | None = None) -> None:
         settings = load_settings(store=args.store, redis_url=args.redis_url)
         options = prepare_environment(settings, ServeOptions(args.host, args.port, args.replicas, args.autoscale_max,
                                                              None, args.fast))
-        mode = connect(args.address, log_to_driver=False)
-        url = deploy_stats(options, settings.store)
+        app = app_name(instance_name(args.name, settings.store))
+        mode = connect(args.address, discover=True, log_to_driver=False)
+        url = deploy_stats(options, settings.store, app=app, replace=args.replace, redeploy=mode != "local").url
     except (TradpalError, ValueError) as exc:
         cli.exit(2, f"error: {exc}\n")
     print(url, flush=True)

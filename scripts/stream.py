@@ -1,9 +1,10 @@
 #!/usr/bin/env python
 """Start feed actors that stream candles (and trades) into the object store and the candle store.
 
-Symbols are split round-robin over --shards actors named feed:<exchange>:<shard>. On a running
-Ray cluster the actors are detached: the script starts them (or finds them already running),
-waits until they stream, and exits; they keep running (restarted on failure) until killed.
+Symbols are split round-robin over --shards actors named feed:<exchange>:<shard>@<name> (--name,
+default derived from the store). On a running Ray cluster the actors are detached: the script
+starts them (or finds them already running; --replace restarts them), waits until they stream,
+and exits; they keep running (restarted on failure) until killed.
 When no cluster is running it starts a local Ray and streams until Ctrl-C or --duration, then
 stops the feeds after they flushed every closed candle. It imports only ``tradpal_ray``:
 
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import argparse
 
-from tradpal_ray.cluster import connect, script_parser, wait_if_local
+from tradpal_ray.cluster import connect, instance_name, script_parser, wait_if_local
 from tradpal_ray.config import load_settings, split_list
 from tradpal_ray.errors import ConfigError, TradpalError
 
@@ -55,8 +56,11 @@ def main(argv: list[str] | None = None) -> None:
                        connector=args.connector, trades=not args.no_trades, shard=str(k))
             for k in range(min(args.shards, len(symbols)))
         ]
-        mode = connect(args.address, log_to_driver=False)
-        feeds = [start_feed(config, detached=mode != "local") for config in configs]
+        instance = instance_name(args.name, settings.store)
+        mode = connect(args.address, discover=True, log_to_driver=False)
+        detached = mode != "local"
+        if_running = "replace" if args.replace else "reuse" if detached else "refuse"
+        feeds = [start_feed(config, instance=instance, if_running=if_running, detached=detached) for config in configs]
         for config, status in zip(configs, ray.get([feed.ready.remote() for feed in feeds], timeout=180)):
             print(f"{config.name}: {status['mode']}, {len(config.symbols)} symbols", flush=True)
     except (TradpalError, ValueError) as exc:  # a feed's own error arrives wrapped by Ray: show the cause

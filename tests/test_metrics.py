@@ -60,7 +60,7 @@ def test_feed_and_cache_metrics_are_exported(ray_session: None, tmp_path: Path, 
                 monkeypatch.setenv(name, "")
             options = prepare_environment(load_settings(store=str(tmp_path), redis_url="redis://127.0.0.1:1/0"),
                                           ServeOptions(port=free_port(), fast=False))
-            url = deploy_stats(options, str(tmp_path))
+            url = deploy_stats(options, str(tmp_path), app="stats-metrics").url
             try:
                 for _ in range(3):
                     assert httpx.get(f"{url}/runs", timeout=10).status_code == 200

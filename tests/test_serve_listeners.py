@@ -30,7 +30,7 @@ settings = load_settings(store=store, redis_url="")
 options = prepare_environment(settings, ServeOptions(host="127.0.0.1", port=port, fast=True))
 ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
 try:
-    print(deploy_stats(options, store), flush=True)
+    print(deploy_stats(options, store, app="stats").url, flush=True)
     sys.stdin.read()  # until the test closes stdin
 finally:
     from ray import serve

@@ -101,9 +101,9 @@ def test_builder_rejects_unknown_arguments() -> None:
 def test_cli_on_a_joined_cluster_removes_only_its_own_app(
     base_url: str, client: httpx.Client, store: Path, redis_server: RedisProcess
 ) -> None:
-    """``tradpal-ray serve`` joining the session's cluster: on Ctrl-C it deletes its ``stats`` app,
-    and another app on the same Serve keeps answering. Last in the module: it replaces the
-    fixture's ``stats`` app."""
+    """``tradpal-ray serve --replace`` joining the session's cluster: on Ctrl-C it deletes its
+    ``stats-<instance>`` app, and another app on the same Serve keeps answering. Last in the
+    module: it replaces the fixture's ``stats`` app."""
     import ray
     from ray import serve
 
@@ -111,7 +111,8 @@ def test_cli_on_a_joined_cluster_removes_only_its_own_app(
               route_prefix="/other")
     env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address, "PYTHONUNBUFFERED": "1"}
     env.pop("TRADPAL_API_KEYS", None)
-    command = [sys.executable, "-m", "tradpal_ray.cli", "serve", "--store", str(store), "--redis-url", redis_server.url]
+    command = [sys.executable, "-m", "tradpal_ray.cli", "serve", "--store", str(store), "--redis-url", redis_server.url,
+               "--replace"]  # the fixture's app holds "/": without --replace the CLI refuses to take it over
     with subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) as cli:
         try:
             # The CLI's console is stderr; the first line naming the URL or an error (EOF: "").

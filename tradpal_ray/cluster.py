@@ -1,13 +1,19 @@
-"""Joining Ray: an existing cluster when there is one, a local single-node one otherwise.
+"""Joining Ray: a private local Ray unless told to join a cluster.
 
-Every entry point (CLI, ``scripts/``, the demo) calls :func:`connect` so the same command
-works on a laptop, under ``ray submit`` and under ``ray job submit``.
+Every entry point (CLI, ``scripts/``, the demo) calls :func:`connect`. A command joins an
+existing cluster only when told to (``--address HOST:PORT``, ``RAY_ADDRESS``, or the literal
+``auto`` for a cluster started with ``ray start``); otherwise it starts its own Ray, so it
+never computes on (or kills the actors of) a stranger's ``ray.init()`` session. The
+``scripts/`` that ``ray submit`` runs on a head (where no RAY_ADDRESS is set) opt into
+discovery instead: ``auto`` when a cluster runs, else a local Ray.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
+import re
 import socket
 import threading
 from typing import Any
@@ -19,14 +25,24 @@ from tradpal_ray.log import get_logger
 log = get_logger(__name__)
 _dashboard: dict[str, str] = {}
 
+LOCAL = "local"
+AUTO = "auto"
 
-def connect(address: str | None = None, *, num_cpus: int | None = None, **init_kwargs: Any) -> str:
+
+def ray_target(address: str | None, *, discover: bool = False) -> str:
+    """The Ray address :func:`connect` uses: ``address``, else RAY_ADDRESS, else ``"local"``
+    (``"auto"`` with ``discover``, for scripts run by ``ray submit`` on a cluster's head)."""
+    return address or os.environ.get("RAY_ADDRESS") or (AUTO if discover else LOCAL)
+
+
+def connect(address: str | None = None, *, discover: bool = False, num_cpus: int | None = None,
+            **init_kwargs: Any) -> str:
     """Initialise Ray once; return ``"existing"``, ``"cluster"`` or ``"local"``.
 
-    ``address`` None means: the cluster named by ``RAY_ADDRESS``, else a running local one
-    (``"auto"``) if any, else start a single-node Ray in this process. Only that discovery
-    falls back to a local Ray: a named cluster (``address`` or ``RAY_ADDRESS``) that cannot
-    be reached is a ConfigError naming it, never a silent laptop run.
+    ``address`` None means RAY_ADDRESS if set, else a private single-node Ray in this process.
+    A named cluster (``address``, RAY_ADDRESS, ``auto``) that cannot be reached is a
+    ConfigError naming it, never a silent laptop run. Only ``discover=True`` (the ``scripts/``)
+    with no address given joins a running cluster if there is one and falls back to local.
     """
     import ray
 
@@ -34,9 +50,9 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, **init_k
         return "existing"
     init_kwargs.setdefault("logging_level", "WARNING")
     init_kwargs.setdefault("log_to_driver", True)
-    target = address or os.environ.get("RAY_ADDRESS") or "auto"
-    discovering = address is None and target == "auto"
-    if target != "local":
+    target = ray_target(address, discover=discover)
+    discovering = target == AUTO and not (address or os.environ.get("RAY_ADDRESS"))
+    if target != LOCAL:
         if not discovering:
             _check_reachable(target)
         try:
@@ -45,10 +61,25 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, **init_k
             return "cluster"
         except ConnectionError as exc:
             if not discovering:
-                raise ConfigError(f"cannot reach the Ray cluster at {target}: {_first_line(exc)}") from None
-    _remember(ray.init(address="local", num_cpus=num_cpus, **init_kwargs))
-    log.info("ray.started", mode="local", cpus=ray.cluster_resources().get("CPU"), dashboard=dashboard_url())
-    return "local"
+                hint = "" if os.environ.get("RAY_AUTH_MODE") else " (a cluster with token auth needs RAY_AUTH_MODE=token)"
+                raise ConfigError(f"cannot reach the Ray cluster at {target}: {_first_line(exc)}{hint}") from None
+    _remember(ray.init(address=LOCAL, num_cpus=num_cpus, **init_kwargs))
+    log.info("ray.started", mode=LOCAL, cpus=ray.cluster_resources().get("CPU"), dashboard=dashboard_url())
+    return LOCAL
+
+
+_INSTANCE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,39}")
+
+
+def instance_name(name: str | None, store: str) -> str:
+    """The instance id every named actor and Serve app of a command carries: ``name`` (``--name``),
+    else ``tp-`` and 8 hex digits of the store's location, so two tradpal processes on one
+    cluster with different stores never share (nor replace, nor kill) an actor or an app."""
+    if name is None:
+        return "tp-" + hashlib.sha256(store.encode()).hexdigest()[:8]
+    if not _INSTANCE.fullmatch(name):
+        raise ConfigError(f"--name {name!r}: use 1-40 letters, digits, '.', '_' or '-', starting with a letter or digit")
+    return name
 
 
 def _check_reachable(address: str, timeout: float = 5.0) -> None:
@@ -83,11 +114,15 @@ def dashboard_url() -> str | None:
 
 def script_parser(prog: str, doc: str) -> argparse.ArgumentParser:
     """The parser of a ``scripts/`` entry point: its docstring as help (summary, then usage
-    examples) and the ``--address`` every script takes."""
+    examples) and the ``--address``, ``--name`` and ``--replace`` every script takes."""
     summary, _, details = doc.partition("\n\n")
     parser = argparse.ArgumentParser(prog=prog, description=summary, epilog=details,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--address", help="Ray address (default: RAY_ADDRESS, a running cluster, else local)")
+    parser.add_argument("--address", help="Ray address: HOST:PORT, auto or local (default: RAY_ADDRESS, "
+                                          "else the running cluster, else a local Ray)")
+    parser.add_argument("--name", help="instance id in the names of its actors and Serve app (default: from the store)")
+    parser.add_argument("--replace", action="store_true",
+                        help="replace a running actor or app of another process instead of refusing")
     return parser
 
 

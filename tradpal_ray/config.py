@@ -21,7 +21,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TRADPAL_", env_file=".env", extra="ignore")
 
     store: str = "./tradpal-data"
-    """Store root (local path or pyarrow URI): candles under ``candles/``, runs under ``runs/``."""
+    """Store root (local path or pyarrow URI): candles under ``candles/``, runs under ``runs/``.
+    A local path is made absolute where the settings are made (the driver), never in a worker."""
     redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
     """Redis for the stats cache; may hold a password, hence secret."""
     exchange: str = "binance"
@@ -42,6 +43,13 @@ class Settings(BaseSettings):
     serve_port: int = 8000
     serve_replicas: int = 1
     serve_max_ongoing_requests: int = 256
+
+    @field_validator("store")
+    @classmethod
+    def _absolute_store(cls, value: str) -> str:
+        from tradpal_ray.storage import absolute  # pyarrow: only once settings are made
+
+        return absolute(value)
 
     @field_validator("log_level")
     @classmethod

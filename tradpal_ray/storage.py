@@ -21,6 +21,16 @@ TEMP_PREFIX = ".tmp-"
 """Readers skip names starting with this (or any dot)."""
 
 
+def absolute(uri_or_path: str | os.PathLike[str]) -> str:
+    """``uri_or_path`` as the driver means it: URIs (``s3://...``) as they are, local paths
+    absolute (``~`` expanded). Call on the driver: a relative path resolved later, inside a
+    Ray worker or replica, would name a directory of that process's working directory."""
+    location = os.fspath(uri_or_path)
+    if "://" in location:
+        return location
+    return os.path.abspath(os.path.expanduser(location))
+
+
 def open_filesystem(root: str | os.PathLike[str]) -> tuple[pafs.FileSystem, str]:
     """The pyarrow filesystem and base path of a store root (path or URI)."""
     root = os.fspath(root)
@@ -28,7 +38,7 @@ def open_filesystem(root: str | os.PathLike[str]) -> tuple[pafs.FileSystem, str]
         if "://" in root:
             fs, base = pafs.FileSystem.from_uri(root)
         else:
-            fs, base = pafs.LocalFileSystem(), os.path.abspath(root)
+            fs, base = pafs.LocalFileSystem(), absolute(root)
     except (pa.ArrowInvalid, OSError) as exc:
         raise StoreError(f"cannot open store {root!r}: {exc}") from exc
     return fs, base.rstrip("/")

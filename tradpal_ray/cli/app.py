@@ -42,6 +42,17 @@ LogLevelOption = Annotated[
     str | None, typer.Option("--log-level", help="DEBUG, INFO, WARNING or ERROR. Env: TRADPAL_LOG_LEVEL.", show_default=False)
 ]
 
+AddressOption = Annotated[
+    str | None,
+    typer.Option("--address", help="Join this Ray cluster (HOST:PORT, ray://..., or auto for one started with `ray start`). "
+                                   "Default: RAY_ADDRESS, else a private local Ray when Ray is needed.", show_default=False),
+]
+_NAME_HELP = ("Instance id in the names of its Ray actors and Serve app (default: derived from the store), so "
+              "tradpal processes sharing a cluster never touch each other's.")
+NameOption = Annotated[str | None, typer.Option("--name", help=_NAME_HELP, show_default=False)]
+_REPLACE_HELP = "Replace a running feed actor or statistics app of that name instead of refusing."
+ReplaceOption = Annotated[bool, typer.Option("--replace", help=_REPLACE_HELP)]
+
 
 def settings_for(**flags: object) -> Settings:
     """Settings from the environment with the given CLI flags on top; logging set up."""

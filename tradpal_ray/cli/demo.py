@@ -4,6 +4,11 @@ Steps, in data-flow order: Redis -> exchange simulator -> history backfill -> fe
 streaming live -> sweep on Ray -> statistics API on Ray Serve -> the leaderboard read back
 over HTTP. It then runs until Ctrl-C or ``--duration`` and stops everything it started, in
 reverse order, after the feeds flushed every closed candle to the store.
+
+The simulator's candles go under exchange ``sim``, never ``binance``. Its clock starts in the
+past (at a UTC midnight early enough for the run at ``--speed``, or where the last demo's
+candles end) and never runs ahead of the wall clock; the sweep ranks the ``--days`` before that
+midnight, so every demo of a day shows the same leaderboard.
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ import asyncio
 import contextlib
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -24,22 +31,45 @@ from rich.progress import Progress
 from rich.table import Table
 
 from tradpal_ray.backtest import BacktestConfig
-from tradpal_ray.cli.app import StoreOption, app, console, settings_for
+from tradpal_ray.cli.app import AddressOption, NameOption, ReplaceOption, StoreOption, app, console, settings_for
 from tradpal_ray.cli.data import print_store, run_backfill
 from tradpal_ray.cli.sweep import print_results, render
-from tradpal_ray.cluster import connect, dashboard_url
+from tradpal_ray.cluster import connect, dashboard_url, instance_name
 from tradpal_ray.config import Settings, split_list
 from tradpal_ray.errors import ConfigError, TradpalError
 from tradpal_ray.market import CandleStore
+from tradpal_ray.market.exchange import SIMULATOR
 from tradpal_ray.runs import SweepOutcome, SweepRequest, run_sweep
-from tradpal_ray.serve.launch import ServeOptions, deploy_stats, prepare_environment
+from tradpal_ray.serve.launch import ServeOptions, app_name, deploy_stats, prepare_environment, stop_stats
 from tradpal_ray.stats.local_redis import RedisProcess, redis_available
 
 DEMO_SYMBOLS = "BTC/USDT,ETH/USDT,SOL/USDT,BNB/USDT,XRP/USDT"
 DEMO_GRID = {"fast": list(range(5, 51, 5)), "slow": list(range(20, 201, 10))}
 DEMO_COSTS = BacktestConfig(fee=0.001)
-"""Sizes come from each market's lot step, recorded by the backfill."""
-"""Crypto sizing: fractional units down to one satoshi, 0.1 % fee per side."""
+"""Sizes come from each market's lot step, recorded by the backfill; 0.1 % fee per side."""
+DAY_MS = 86_400_000
+MINUTE_MS = 60_000
+Window = tuple[int, int]
+"""``[since, until)`` in ms."""
+
+
+def history_window(days: float, speed: float, duration: float | None, now_ms: int) -> Window:
+    """The ``days`` of history the demo backfills and sweeps: those before the UTC midnight at
+    which the simulator's clock may start to run ``duration`` (default an hour) at ``speed``
+    without passing the wall clock. The same for every run of a day: so is the leaderboard."""
+    from tradpal_ray.sim.stream import DEFAULT_RUN_S, start_for_run
+
+    until = start_for_run(speed, DEFAULT_RUN_S if duration is None else duration, now_ms) // DAY_MS * DAY_MS
+    return until - int(days * DAY_MS), until
+
+
+def simulator_start(store: CandleStore, symbols: list[str], window: Window, now_ms: int) -> int:
+    """Where the simulator's clock starts: at the end of the history window, or where the
+    candles of an earlier demo end (the oldest last candle over ``symbols``), so a second run
+    streams new candles instead of replaying stored ones. Never after ``now_ms``."""
+    lasts = [store.last_open_time(SIMULATOR, symbol, "1m") for symbol in symbols]
+    resume = min((last + MINUTE_MS if last is not None else window[1]) for last in lasts)
+    return min(max(window[1], resume), now_ms // MINUTE_MS * MINUTE_MS)
 
 
 def start_redis(stack: contextlib.ExitStack) -> str | None:
@@ -64,35 +94,37 @@ def start_redis(stack: contextlib.ExitStack) -> str | None:
     return server.url
 
 
-def backfill_history(settings: Settings, symbols: list[str], days: float) -> None:
-    """Fetch ``days`` of closed 1m candles for ``symbols`` into the store and list the store."""
+def backfill_history(settings: Settings, symbols: list[str], window: Window) -> None:
+    """Fetch the closed 1m candles of ``window`` for ``symbols`` into the store and list the store."""
     console.rule("history backfill")
-    since = int((time.time() - days * 86_400) * 1000) // 60_000 * 60_000
-    asyncio.run(run_backfill(settings, symbols, "1m", since, None))
+    asyncio.run(run_backfill(settings, symbols, "1m", *window))
     print_store(CandleStore(settings.store))
 
 
-def start_feeds(settings: Settings, symbols: list[str], stack: contextlib.ExitStack) -> Any:
+def start_feeds(settings: Settings, symbols: list[str], stack: contextlib.ExitStack, instance: str,
+                replace: bool) -> Any:
     """One feed actor streaming 1m candles and trades of ``symbols`` into the store; stopped (flushed) on exit."""
     import ray
 
     from tradpal_ray.feeds import FeedConfig, start_feed
+    from tradpal_ray.feeds.actor import actor_name
 
     console.rule("live feeds")
     config = FeedConfig(symbols=tuple(symbols), timeframes=("1m",), exchange=settings.exchange,
                         url=settings.exchange_url, store=settings.store)
-    feed = start_feed(config)
+    feed = start_feed(config, instance=instance, if_running="replace" if replace else "refuse")
     stack.callback(lambda: (ray.get(feed.stop.remote(), timeout=60), ray.kill(feed)))
     ray.get(feed.ready.remote(), timeout=120)
-    console.print(f"feed actor {config.name} streaming {', '.join(symbols)} (1m candles, trades)", highlight=False)
+    console.print(f"feed actor {actor_name(config, instance)} streaming {', '.join(symbols)} (1m candles, trades)", highlight=False)
     return feed
 
 
-def sweep_history(settings: Settings, symbols: list[str]) -> SweepOutcome:
-    """Run the sma_cross grid over every symbol on Ray and print the summary tables."""
+def sweep_history(settings: Settings, symbols: list[str], window: Window) -> SweepOutcome:
+    """Run the sma_cross grid over the history ``window`` of every symbol on Ray and print the summary tables."""
     console.rule("parameter sweep on Ray")
+    since, until = (pd.Timestamp(ms, unit="ms", tz="UTC").isoformat() for ms in window)
     request = SweepRequest(strategy="sma_cross", grid=DEMO_GRID, symbols=symbols, exchange=settings.exchange,
-                           timeframe="1m", metric="return_pct", config=DEMO_COSTS)
+                           timeframe="1m", since=since, until=until, metric="return_pct", config=DEMO_COSTS)
     request, _ = request.with_market_units(settings.store)
     with Progress(console=console) as progress:
         task = progress.add_task("sweep chunks", total=None)
@@ -138,9 +170,9 @@ def feed_table(status: dict[str, Any]) -> Table:
 
 
 def _lag(lag_ms: int | None) -> str:
-    # The simulator's clock runs ``--speed`` times faster than the wall clock, so its events
-    # look like they come from the future: there is no meaningful lag to show then.
-    return "-" if lag_ms is None or lag_ms < 0 else str(lag_ms)
+    # Measured by the feed against the exchange's own clock (the simulator's runs in the past,
+    # faster); a few ms below zero is that clock's estimate, not a frame from the future.
+    return "-" if lag_ms is None else str(max(lag_ms, 0))
 
 
 def watch(feed: Any, duration: float | None) -> dict[str, Any]:
@@ -162,11 +194,14 @@ def watch(feed: Any, duration: float | None) -> dict[str, Any]:
 def demo(
     symbols: Annotated[str, typer.Option("--symbols", help="Comma-separated symbols to simulate.")] = DEMO_SYMBOLS,
     days: Annotated[float, typer.Option("--days", help="Days of 1m history to backfill.", min=0.1)] = 7.0,
-    speed: Annotated[float, typer.Option("--speed", help="Simulator clock speed (simulated seconds per second).", min=0.01)] = 60.0,
+    speed: Annotated[float, typer.Option("--speed", help="Simulator clock speed (simulated seconds per second; it never passes the wall clock).", min=0.01)] = 60.0,
     duration: Annotated[float | None, typer.Option("--duration", help="Stop after S seconds (default: at Ctrl-C).", min=0, show_default=False)] = None,
     port: Annotated[int, typer.Option("--port", help="Port of the statistics API.", min=1, max=65535)] = 8000,
     live: Annotated[bool, typer.Option("--live", help="Use the real exchange (needs internet) instead of the simulator.")] = False,
     store: StoreOption = None,
+    address: AddressOption = None,
+    name: NameOption = None,
+    replace: ReplaceOption = False,
 ) -> None:
     """Simulator + backfill + live feeds + sweep on Ray + statistics API, in laptop mode."""
     from tradpal_ray.sim import run_simulator
@@ -175,39 +210,67 @@ def demo(
     wanted = split_list(symbols)
     if not wanted:
         raise ConfigError("--symbols is empty")
+    instance = instance_name(name, settings.store)
+    now_ms = int(time.time() * 1000)
     with contextlib.ExitStack() as stack:
         redis_url = start_redis(stack)
         if redis_url:
             settings = settings.override(redis_url=redis_url)
-        if not live:
-            sim = stack.enter_context(run_simulator(wanted, speed=speed))
-            console.print(f"exchange simulator at {sim.url} ({speed:g}x real time)", highlight=False)
-            settings = settings.override(exchange="binance", exchange_url=sim.url)
-        run_pipeline(settings, wanted, days, port, duration, stack)
+        if live:
+            window = (now_ms - int(days * DAY_MS)) // MINUTE_MS * MINUTE_MS, now_ms // MINUTE_MS * MINUTE_MS
+            exchange_now = lambda: int(time.time() * 1000)  # noqa: E731
+        else:
+            window = history_window(days, speed, duration, now_ms)
+            start = simulator_start(CandleStore(settings.store), wanted, window, now_ms)
+            sim = stack.enter_context(run_simulator(wanted, speed=speed, start=start))
+            console.print(f"exchange simulator at {sim.url} ({speed:g}x real time from "
+                          f"{pd.Timestamp(start, unit='ms', tz='UTC'):%Y-%m-%d %H:%M} UTC; its candles go under "
+                          f"exchange '{SIMULATOR}')", highlight=False)
+            settings = settings.override(exchange=SIMULATOR, exchange_url=sim.url)
+            exchange_now = sim.now_ms
+        run_pipeline(settings, wanted, window, port, duration, stack,
+                     DemoRay(address=address, instance=instance, replace=replace), exchange_now)
     console.print("demo stopped: feeds flushed, Serve, Ray, simulator and Redis shut down", highlight=False)
 
 
-def run_pipeline(settings: Settings, symbols: list[str], days: float, port: int, duration: float | None,
-                 stack: contextlib.ExitStack) -> None:
-    """The demo's steps against whatever exchange ``settings`` point at; ``stack`` undoes them."""
-    import ray
-    from ray import serve
+@dataclass(frozen=True)
+class DemoRay:
+    """Where the demo's Ray parts run and what they are called."""
 
-    backfill_history(settings, symbols, days)
+    address: str | None
+    """None: a private local Ray (or RAY_ADDRESS)."""
+    instance: str
+    replace: bool
+
+
+def run_pipeline(settings: Settings, symbols: list[str], window: Window, port: int, duration: float | None,
+                 stack: contextlib.ExitStack, where: DemoRay, exchange_now: Callable[[], int]) -> None:
+    """The demo's steps against whatever exchange ``settings`` point at; ``stack`` undoes them.
+
+    ``exchange_now`` is the exchange's clock: a run that covered a few candles of it must have
+    delivered some.
+    """
+    import ray
+
+    backfill_history(settings, symbols, window)
     options = prepare_environment(settings, ServeOptions(host="127.0.0.1", port=port, fast=False))
-    connect(log_to_driver=False)
-    stack.callback(ray.shutdown)
-    feed = start_feeds(settings, symbols, stack)
-    outcome = sweep_history(settings, symbols)
+    mode = connect(where.address, log_to_driver=False)
+    if mode != "existing":
+        stack.callback(ray.shutdown)
+    feed = start_feeds(settings, symbols, stack, where.instance, where.replace)
+    outcome = sweep_history(settings, symbols, window)
     console.rule("statistics API")
-    url = deploy_stats(options, settings.store)
-    stack.callback(serve.shutdown)
-    leaderboard_from_api(url, outcome.run_id)
-    console.print(f"statistics API: {url}/docs   page: {url}/   Ray dashboard: {dashboard_url() or 'not running'}",
-                  highlight=False)
+    app_id = app_name(where.instance)
+    deployed = deploy_stats(options, settings.store, app=app_id, replace=where.replace)
+    stack.callback(stop_stats, app_id)  # through Serve's API, before Ray stops
+    console.print(deployed.describe(), highlight=False)
+    leaderboard_from_api(deployed.url, outcome.run_id)
+    console.print(f"statistics API: {deployed.url}/docs   page: {deployed.url}/   "
+                  f"Ray dashboard: {dashboard_url() or 'not running'}", highlight=False)
     console.print("streaming; Ctrl-C stops" if duration is None else f"streaming for {duration:g} s", highlight=False)
+    streamed_from = exchange_now()
     status = watch(feed, duration)
     closed = sum(stream.get("closed", 0) for stream in status.get("streams", []))
     console.print(f"feed delivered {closed} closed candles", highlight=False)
-    if closed == 0 and duration and duration >= 10:
+    if closed == 0 and exchange_now() - streamed_from >= 3 * MINUTE_MS:
         raise TradpalError("the feed delivered no closed candle")

@@ -3,8 +3,11 @@
 Off loopback (or with ``--fast``, whose HAProxy binds all interfaces) an API key is
 required (TRADPAL_API_KEYS). ``--fast`` sets RAY_SERVE_ENABLE_HA_PROXY=1 and
 RAY_SERVE_THROUGHPUT_OPTIMIZED=1 before Ray starts: about 10x the requests/s of Serve's
-default proxy. See :mod:`tradpal_ray.serve.launch`. On Ctrl-C a Ray started here is shut
-down; on a joined cluster only the ``stats`` app is deleted, other Serve apps keep running.
+default proxy. See :mod:`tradpal_ray.serve.launch`. The app is ``stats-<instance>``
+(``--name``, default derived from the store); on a cluster whose Serve already runs another
+instance's statistics app it refuses unless ``--replace``. On Ctrl-C a Ray started here is
+shut down (our app deleted through Serve's API first); on a joined cluster only our app is
+deleted, other Serve apps keep running.
 """
 
 from __future__ import annotations
@@ -14,8 +17,9 @@ from typing import Annotated
 
 import typer
 
-from tradpal_ray.cli.app import StoreOption, app, console, settings_for
-from tradpal_ray.cluster import connect
+from tradpal_ray.cli.app import AddressOption, NameOption, ReplaceOption, StoreOption, app, console, settings_for
+from tradpal_ray.cluster import connect, instance_name
+
 
 
 @app.command()
@@ -28,33 +32,33 @@ def serve(
     autoscale_max: Annotated[int | None, typer.Option("--autoscale-max", min=1, help="Autoscale between --replicas and this many replicas.", show_default=False)] = None,
     max_ongoing_requests: Annotated[int | None, typer.Option("--max-ongoing-requests", min=1, help="Per replica (default 256).", show_default=False)] = None,
     fast: Annotated[bool | None, typer.Option("--fast/--no-fast", help="HAProxy + throughput-optimized Serve (default: on off loopback).", show_default=False)] = None,
+    address: AddressOption = None,
+    name: NameOption = None,
+    replace: ReplaceOption = False,
 ) -> None:
     """Serve run statistics, candle coverage, feeds and trades over HTTP (Ray Serve, Redis cache)."""
     import ray
-    from ray import serve as ray_serve
 
     from tradpal_ray.log import redact
-    from tradpal_ray.serve.launch import APP_NAME, ServeOptions, deploy_stats, prepare_environment
+    from tradpal_ray.serve.launch import ServeOptions, app_name, deploy_stats, prepare_environment, stop_stats
     from tradpal_ray.stats.cache import redis_problem
 
     settings = settings_for(store=store, redis_url=redis_url)
+    app_id = app_name(instance_name(name, settings.store))
     options = prepare_environment(settings, ServeOptions(host, port, replicas, autoscale_max, max_ongoing_requests, fast))
     cache_url = settings.redis_url.get_secret_value()
     if (problem := redis_problem(cache_url)) is not None:  # the replicas' own logs never reach this terminal
         where = redact(cache_url) or "(TRADPAL_REDIS_URL is empty)"
         console.print(f"[yellow]warning:[/yellow] Redis {where} is not reachable ({problem}): the API answers "
                       "from the store, uncached, and /ready says 503 until Redis answers", highlight=False, soft_wrap=True)
-    mode = connect(log_to_driver=False)
+    mode = connect(address, log_to_driver=False)
+    deployed = None
     try:
-        url = deploy_stats(options, settings.store)
-        console.print(f"stats API on {url} (docs: /docs); Ctrl-C to stop", highlight=False)
+        deployed = deploy_stats(options, settings.store, app=app_id, replace=replace)
+        console.print(f"{deployed.describe()}; docs at /docs; Ctrl-C to stop", highlight=False)
         threading.Event().wait()
     finally:
-        if mode == "local":  # our own Ray: it and its Serve go
-            ray_serve.shutdown()
-            ray.shutdown()
-        else:  # a shared Serve: remove only our app, leave the others running
-            if APP_NAME in ray_serve.status().applications:
-                ray_serve.delete(APP_NAME)
-            if mode == "cluster":
-                ray.shutdown()  # detach this driver; the cluster stays up
+        if deployed is not None:  # only what we deployed: a refused start leaves the running app alone
+            stop_stats(app_id)
+        if mode != "existing":
+            ray.shutdown()  # our own Ray stops; a joined cluster stays up (this driver detaches)

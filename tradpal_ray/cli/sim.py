@@ -37,7 +37,8 @@ def sim(
     ] = 7,
     start: Annotated[
         str | None,
-        typer.Option("--start", help="Simulated start time (ISO 8601); default now."),
+        typer.Option("--start", help="Simulated start time (ISO 8601, in the past); default: early enough "
+                     "to run an hour at --speed before the clock meets the wall clock (it never runs ahead)."),
     ] = None,
     replay: Annotated[
         list[str] | None,
@@ -68,7 +69,9 @@ def sim(
         source=source,
     ) as handle:
         console.print(
-            f"simulator at {handle.url} for {', '.join(handle.symbols)} (speed {speed:g}x); Ctrl-C stops it"
+            f"simulator at {handle.url} for {', '.join(handle.symbols)} (speed {speed:g}x); Ctrl-C stops it\n"
+            f"its candles go under exchange 'sim': --exchange sim --exchange-url {handle.url}",
+            highlight=False,
         )
         print(handle.url, flush=True)  # stdout: machine-readable URL for scripts
         threading.Event().wait()  # until Ctrl-C (KeyboardInterrupt) leaves the context and stops the server

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from typing import Annotated, Any
 
@@ -12,13 +11,17 @@ from rich.live import Live
 from rich.table import Table
 
 from tradpal_ray.cli.app import (
+    AddressOption,
     ExchangeOption,
     ExchangeUrlOption,
+    NameOption,
+    ReplaceOption,
     StoreOption,
     app,
     console,
     settings_for,
 )
+from tradpal_ray.cluster import connect, instance_name
 from tradpal_ray.config import split_list
 from tradpal_ray.errors import ConfigError, TradpalError
 from tradpal_ray.feeds.feed import FeedConfig, validate_feed
@@ -68,7 +71,10 @@ def stream(
     connector: Annotated[str, typer.Option("--connector", help="native (Binance, fastest) or ccxt (any exchange).")] = "native",
     duration: Annotated[float | None, typer.Option("--duration", help="Stop after S seconds (default: Ctrl-C).", show_default=False)] = None,
     trades: Annotated[bool, typer.Option("--trades/--no-trades", help="Also stream trades.")] = True,
-    shard: Annotated[str, typer.Option("--shard", help="Feed shard name: the actor is feed:<exchange>:<shard>.")] = "0",
+    shard: Annotated[str, typer.Option("--shard", help="Feed shard name: the actor is feed:<exchange>:<shard>@<name>.")] = "0",
+    address: AddressOption = None,
+    name: NameOption = None,
+    replace: ReplaceOption = False,
 ) -> None:
     """Stream live candles (and trades) into the object store and the candle store, with a live health table."""
     settings = settings_for(store=store, exchange=exchange, exchange_url=exchange_url)
@@ -80,26 +86,28 @@ def stream(
                         rest=CLI_REST_BUDGET, request_timeout_ms=5000)
     asyncio.run(validate_feed(config))  # bad symbols/timeframes or a dead exchange fail here, before Ray starts
 
+    instance = instance_name(name, settings.store)
+
     import ray
 
     from tradpal_ray.feeds.actor import start_feed
 
-    started_ray = not ray.is_initialized()
-    if started_ray:
-        ray.init(address=os.environ.get("RAY_ADDRESS", "local"), log_to_driver=False)
-    handle = start_feed(config, max_restarts=-1)
+    mode = connect(address, log_to_driver=False)
     try:
+        handle = start_feed(config, instance=instance, if_running="replace" if replace else "refuse", max_restarts=-1)
         try:
-            ray.get(handle.ready.remote())
-        except ray.exceptions.RayTaskError as exc:
-            raise _unwrap(exc) from None
-        _watch(ray, handle, duration)
-        final = ray.get(handle.stop.remote())
-        console.print(status_table(final, {}))
-        console.print(f"stopped: {final['stored_rows']} closed candles stored in {settings.store}", highlight=False)
+            try:
+                ray.get(handle.ready.remote())
+            except ray.exceptions.RayTaskError as exc:
+                raise _unwrap(exc) from None
+            _watch(ray, handle, duration)
+            final = ray.get(handle.stop.remote())
+            console.print(status_table(final, {}))
+            console.print(f"stopped: {final['stored_rows']} closed candles stored in {settings.store}", highlight=False)
+        finally:
+            ray.kill(handle)  # our own actor, never another process's (start_feed refused those)
     finally:
-        ray.kill(handle)
-        if started_ray:
+        if mode != "existing":
             ray.shutdown()
 
 

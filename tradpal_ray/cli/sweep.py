@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from tradpal_ray.cli.app import ExchangeOption, StoreOption, app, console, emit_json, settings_for
+from tradpal_ray.cli.app import AddressOption, ExchangeOption, StoreOption, app, console, emit_json, settings_for
 from tradpal_ray.cli.backtest import (
     CashOption,
     DataOption,
@@ -37,12 +37,6 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from tradpal_ray.runs import RunManifest, SweepOutcome, SweepRequest
-
-AddressOption = Annotated[
-    str | None,
-    typer.Option("--address", help="Join this Ray cluster (HOST:PORT, ray://..., or auto for one started with `ray start`). "
-                                   "Default: RAY_ADDRESS, else a private local Ray when Ray is needed.", show_default=False),
-]
 
 
 @app.command()

@@ -1,7 +1,7 @@
 """Live market data: feed actors that stream into the object store and the candle store.
 
 ``start_feed(FeedConfig(symbols=("BTC/USDT",), timeframes=("1m",), store=...))`` starts the
-actor ``feed:<exchange>:<shard>``; ``subscribe(handle, "BTC/USDT", "1m")`` iterates its
+actor ``feed:<exchange>:<shard>`` (``...@<instance>`` with ``instance=``); ``subscribe(handle, "BTC/USDT", "1m")`` iterates its
 candle batches, ``latest(handle, "BTC/USDT", "1m", n)`` gives a frame. The actor (and Ray)
 is imported lazily so that the plain classes stay light.
 """

@@ -1,6 +1,7 @@
 """FeedActor: a restartable async Ray actor around one :class:`~tradpal_ray.feeds.feed.Feed`.
 
-Named ``feed:<exchange>:<shard>`` in the ``tradpal`` namespace. Batches are ``ray.put`` by
+Named ``feed:<exchange>:<shard>@<instance>`` in the ``tradpal`` namespace (the instance id
+keeps two tradpal processes on one cluster apart; see :func:`tradpal_ray.cluster.instance_name`). Batches are ``ray.put`` by
 the actor and handed out as ObjectRefs by :meth:`FeedActor.poll`, so consumers on any node
 read them from the object store without passing through the driver. Objects the actor
 owns die with it; the candle store is the record of truth: a restarted actor (``__init__``
@@ -11,12 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import time
 from collections.abc import Hashable
-from typing import Any
+from typing import Any, Literal
 
 import pandas as pd
 import ray
 
+from tradpal_ray.errors import ConfigError
 from tradpal_ray.feeds.feed import Feed, FeedConfig
 from tradpal_ray.feeds.metrics import FeedMetrics
 from tradpal_ray.feeds.publish import RingRead
@@ -81,25 +84,63 @@ class FeedActor:
         return await self.feed.stop()
 
 
-def start_feed(config: FeedConfig, *, max_restarts: int = -1, detached: bool = False,
-               **options: Any) -> ray.actor.ActorHandle:
-    """Create (or find) the feed actor ``config.name``; ``options`` go to ``.options()`` (e.g. resources).
+IfRunning = Literal["reuse", "refuse", "replace"]
+"""What :func:`start_feed` does when an actor of that name runs already."""
 
-    The actor is restarted after a crash (``max_restarts``; -1 = always) and resumes from the store.
-    Call ``ray.get(handle.ready.remote())`` to wait until it streams.
+
+def actor_name(config: FeedConfig, instance: str | None = None) -> str:
+    """The feed actor's name: ``feed:<exchange>:<shard>@<instance>`` (``config.name`` without an instance)."""
+    return config.name if instance is None else f"{config.name}@{instance}"
+
+
+def start_feed(config: FeedConfig, *, instance: str | None = None, if_running: IfRunning = "reuse",
+               max_restarts: int = -1, detached: bool = False, **options: Any) -> ray.actor.ActorHandle:
+    """Create the feed actor :func:`actor_name`; ``options`` go to ``.options()`` (e.g. resources).
+
+    When one of that name runs already: ``reuse`` it (detached feeds a script starts again),
+    ``refuse`` with a ConfigError (it belongs to another process, which would kill it or lose
+    it to us), or ``replace`` it (kill it first). The actor is restarted after a crash
+    (``max_restarts``; -1 = always) and resumes from the store. Call
+    ``ray.get(handle.ready.remote())`` to wait until it streams.
     """
+    name = actor_name(config, instance)
+    if if_running != "reuse" and (running := _running(name)) is not None:
+        if if_running == "refuse":
+            raise ConfigError(f"feed actor {name} already runs on this Ray cluster (another tradpal process); "
+                              "stop it, give another --name, or --replace it")
+        ray.kill(running, no_restart=True)
+        _wait_gone(name)
     remote = ray.remote(FeedActor)
-    return remote.options(
-        name=config.name,
-        namespace=NAMESPACE,
-        get_if_exists=True,
-        max_restarts=max_restarts,
-        lifetime="detached" if detached else None,
-        num_cpus=options.pop("num_cpus", 0),
-        **options,
-    ).remote(config)
+    try:
+        return remote.options(
+            name=name,
+            namespace=NAMESPACE,
+            get_if_exists=if_running == "reuse",
+            max_restarts=max_restarts,
+            lifetime="detached" if detached else None,
+            num_cpus=options.pop("num_cpus", 0),
+            **options,
+        ).remote(config)
+    except ValueError as exc:  # another process took the name between our check and the creation
+        raise ConfigError(f"feed actor {name} already runs on this Ray cluster: {exc}") from None
+
+
+def _running(name: str) -> ray.actor.ActorHandle | None:
+    try:
+        return ray.get_actor(name, namespace=NAMESPACE)
+    except ValueError:
+        return None
+
+
+def _wait_gone(name: str, timeout: float = 30.0) -> None:
+    """Wait until a killed actor's name is free again (Ray releases it asynchronously)."""
+    deadline = time.monotonic() + timeout
+    while _running(name) is not None:
+        if time.monotonic() > deadline:
+            raise ConfigError(f"feed actor {name} did not stop within {timeout:.0f} s")
+        time.sleep(0.1)  # polling Ray's actor table for the release
 
 
 def get_feed(name: str) -> ray.actor.ActorHandle:
-    """The running feed actor called ``name`` (``feed:<exchange>:<shard>``)."""
+    """The running feed actor called ``name`` (see :func:`actor_name`)."""
     return ray.get_actor(name, namespace=NAMESPACE)

@@ -23,7 +23,7 @@ from aiohttp import WSMsgType
 from tradpal_ray.errors import ConfigError
 from tradpal_ray.feeds.publish import TradeBuffer
 from tradpal_ray.log import get_logger
-from tradpal_ray.market.exchange import create_exchange
+from tradpal_ray.market.exchange import create_exchange, protocol
 
 log = get_logger(__name__)
 
@@ -232,7 +232,7 @@ def make_connector(kind: str, *, exchange: str, url: str | None, rest_client: An
     """The connector ``kind`` ("native" or "ccxt") for ``symbols``, using ``rest_client``'s loaded markets."""
     if kind == "ccxt":
         return CcxtConnector(exchange, url, rest_client.markets, symbols, timeframes, trades)
-    if kind != "native" or exchange != "binance":
+    if kind != "native" or protocol(exchange) != "binance":
         raise ConfigError(f"no connector {kind!r} for {exchange}; valid: ccxt (any exchange), native (binance)")
     ws = rest_client.urls["api"]["ws"]
     ws_url = ws["spot"] if isinstance(ws, dict) else ws

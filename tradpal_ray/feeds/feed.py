@@ -47,7 +47,7 @@ from tradpal_ray.feeds.publish import BatchRing, CandleBuffer, RingRead, TradeBu
 from tradpal_ray.feeds.status_store import FeedStatusStore
 from tradpal_ray.log import get_logger
 from tradpal_ray.market.backfill import iter_kline_pages, validate_request
-from tradpal_ray.market.exchange import create_exchange
+from tradpal_ray.market.exchange import create_exchange, protocol
 from tradpal_ray.market.retry import Backoff, call_with_retry
 from tradpal_ray.market.schema import bad_ohlcv_rows, candles_frame, candles_table, timeframe_ms
 from tradpal_ray.market.store import CandleStore
@@ -104,7 +104,7 @@ class FeedConfig:
             timeframe_ms(timeframe)
         if self.connector not in ("ccxt", "native"):
             raise ConfigError(f"unknown connector {self.connector!r}; valid: ccxt, native")
-        if self.connector == "native" and self.exchange != "binance":
+        if self.connector == "native" and protocol(self.exchange) != "binance":
             raise ConfigError(f"the native connector speaks Binance only; use the ccxt connector for {self.exchange}")
         for name in ("stale_after", "flush_interval", "min_flush_interval", "store_within", "status_interval",
                      "rest_poll_interval"):
@@ -570,8 +570,17 @@ class Feed:
             stats.last_message_ms = now_ms
             stats.last_event_ms = last_event
 
+    def exchange_now_ms(self) -> int:
+        """The exchange's time now, projected from its newest server-time sample at its measured
+        rate (our clock before any sample). Lag is measured against it: a simulator's clock may
+        run in the past, and faster than ours."""
+        newest, rate = self.clock.newest, self.clock.rate
+        if newest is None:
+            return _wall_ms()
+        return newest.server_ms + int((1000.0 if rate is None else rate) * (time.monotonic() - newest.sent))
+
     def _record_lag(self) -> None:
-        now_ms = _wall_ms()
+        now_ms = self.exchange_now_ms()
         for symbol, stats in self.trade_stats.items():
             if stats.last_event_ms is not None:
                 self.metrics.lag(symbol, now_ms - stats.last_event_ms)
@@ -699,11 +708,12 @@ class Feed:
     def status(self) -> dict[str, Any]:
         """Health per stream (last message time, lag, messages, closed candles) and of the connection."""
         now_ms = _wall_ms()
+        exchange_ms = self.exchange_now_ms()
         mode = self.mode
         streams = []
 
         def row(symbol: str, stream: str, stats: StreamStats, **extra: Any) -> dict[str, Any]:
-            lag = None if stats.last_event_ms is None else now_ms - stats.last_event_ms
+            lag = None if stats.last_event_ms is None else exchange_ms - stats.last_event_ms
             return {"symbol": symbol, "stream": stream, "messages": stats.messages,
                     "last_message_ms": stats.last_message_ms, "lag_ms": lag, "mode": mode,
                     "reconnects": self.reconnects, **extra}

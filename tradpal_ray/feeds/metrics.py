@@ -9,7 +9,7 @@ name                                   type       tags              meaning
 ``tradpal_feed_reconnects``            counter    feed              stream connections lost and re-dialled
 ``tradpal_feed_gaps_repaired``         counter    feed              closed candles fetched over REST to fill gaps
 ``tradpal_feed_flush_latency_ms``      histogram  feed, kind        age of a batch's oldest row when published
-``tradpal_feed_lag_ms``                gauge      feed, symbol      receipt time minus exchange event time
+``tradpal_feed_lag_ms``                gauge      feed, symbol      the exchange's clock at receipt minus event time
 ``tradpal_feed_mode``                  gauge      feed              0 = WebSocket, 1 = REST polling fallback
 =====================================  =========  ================  =============================================
 """
@@ -38,7 +38,7 @@ class FeedMetrics:
             "tradpal_feed_flush_latency_ms", "Age of a batch's oldest row at publish (ms).", FLUSH_BOUNDARIES_MS,
             ("feed", "kind"),
         )
-        self._lag: Any = metrics.Gauge("tradpal_feed_lag_ms", "Receipt minus exchange event time (ms).", ("feed", "symbol"))
+        self._lag: Any = metrics.Gauge("tradpal_feed_lag_ms", "The exchange's clock at receipt minus its event time (ms).", ("feed", "symbol"))
         self._mode: Any = metrics.Gauge("tradpal_feed_mode", "0 WebSocket, 1 REST polling.", ("feed",))
         for metric in (self._messages, self._reconnects, self._repaired, self._flush, self._lag, self._mode):
             metric.set_default_tags(tags)

@@ -2,7 +2,9 @@
 
 ``create_exchange("binance", url="http://127.0.0.1:8765")`` returns the unmodified ccxt
 client with its REST and WebSocket endpoints rewritten to that server: this is how the
-simulator (:mod:`tradpal_ray.sim`, which speaks Binance spot's protocol) is used.
+simulator (:mod:`tradpal_ray.sim`, which speaks Binance spot's protocol) is used. The
+simulator has its own exchange id, :data:`SIMULATOR` (``"sim"``): a Binance client under
+the hood, but its candles are stored under ``exchange=sim``, never where real Binance data goes.
 """
 
 from __future__ import annotations
@@ -16,9 +18,19 @@ import ccxt.pro
 from tradpal_ray.errors import ConfigError
 
 
+SIMULATOR = "sim"
+"""Exchange id of tradpal's local simulator (``--exchange sim --exchange-url http://...``)."""
+_PROTOCOL = {SIMULATOR: "binance"}
+
+
 def exchange_ids() -> list[str]:
-    """Exchange ids ccxt supports."""
-    return list(ccxt.exchanges)
+    """Exchange ids ccxt supports, and the simulator's."""
+    return [*ccxt.exchanges, SIMULATOR]
+
+
+def protocol(exchange_id: str) -> str:
+    """The ccxt exchange whose protocol ``exchange_id`` speaks: itself, ``binance`` for the simulator."""
+    return _PROTOCOL.get(exchange_id, exchange_id)
 
 
 def create_exchange(
@@ -30,12 +42,16 @@ def create_exchange(
     secret: str | None = None,
     options: dict[str, Any] | None = None,
 ) -> Any:
-    """A ccxt (``pro=False``) or ccxt.pro (``pro=True``) client for ``exchange_id``.
+    """A ccxt (``pro=False``) or ccxt.pro (``pro=True``) client for ``exchange_id`` (``sim``: a Binance
+    client, which needs the simulator's ``url``).
 
     With ``url`` every REST endpoint is moved to that host (path kept) and the WebSocket
     to ``ws://host/stream/ws``; rate limiting is then off (local servers need none).
     A pro client must be created and closed inside the event loop that uses it.
     """
+    if exchange_id == SIMULATOR and url is None:
+        raise ConfigError("exchange 'sim' is the local simulator: give its URL, e.g. --exchange-url http://127.0.0.1:8765")
+    exchange_id = protocol(exchange_id)
     module = ccxt.pro if pro else ccxt
     if exchange_id not in ccxt.exchanges or not hasattr(module, exchange_id):
         kind = "ccxt.pro" if pro else "ccxt"

@@ -27,7 +27,7 @@ from tradpal_ray.sim.market import (
     Trades,
     parse_symbol,
 )
-from tradpal_ray.sim.stream import MALFORMED_FRAME, SimClock, StreamHub
+from tradpal_ray.sim.stream import MALFORMED_FRAME, SimClock, StreamHub, start_for_run
 from tradpal_ray.sim.synthetic import SyntheticSource, WalkParams
 
 log = get_logger(__name__)
@@ -74,7 +74,8 @@ class ExchangeSimulator:
 
     ``symbols`` are unified ("BTC/USDT"); market data comes from ``source`` (default: the
     deterministic synthetic walk seeded by ``seed``). The clock starts at ``start`` (default:
-    now) and runs ``speed`` times real time. Call :meth:`start` / :meth:`stop` in one loop.
+    early enough to run an hour at ``speed``; a replay starts at its first candle) and runs
+    ``speed`` times real time, never ahead of the wall clock. Call :meth:`start` / :meth:`stop` in one loop.
     """
 
     def __init__(
@@ -116,7 +117,9 @@ class ExchangeSimulator:
                 raise ConfigError(
                     f"symbol(s) {', '.join(sorted(unknown))} not served by the source"
                 )
-        start_ms = to_ms(start) if start is not None else int(time.time() * 1000)
+        start_ms = to_ms(start) if start is not None else start_for_run(speed)
+        if start_ms > time.time() * 1000:
+            raise ConfigError("the simulator's clock never runs ahead of the wall clock: give a start in the past")
         if start is None and all(source.end_ms(s) is not None for s in self.view.specs):
             start_ms = min(
                 source.first_ms(s) for s in self.view.specs

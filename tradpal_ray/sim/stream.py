@@ -39,8 +39,21 @@ SLOW_CONSUMER_S = 10.0  # ... and how long it waits before dropping that connect
 MALFORMED_FRAME = '{"e":"kline","E":17000000000'  # truncated JSON
 
 
+DEFAULT_RUN_S = 3600.0
+"""A simulator started without a start time runs this long at full speed before it meets the wall clock."""
+
+
+def start_for_run(speed: float, run_s: float = DEFAULT_RUN_S, now_ms: int | None = None) -> int:
+    """The latest start (ms) at which a clock running ``speed`` times real time stays behind
+    the wall clock for ``run_s`` seconds."""
+    now = int(time.time() * 1000) if now_ms is None else now_ms
+    return now - int(run_s * max(speed - 1.0, 0.0) * 1000)
+
+
 class SimClock:
-    """Simulated time in ms: ``start_ms`` when started, running ``speed`` times real time."""
+    """Simulated time in ms: ``start_ms`` when started, running ``speed`` times real time, but
+    never ahead of the wall clock: once it catches up it runs at real time. A simulated
+    exchange dated in the future would store candles no real exchange has yet."""
 
     def __init__(self, start_ms: int, speed: float = 1.0) -> None:
         self.start_ms = int(start_ms)
@@ -55,9 +68,8 @@ class SimClock:
         """Current simulated time (``start_ms`` until started)."""
         if self._origin is None:
             return self.start_ms
-        return self.start_ms + int(
-            (time.monotonic() - self._origin) * self.speed * 1000.0
-        )
+        ahead = self.start_ms + int((time.monotonic() - self._origin) * self.speed * 1000.0)
+        return min(ahead, int(time.time() * 1000))
 
 
 @dataclass(frozen=True)
