@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from market_data import goog
+from market_data import goog, write_goog
 
 from tradpal_ray.errors import ConfigError
 from tradpal_ray.validation import check_strategy
@@ -176,6 +176,17 @@ def test_cli_exit_codes(run_cli: RunCli, peeking: str, goog_csv: Path) -> None:
     assert code == 0 and answer["clean"] is True and answer["warmup_bars"] > answer["longest_window"] == 26
     code, _, err = run_cli("check-strategy", "bollinger_breakout", "--data", str(goog_csv))
     assert code == 0 and "no look-ahead" in err and "warm-up:" in err
+
+
+def test_cli_reads_a_series_from_the_store(run_cli: RunCli, store_root: Path) -> None:
+    write_goog(store_root, {"GOOG/USD": 1.0}, exchange="test")
+    code, out, _ = run_cli("check-strategy", "ema_cross", "--store", str(store_root), "--exchange", "test",
+                           "--symbol", "GOOG/USD", "--timeframe", "1d", "--json")
+    answer = json.loads(out)
+    assert code == 0 and answer["bars"] == len(goog()) and answer["clean"] is True
+    code, _, err = run_cli("check-strategy", "ema_cross", "--store", str(store_root), "--exchange", "test",
+                           "--symbol", "GOOG/USD")
+    assert code == 2 and err.startswith("error: give --data FILE, or --symbol and --timeframe")
 
 
 @pytest.mark.parametrize("argv", [

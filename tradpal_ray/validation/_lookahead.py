@@ -36,6 +36,8 @@ DEFAULT_PREFIXES = 1000
 """Prefixes recomputed by default: every one when the series has no more bars than this."""
 DEFAULT_STARTS = 16
 """Start offsets, spread over the first half of the series, from which the warm-up is measured."""
+PROBES_PER_TASK = 50
+"""At least this many prefixes and offsets per Ray task (each a signal computation): ~100 ms of work or more."""
 SIGNAL_NAMES = ("entry", "exit")
 EXECUTORS = ("local", "ray")
 
@@ -296,7 +298,8 @@ def _probe_on_ray(bars: Bars, whole: Signals, ref: StrategyRef, values: dict[str
     env = shipped_env(ref)
     task = ray.remote(max_retries=3)(probe)
     shipping: dict[str, Any] = {"runtime_env": env} if env else {}
-    count = max(1, min(len(lengths) + len(offsets), int(2 * ray.cluster_resources().get("CPU", 1))))
+    work = len(lengths) + len(offsets)
+    count = max(1, min(work // PROBES_PER_TASK, int(2 * ray.cluster_resources().get("CPU", 1))))
     bars_ref, whole_ref = ray.put(bars), ray.put(whole)
     refs = [task.options(name=f"check-strategy {ref.name} #{k}", **shipping).remote(
                 bars_ref, whole_ref, ProbeJob(ref, values, lengths[k::count], offsets[k::count]))
