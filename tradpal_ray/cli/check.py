@@ -1,0 +1,84 @@
+"""``tradpal-ray check-strategy``: does a strategy look ahead, and how long is its warm-up?
+
+Exit 0 when no signal changes once later bars are known, 1 with the first look-ahead bar
+otherwise, 2 (one ``error:`` line) for bad input. Without ``--json`` the verdict goes to
+stderr; with ``--json`` stdout holds exactly one object (see
+:meth:`~tradpal_ray.validation.LookaheadReport.to_dict`).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from tradpal_ray.cli.app import ExchangeOption, StoreOption, app, console
+from tradpal_ray.cli.backtest import (
+    DataOption,
+    JsonOption,
+    SinceOption,
+    TimeframeOption,
+    UntilOption,
+    load_cli_bars,
+)
+from tradpal_ray.cli.sweep import AddressOption
+
+if TYPE_CHECKING:
+    from tradpal_ray.validation import LookaheadReport
+
+
+@app.command("check-strategy")
+def check_strategy(
+    strategy: Annotated[str, typer.Argument(help="A built-in or registered name, module.path:function, or path/to/file.py:function.",
+                                            show_default=False)],
+    data: DataOption = None,
+    store: StoreOption = None,
+    exchange: ExchangeOption = None,
+    symbol: Annotated[str | None, typer.Option("--symbol", help="Symbol in the store, e.g. BTC/USDT.", show_default=False)] = None,
+    timeframe: TimeframeOption = None,
+    since: SinceOption = None,
+    until: UntilOption = None,
+    param: Annotated[list[str] | None, typer.Option("--param", help="Strategy parameter NAME=VALUE (repeatable).", show_default=False)] = None,
+    prefixes: Annotated[int, typer.Option("--prefixes", help="Prefixes to recompute: every one when the series is no longer, "
+                                                             "else each bar the strategy signals on, then bars spread evenly.")] = 1000,
+    executor: Annotated[str | None, typer.Option("--executor", help="local (in process) or ray (parallel tasks). "
+                                                             "Default: ray when --address or RAY_ADDRESS is given, else local.",
+                                          show_default=False)] = None,
+    address: AddressOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Recompute a strategy's signals on cut data: look-ahead (exit 1) and indicator warm-up."""
+    from tradpal_ray.backtest import parse_params
+    from tradpal_ray.validation import check_executor
+    from tradpal_ray.validation import check_strategy as run_check
+
+    params = parse_params(param or [])
+    chosen = check_executor(executor or ("ray" if address or os.environ.get("RAY_ADDRESS") else "local"))
+    bars, _ = load_cli_bars(data, store, exchange, symbol, timeframe, since, until, drop_bad=False)
+    report = run_check(bars, strategy, params, prefixes=prefixes, executor=chosen, address=address)
+    if json_output:
+        import orjson
+
+        sys.stdout.buffer.write(orjson.dumps(report.to_dict()) + b"\n")
+        sys.stdout.flush()
+    else:
+        _render(report)
+    if not report.clean:
+        raise typer.Exit(1)
+
+
+def _render(report: LookaheadReport) -> None:
+    """The verdict in a few lines on stderr."""
+    params = ", ".join(f"{k}={v}" for k, v in report.params.items())
+    coverage = "every prefix" if report.exhaustive else f"{report.prefixes_checked:,} prefixes"
+    head = f"{report.strategy}({params}) on {report.n_bars:,} bars, {coverage} recomputed"
+    if report.first is None:
+        console.print(f"[green]no look-ahead[/green]: {head}", highlight=False)
+    else:
+        console.print(f"[red]look-ahead[/red] at {len(report.lookahead):,} signal(s): {head}", highlight=False)
+        console.print(f"first: {report.first.describe()}", highlight=False)
+    window = f"longest window {report.longest_window}" if report.longest_window else "no window parameter"
+    console.print(f"warm-up: {report.warmup_bars:,} bars until the signals agree whatever the start "
+                  f"({window}; {len(report.warmup)} start offsets)", highlight=False)
