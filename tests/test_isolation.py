@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -156,7 +155,7 @@ def test_feed_lag_is_measured_on_the_exchange_clock(make_simulator: Any) -> None
 
 
 def test_demo_history_window_is_the_same_all_day_and_streaming_resumes(tmp_path: Path) -> None:
-    from tradpal_ray.cli.demo import DAY_MS, history_window, simulator_start
+    from tradpal_ray.cli._demo import DAY_MS, history_window, simulator_start
     from tradpal_ray.market import candles_table
 
     morning, evening = 1_764_547_200_000 + 3_600_000, 1_764_547_200_000 + 20 * 3_600_000  # 2025-12-01 01:00, 20:00

@@ -9,12 +9,11 @@ stderr; with ``--json`` stdout holds exactly one object (see
 from __future__ import annotations
 
 import os
-import sys
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from tradpal_ray.cli.app import ExchangeOption, StoreOption, app, console
+from tradpal_ray.cli.app import AddressOption, ExchangeOption, StoreOption, app, console, emit_json
 from tradpal_ray.cli.backtest import (
     DataOption,
     JsonOption,
@@ -23,7 +22,6 @@ from tradpal_ray.cli.backtest import (
     UntilOption,
     load_cli_bars,
 )
-from tradpal_ray.cli.sweep import AddressOption
 
 if TYPE_CHECKING:
     from tradpal_ray.validation import LookaheadReport
@@ -59,10 +57,7 @@ def check_strategy(
     bars, _ = load_cli_bars(data, store, exchange, symbol, timeframe, since, until, drop_bad=False)
     report = run_check(bars, strategy, params, prefixes=prefixes, executor=chosen, address=address)
     if json_output:
-        import orjson
-
-        sys.stdout.buffer.write(orjson.dumps(report.to_dict()) + b"\n")
-        sys.stdout.flush()
+        emit_json(report.to_dict())
     else:
         _render(report)
     if not report.clean:

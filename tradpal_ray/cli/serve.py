@@ -18,8 +18,6 @@ from typing import Annotated
 import typer
 
 from tradpal_ray.cli.app import AddressOption, NameOption, ReplaceOption, StoreOption, app, console, settings_for
-from tradpal_ray.cluster import connect, instance_name
-
 
 
 @app.command()
@@ -39,6 +37,7 @@ def serve(
     """Serve run statistics, candle coverage, feeds and trades over HTTP (Ray Serve, Redis cache)."""
     import ray
 
+    from tradpal_ray.cluster import connect, instance_name
     from tradpal_ray.log import redact
     from tradpal_ray.serve.launch import ServeOptions, app_name, deploy_stats, prepare_environment, stop_stats
     from tradpal_ray.stats.cache import redis_problem

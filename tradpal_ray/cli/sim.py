@@ -8,7 +8,6 @@ from typing import Annotated
 import typer
 
 from tradpal_ray.cli.app import LogLevelOption, StoreOption, app, console, settings_for
-from tradpal_ray.config import split_list
 from tradpal_ray.errors import ConfigError
 
 
@@ -54,6 +53,8 @@ def sim(
     from tradpal_ray.sim import open_replay, run_simulator
 
     settings = settings_for(store=store, log_level=log_level)
+    from tradpal_ray.config import split_list
+
     names = split_list(symbols)
     locations = [settings.store if location == "store" else location for location in replay or []]
     source = open_replay(locations, names or None) if locations else None

@@ -17,7 +17,6 @@ import ccxt.pro
 
 from tradpal_ray.errors import ConfigError
 
-
 SIMULATOR = "sim"
 """Exchange id of tradpal's local simulator (``--exchange sim --exchange-url http://...``)."""
 _PROTOCOL = {SIMULATOR: "binance"}
