@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from tradpal_ray.errors import StoreError
+from tradpal_ray.log import redact
 
 TEMP_PREFIX = ".tmp-"
 """Readers skip names starting with this (or any dot)."""
@@ -32,7 +33,7 @@ def open_filesystem(root: str | os.PathLike[str]) -> tuple[pafs.FileSystem, str]
         else:
             fs, base = pafs.LocalFileSystem(), os.path.abspath(root)
     except (pa.ArrowInvalid, OSError) as exc:
-        raise StoreError(f"cannot open store {root!r}: {exc}") from exc
+        raise StoreError(f"cannot open store {redact(root)!r}: {redact(str(exc))}") from exc
     return fs, base.rstrip("/")
 
 

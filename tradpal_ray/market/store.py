@@ -39,6 +39,7 @@ series with the problem instead of failing the whole listing.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import re
@@ -59,7 +60,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from tradpal_ray.errors import DataError, StoreError
-from tradpal_ray.log import get_logger
+from tradpal_ray.log import get_logger, redact
 from tradpal_ray.market.schema import (
     CANDLE_SCHEMA,
     OHLCV_COLUMNS,
@@ -136,6 +137,14 @@ class SeriesInfo:
     problem: str | None = None
 
 
+@dataclass(frozen=True)
+class SeriesCoverage:
+    """One series' coverage and its gaps (none for a damaged series: ``info.problem`` says why)."""
+
+    info: SeriesInfo
+    gaps: tuple[Gap, ...] = ()
+
+
 def encode_key(value: str) -> str:
     """A path-safe, reversible form of an exchange, symbol or timeframe (``BTC/USDT`` -> ``BTC-USDT``)."""
     if not value:
@@ -198,7 +207,7 @@ class CandleStore:
         self._base = f"{base}/candles"
 
     def __repr__(self) -> str:
-        return f"CandleStore({self.root!r})"
+        return f"CandleStore({redact(self.root)!r})"
 
     # ------------------------------------------------------------------ write
     def write(self, table: pa.Table) -> int:
@@ -387,6 +396,19 @@ class CandleStore:
                     _outcome(lambda part=part: self._coverage(part)) for _, part in sorted(partitions.items())
                 ])
             out.append(_series_info(key, outcomes))
+        return out
+
+    def coverage(self) -> list[SeriesCoverage]:
+        """:meth:`series` with each readable series' gaps; a series that fails to read is listed with its problem."""
+        out = []
+        for info in self.series():
+            if info.problem is None:
+                try:
+                    out.append(SeriesCoverage(info, tuple(self.gaps(info.exchange, info.symbol, info.timeframe))))
+                    continue
+                except StoreError as exc:  # damaged after the listing
+                    info = dataclasses.replace(info, problem=str(exc))
+            out.append(SeriesCoverage(info))
         return out
 
     def problems(self) -> list[str]:
