@@ -179,7 +179,7 @@ def test_fetch_command(sim: SimulatorThread, tmp_path: Path) -> None:
 
 def test_two_concurrent_fetch_runs_on_one_series_lose_nothing(sim: SimulatorThread, tmp_path: Path) -> None:
     """Issue 11: two `fetch` runs of one series at once died with FileNotFoundError and left candles missing."""
-    since, until = "2024-02-14T00:00", "2024-02-29T00:00"  # 21,600 candles: 22 pages each, many compactions
+    since, until = "2024-01-10T00:00", "2024-02-29T00:00"  # 72,000 candles: 72 pages each, two periods
     args = ["fetch", "--symbols", "BTC/USDT", "--since", since, "--until", until, "--exchange-url", sim.url,
             "--store", str(tmp_path)]
     runs = [subprocess.Popen([sys.executable, "-m", "tradpal_ray.cli", *args], stdout=subprocess.PIPE,
@@ -196,7 +196,7 @@ def test_two_concurrent_fetch_runs_on_one_series_lose_nothing(sim: SimulatorThre
     store = CandleStore(tmp_path)
     table = store.read_table("binance", "BTC/USDT", "1m")
     truth = sim.closed_candles("BTC/USDT", "1m", to_ms(since), to_ms(until))
-    assert table.num_rows == truth.num_rows == 21_600
+    assert table.num_rows == truth.num_rows == 72_000
     assert table.select(COLUMNS).equals(truth.select(COLUMNS))
 
 
