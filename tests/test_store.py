@@ -282,6 +282,19 @@ def test_corrupt_file_fails_only_its_own_series_and_is_named(store_root: Path) -
     assert [s.problem is None for s in store.series()] == [False, True, True]
 
 
+def test_compaction_skips_a_damaged_partition_and_compacts_the_rest(store_root: Path) -> None:
+    store = CandleStore(store_root, compact_after=100)
+    for k in range(3):
+        store.write(table(candles(JAN31 + k * MIN, 1)))
+        store.write(table(candles(JAN31 + k * MIN, 1), symbol="ETH/USDT"))
+    damaged = data_files(store_root)[0]
+    assert "BTC-USDT" in str(damaged)
+    damaged.write_bytes(b"PAR1 truncated")
+    assert store.compact() == 1  # ETH merged; BTC left as it is, no error
+    assert len([p for p in data_files(store_root) if "BTC" in str(p)]) == 3
+    assert len(store.read("binance", "ETH/USDT", "1m")) == 3
+
+
 def test_stores_written_before_write_ids_still_read_and_compact(store_root: Path) -> None:
     """Legacy ``<lo>-<hi>.parquet`` files (no write_id column): the higher ``hi`` wins, any new write wins over both."""
     period = store_root / "candles" / "exchange=binance" / "timeframe=1m" / "symbol=BTC-USDT" / "period=2024-01"

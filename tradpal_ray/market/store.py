@@ -222,9 +222,11 @@ class CandleStore:
         batches = [self._prepare(key, rows) for key, rows in _split_series(_conform(table))]
         plans = [plan for key, rows in batches for plan in self._plan(key, rows)]
         self._map(lambda plan: self._publish(plan[1], plan[2]), plans)
-        for part, _, _ in plans:
+        for part, _, _ in plans:  # best effort: the write has landed already
             if len(part.files) + 1 > self.compact_after:
-                self._compact_quietly(part.path)
+                fresh = self._list(part.path.rsplit("/", 1)[0]).get(part.path.rsplit("=", 1)[1])
+                if fresh is not None and len(fresh.files) > self.compact_after:
+                    self._compact_quietly(fresh)
         total = sum(rows.num_rows for _, rows in batches)
         log.debug("store.write", series=len(batches), rows=total, files=len(plans))
         return total
@@ -268,30 +270,24 @@ class CandleStore:
 
         Safe while other processes write, compact and read the same series. Also removes
         temp files older than :data:`STALE_TEMP_S` left by killed writers. A partition whose
-        files a concurrent compaction removed first is left to it.
+        files a concurrent compaction removed first is left to it; one with an unreadable
+        file is left as it is (logged; its reads name the file).
         """
         done = 0
         for (ex, sym, tf), partitions in self._all_series().items():
-            if (ex, sym, tf) != (exchange or ex, symbol or sym, timeframe or tf):
-                continue
-            for part in partitions.values():
-                try:
-                    done += self._compact_partition(part)
-                except FileNotFoundError:
-                    log.debug("store.compact.raced", partition=self._relative(part.path))
+            if (ex, sym, tf) == (exchange or ex, symbol or sym, timeframe or tf):
+                done += sum(self._compact_quietly(part) for part in partitions.values())
         return done
 
-    def _compact_quietly(self, partition_path: str) -> None:
-        """A writer's compaction: best effort (the write has landed already), never an error."""
-        label = partition_path.rsplit("=", 1)[1]
-        part = self._list(partition_path.rsplit("/", 1)[0]).get(label)
+    def _compact_quietly(self, part: _Partition) -> int:
+        """:meth:`_compact_partition`, never an error: a race is left to the other compaction, damage is logged."""
         try:
-            if part is not None and len(part.files) > self.compact_after:
-                self._compact_partition(part)
+            return self._compact_partition(part)
         except FileNotFoundError:
-            log.debug("store.compact.raced", partition=self._relative(partition_path))
+            log.debug("store.compact.raced", partition=self._relative(part.path))
         except StoreError as exc:
-            log.warning("store.compact.failed", partition=self._relative(partition_path), error=str(exc))
+            log.warning("store.compact.failed", partition=self._relative(part.path), error=str(exc))
+        return 0
 
     def _compact_partition(self, part: _Partition) -> int:
         """Merge ``part``'s listed files into one, publish it, then delete exactly those files.
@@ -519,7 +515,11 @@ class CandleStore:
 
     def _raise_unreadable(self, path: str, exc: Exception) -> NoReturn:
         """FileNotFoundError if ``path`` is gone (an object store says so only on the next call), else StoreError."""
-        if self._fs.get_file_info(path).type == pafs.FileType.NotFound:
+        try:
+            gone = self._fs.get_file_info(path).type == pafs.FileType.NotFound
+        except OSError:
+            gone = False
+        if gone:
             raise FileNotFoundError(path) from exc
         reason = str(exc).replace(f"{self._root_base}/", "")
         raise StoreError(f"corrupt or unreadable candle file {self._relative(path)}: {reason}") from exc
@@ -563,7 +563,7 @@ class CandleStore:
             key, label = parts[depth].partition("=")[::2] if len(parts) == depth + 2 else ("", "")
             if key != "period" or not _PERIOD.match(label):
                 if not name.startswith((".", "_")):
-                    log.warning("store.stray_file", path=self._relative(info.path))
+                    log.debug("store.stray_file", path=self._relative(info.path))
                 continue
             dirs = tuple(parts[:depth])
             part = found[dirs].get(label)
