@@ -196,6 +196,29 @@ def test_fetch_command(sim: SimulatorThread, tmp_path: Path) -> None:
         assert message in bad.stderr and "Traceback" not in bad.stderr
 
 
+def test_two_concurrent_fetch_runs_on_one_series_lose_nothing(sim: SimulatorThread, tmp_path: Path) -> None:
+    """Issue 11: two `fetch` runs of one series at once died with FileNotFoundError and left candles missing."""
+    since, until = "2024-01-10T00:00", "2024-02-29T00:00"  # 72,000 candles: 72 pages each, two periods
+    args = ["fetch", "--symbols", "BTC/USDT", "--since", since, "--until", until, "--exchange-url", sim.url,
+            "--store", str(tmp_path)]
+    runs = [subprocess.Popen([sys.executable, "-m", "tradpal_ray.cli", *args], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    try:
+        outputs = [run.communicate(timeout=240) for run in runs]
+    finally:
+        for run in runs:
+            if run.poll() is None:
+                run.kill()
+                run.wait(timeout=30)
+    for run, (_, err) in zip(runs, outputs):
+        assert run.returncode == 0 and "Traceback" not in err, err
+    store = CandleStore(tmp_path)
+    table = store.read_table("binance", "BTC/USDT", "1m")
+    truth = sim.closed_candles("BTC/USDT", "1m", to_ms(since), to_ms(until))
+    assert table.num_rows == truth.num_rows == 72_000
+    assert table.select(COLUMNS).equals(truth.select(COLUMNS))
+
+
 def test_store_replays_through_the_simulator(sim: SimulatorThread, tmp_path: Path) -> None:
     """Backfilled candles served again by a replaying simulator come back identical over ccxt."""
     store = CandleStore(tmp_path)

@@ -161,3 +161,27 @@ def test_run_and_result_ids_must_have_their_real_shape(two_runs: StatsQueries) -
     assert re.fullmatch(RUN_ID_PATTERN, new_run_id("sma_cross")) and re.fullmatch(RUN_ID_PATTERN, OLD)
     odd = new_run_id("../my strategy")  # a strategy name is made safe, never a path
     assert re.fullmatch(RUN_ID_PATTERN, odd) and odd.startswith("___my_strategy-")
+
+
+def test_one_corrupt_file_fails_only_its_own_series(
+    two_runs: StatsQueries, store_root: Path, run_cli: Callable[..., tuple[int, str, str]]
+) -> None:
+    """Issue 11: one truncated ETH 5m file made coverage, BTC's symbol stats and `candles` fail for the whole store."""
+    write_candles(store_root, "BTC/USDT", [0, 1, 2, 5])
+    five = pd.DataFrame({"open": 1.0, "high": 2.0, "low": 0.5, "close": 1.5, "volume": 3.0},
+                        index=pd.date_range("2024-01-01", periods=12, freq="5min", tz="UTC", name="time"))
+    CandleStore(store_root).write(candles_table(five, exchange="binance", symbol="ETH/USDT", timeframe="5m"))
+    (bad,) = (store_root / "candles").glob("exchange=binance/timeframe=5m/symbol=ETH-USDT/*/*.parquet")
+    bad.write_bytes(bad.read_bytes()[:100])
+    named = str(bad.relative_to(store_root))
+
+    btc, eth = two_runs.coverage()
+    assert (btc["symbol"], btc["rows"], btc["missing"], btc["problem"]) == ("BTC/USDT", 4, 2, None)
+    assert (eth["symbol"], eth["timeframe"], eth["gaps"], eth["missing"]) == ("ETH/USDT", "5m", None, None)
+    assert named in eth["problem"] and str(store_root) not in eth["problem"]
+    assert [s["symbol"] for s in two_runs.symbol_stats(symbol="BTC/USDT")] == ["BTC/USDT"]
+    assert CandleStore(store_root).problems() == [f"binance ETH/USDT 5m: {eth['problem']}"]
+
+    code, _, err = run_cli("candles", "--store", str(store_root))
+    assert code == 1 and "Traceback" not in err
+    assert "BTC/USDT" in err and f"damaged series: binance ETH/USDT 5m: corrupt or unreadable candle file {named}" in err

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -20,6 +23,7 @@ from hypothesis import strategies as st
 from tradpal_ray.errors import DataError, StoreError
 from tradpal_ray.market.schema import CANDLE_SCHEMA, OHLCV_COLUMNS, candles_table
 from tradpal_ray.market.store import (
+    STALE_TEMP_S,
     CandleStore,
     Gap,
     SeriesInfo,
@@ -243,19 +247,71 @@ def test_crash_between_merged_write_and_delete_reads_correctly(store_root: Path)
     assert len(data_files(store_root)) == 1
 
 
-def test_corrupt_file_names_the_file_and_other_partitions_read(store_root: Path) -> None:
+def test_corrupt_file_fails_only_its_own_series_and_is_named(store_root: Path) -> None:
+    """One truncated file: its series' reads fail naming it; listings show it; every other series reads."""
     store = CandleStore(store_root)
     store.write(table(candles(FEB1 - 2 * MIN, 4)))  # two periods
     store.write(table(candles(JAN31, 3), symbol="ETH/USDT"))
+    store.write(table(candles(JAN31, 2, step=300_000), symbol="ETH/USDT", timeframe="5m"))
     (jan,) = [p for p in data_files(store_root) if "BTC" in str(p) and "2024-01" in str(p)]
-    jan.write_bytes(b"this is not parquet" * 10)
-    with pytest.raises(StoreError, match=str(jan)):
+    jan.write_bytes(jan.read_bytes()[: jan.stat().st_size // 2])  # truncated
+    named = str(jan.relative_to(store_root))
+    with pytest.raises(StoreError, match=re.escape(named)) as failure:
         store.read("binance", "BTC/USDT", "1m")
-    with pytest.raises(StoreError, match=str(jan)):
-        store.series()
+    assert str(store_root) not in str(failure.value)  # messages name files relative to the root
+    with pytest.raises(StoreError, match=re.escape(named)):
+        store.gaps("binance", "BTC/USDT", "1m")
+    listed = {(s.symbol, s.timeframe): s for s in store.series()}
+    assert listed[("BTC/USDT", "1m")].problem is not None and named in listed[("BTC/USDT", "1m")].problem
+    assert listed[("BTC/USDT", "1m")].rows == 2 and listed[("BTC/USDT", "1m")].first_ms == FEB1  # the readable period
+    assert listed[("ETH/USDT", "1m")] == SeriesInfo("binance", "ETH/USDT", "1m", 3, JAN31, JAN31 + 2 * MIN)
+    assert listed[("ETH/USDT", "5m")].problem is None
+    (problem,) = store.problems()
+    assert problem.startswith("binance BTC/USDT 1m: ") and named in problem
     assert len(store.read("binance", "BTC/USDT", "1m", FEB1, None)) == 2
     assert store.last_open_time("binance", "BTC/USDT", "1m") == FEB1 + MIN
     assert len(store.read("binance", "ETH/USDT", "1m")) == 3
+    assert store.compact() == 0 and jan.exists()  # nothing to merge; the damaged file is left for the user
+
+    stray = jan.parent / "notes.txt"  # a file that is not ours inside a period: named, its series only
+    jan.unlink()
+    stray.write_text("hello")
+    with pytest.raises(StoreError, match=re.escape(str(stray.relative_to(store_root)))):
+        store.read("binance", "BTC/USDT", "1m")
+    (store_root / "candles" / "README.txt").write_text("not a series")  # outside any series: skipped
+    assert [s.problem is None for s in store.series()] == [False, True, True]
+
+
+def test_compaction_skips_a_damaged_partition_and_compacts_the_rest(store_root: Path) -> None:
+    store = CandleStore(store_root, compact_after=100)
+    for k in range(3):
+        store.write(table(candles(JAN31 + k * MIN, 1)))
+        store.write(table(candles(JAN31 + k * MIN, 1), symbol="ETH/USDT"))
+    damaged = data_files(store_root)[0]
+    assert "BTC-USDT" in str(damaged)
+    damaged.write_bytes(b"PAR1 truncated")
+    assert store.compact() == 1  # ETH merged; BTC left as it is, no error
+    assert len([p for p in data_files(store_root) if "BTC" in str(p)]) == 3
+    assert len(store.read("binance", "ETH/USDT", "1m")) == 3
+
+
+def test_stores_written_before_write_ids_still_read_and_compact(store_root: Path) -> None:
+    """Legacy ``<lo>-<hi>.parquet`` files (no write_id column): the higher ``hi`` wins, any new write wins over both."""
+    period = store_root / "candles" / "exchange=binance" / "timeframe=1m" / "symbol=BTC-USDT" / "period=2024-01"
+    period.mkdir(parents=True)
+    columns = ["open_time", *OHLCV_COLUMNS]
+    first = table(candles(JAN31, 4)).select(columns)
+    revised = table([[JAN31 + MIN, 50.0, 52.0, 49.0, 51.0, 9.0]]).select(columns)
+    pq.write_table(revised, period / "0000000002-0000000002.parquet")
+    pq.write_table(first, period / "0000000001-0000000001.parquet")
+    store = CandleStore(store_root)
+    frame = store.read("binance", "BTC/USDT", "1m")
+    assert frame["close"].tolist() == [101.0, 51.0, 103.0, 104.0]
+    store.write(table([[JAN31 + MIN, 60.0, 62.0, 59.0, 61.0, 1.0]]))
+    assert store.compact() == 1
+    (merged,) = data_files(store_root)
+    assert re.fullmatch(r"\d{19}-[0-9a-f]{16}\.parquet", merged.name)
+    assert store.read("binance", "BTC/USDT", "1m")["close"].tolist() == [101.0, 61.0, 103.0, 104.0]
 
 
 WRITER = textwrap.dedent(
@@ -296,6 +352,11 @@ def test_writer_process_killed_mid_write_leaves_store_intact(store_root: Path) -
     ends = pd.date_range(pd.Timestamp(start, unit="ms", tz="UTC"), periods=n, freq="1min")
     full = pd.Series(1, index=ends).groupby(ends.strftime("%Y-%m")).size()
     assert (months == full[months.index]).all(), "a period file is partial"
+    temps = list(series_dir.rglob(".tmp-*"))
+    store.compact()
+    assert all(p.exists() for p in temps)  # young: could be a live writer's, kept
+    for temp in temps:
+        os.utime(temp, (time.time() - STALE_TEMP_S - 60,) * 2)
     store.compact()
     assert not [p for p in series_dir.rglob(".tmp-*")]
     pd.testing.assert_frame_equal(store.read("binance", "BTC/USDT", "1m"), frame)

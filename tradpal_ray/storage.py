@@ -1,12 +1,14 @@
 """Filesystem plumbing shared by the candle store and the results store.
 
 Both live under one store root that is a local path or any pyarrow filesystem URI
-(``s3://bucket/prefix``); both publish files atomically (hidden temp name, then move) so a
-killed writer never leaves a partial file where readers look.
+(``s3://bucket/prefix``); both publish files atomically so a killed writer never leaves a
+partial file where readers look: :func:`write_atomic` replaces a file (hidden temp name, then
+move), :func:`publish_new` creates a new immutable file without any rename on object stores.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Callable
@@ -16,6 +18,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from tradpal_ray.errors import StoreError
+from tradpal_ray.log import redact
 
 TEMP_PREFIX = ".tmp-"
 """Readers skip names starting with this (or any dot)."""
@@ -40,7 +43,7 @@ def open_filesystem(root: str | os.PathLike[str]) -> tuple[pafs.FileSystem, str]
         else:
             fs, base = pafs.LocalFileSystem(), absolute(root)
     except (pa.ArrowInvalid, OSError) as exc:
-        raise StoreError(f"cannot open store {root!r}: {exc}") from exc
+        raise StoreError(f"cannot open store {redact(root)!r}: {redact(str(exc))}") from exc
     return fs, base.rstrip("/")
 
 
@@ -65,3 +68,42 @@ def delete_quietly(fs: pafs.FileSystem, path: str) -> None:
         fs.delete_file(path)
     except (FileNotFoundError, OSError):
         pass
+
+
+def publish_new(fs: pafs.FileSystem, path: str, data: pa.Buffer) -> None:
+    """Create the new, never replaced file ``path`` holding ``data``: all of it or nothing, durably.
+
+    On a local disk: a hidden temp file, fsync, rename to ``path``, fsync of the directory, so
+    the file survives a power cut once this returns. On an object store: one upload, which
+    the store makes visible only when complete (a rename there would be a copy). ``path``
+    must be unique (callers name files by write id), so nothing is ever overwritten.
+    """
+    try:
+        if isinstance(fs, pafs.LocalFileSystem):
+            _publish_local(path, data)
+        else:
+            with fs.open_output_stream(path) as out:
+                out.write(data)
+    except OSError as exc:
+        raise StoreError(f"cannot write {path}: {exc}") from exc
+
+
+def _publish_local(path: str, data: pa.Buffer) -> None:
+    directory = os.path.dirname(path)
+    os.makedirs(directory, exist_ok=True)
+    temp = os.path.join(directory, f"{TEMP_PREFIX}{uuid.uuid4().hex}")
+    try:
+        with open(temp, "xb") as out:
+            out.write(memoryview(data))
+            out.flush()
+            os.fsync(out.fileno())
+        os.rename(temp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -25,6 +25,19 @@ from tradpal_ray.market.schema import (
 TIME_COLUMNS = ("time", "open_time", "timestamp", "datetime", "date")
 """Column names (any case) taken as the bar time when the frame has no DatetimeIndex."""
 
+BINANCE_KLINE_COLUMNS = (
+    "open_time", "open", "high", "low", "close", "volume", "close_time", "quote_volume", "trades",
+    "taker_buy_base_volume", "taker_buy_quote_volume", "ignore",
+)
+"""The 12 columns of a header-less Binance kline dump (data.binance.vision); open time in ms, in us since 2025."""
+HEADERLESS_COLUMNS = {12: BINANCE_KLINE_COLUMNS, 6: ("time", *OHLCV_COLUMNS)}
+"""Column names of a CSV without a header row, by column count (ccxt-style rows have 6)."""
+
+EPOCH_UNITS = ("s", "ms", "us", "ns")
+_EPOCH_FROM_S, _EPOCH_UNTIL_S = 315_532_800, 7_258_118_400
+"""Numeric times must lie in [1980, 2200): per unit the range spans a factor of 23 and units
+differ by 1000, so the magnitude of a value tells its unit without ambiguity."""
+
 _NS_PER_DAY = 86_400_000_000_000
 
 
@@ -91,16 +104,60 @@ def _time_index(frame: pd.DataFrame) -> pd.DatetimeIndex:
                 f"no time: expected a DatetimeIndex or a column named one of {', '.join(TIME_COLUMNS)}"
             )
         values = frame[name]
+        numeric = pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
         try:
             times = pd.DatetimeIndex(
-                pd.to_datetime(values, unit="ms", utc=True)
-                if pd.api.types.is_integer_dtype(values)
+                pd.to_datetime(epoch_ns(values.to_numpy(), str(name)), unit="ns", utc=True)
+                if numeric
                 else pd.to_datetime(values, utc=True)
             )
         except (ValueError, TypeError) as exc:
             raise DataError(f"column {name!r} is not a time: {exc}") from None
     times = times.tz_localize("UTC") if times.tz is None else times.tz_convert("UTC")
     return times.rename("time")
+
+
+def epoch_ns(values: np.ndarray, name: str = "time") -> np.ndarray:
+    """Numeric epoch times as int64 ns, each value's unit (s, ms, us or ns) told by its magnitude.
+
+    Files disagree on the unit (exchanges use ms, Binance dumps us since 2025, spreadsheets
+    s), and reading seconds as ms silently dates everything in 1970. A value outside
+    1980-2200 in every unit (a bar number, a date before 1980, NaN) is refused naming the row.
+    """
+    v = np.asarray(values)
+    whole = v.astype(np.int64) if np.issubdtype(v.dtype, np.integer) else None
+    scale = np.zeros(len(v), dtype=np.int64)
+    for k in range(len(EPOCH_UNITS)):
+        per_s = 1000**k
+        inside = (v >= _EPOCH_FROM_S * per_s) & (v < _EPOCH_UNTIL_S * per_s)
+        scale[inside] = 1000 ** (len(EPOCH_UNITS) - 1 - k)
+    if (scale == 0).any():
+        row = int(np.argmax(scale == 0))
+        raise DataError(
+            f"column {name!r} row {row}: {v[row]} is not an epoch time in s, ms, us or ns between 1980 and 2200 "
+            "(the unit is told by magnitude); give ISO times such as 2024-01-01T00:00Z instead"
+        )
+    if whole is not None:
+        return whole * scale
+    return np.round(v.astype(np.float64) * scale).astype(np.int64)
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    """A CSV with a header row, or a header-less one named by its column count (:data:`HEADERLESS_COLUMNS`)."""
+    first = pd.read_csv(path, header=None, nrows=1)
+    if not pd.to_numeric(first.iloc[0], errors="coerce").notna().all():
+        frame = pd.read_csv(path)
+        head = frame.columns[0] if len(frame.columns) else None
+        if head is not None and str(head).startswith("Unnamed"):
+            frame = frame.rename(columns={head: "time"})  # a frame saved with its index
+        return frame
+    names = HEADERLESS_COLUMNS.get(first.shape[1])
+    if names is None:
+        raise DataError(
+            f"{path.name} has no header row and {first.shape[1]} columns; expected a header row, a Binance kline "
+            f"dump (12 columns) or time,open,high,low,close,volume rows (6 columns)"
+        )
+    return pd.read_csv(path, header=None, names=list(names))
 
 
 def load_bars(
@@ -110,17 +167,16 @@ def load_bars(
     until: str | int | None = None,
     drop_bad: bool = False,
 ) -> Bars:
-    """Read bars from a CSV or Parquet file, keep ``[since, until)``, and validate them."""
+    """Read bars from a CSV or Parquet file, keep ``[since, until)``, and validate them.
+
+    A CSV may lack a header row (a Binance kline dump, or time,open,high,low,close,volume);
+    numeric times may be in s, ms, us or ns (see :func:`epoch_ns`). Compressed CSVs
+    (``.gz``, a one-file ``.zip``) are read as they are.
+    """
     path = Path(path)
     suffixes = "".join(path.suffixes).lower()
     try:
-        if suffixes.endswith((".parquet", ".pq")):
-            frame = pd.read_parquet(path)
-        else:
-            frame = pd.read_csv(path)
-            first = frame.columns[0] if len(frame.columns) else None
-            if first is not None and str(first).startswith("Unnamed"):
-                frame = frame.rename(columns={first: "time"})  # a frame saved with its index
+        frame = pd.read_parquet(path) if suffixes.endswith((".parquet", ".pq")) else _read_csv(path)
     except (OSError, ValueError, ImportError) as exc:
         raise DataError(f"cannot read {path}: {exc}") from None
     return prepare_bars(_window(frame, since, until), drop_bad=drop_bad, label=path.name)

@@ -26,6 +26,7 @@ from tradpal_ray.cli.app import (
 )
 from tradpal_ray.config import Settings, split_list
 from tradpal_ray.errors import ConfigError
+from tradpal_ray.log import redact
 from tradpal_ray.market import create_exchange, to_ms
 from tradpal_ray.market.backfill import BackfillReport, backfill
 from tradpal_ray.market.store import CandleStore
@@ -94,15 +95,27 @@ def fetch(
 
 @app.command()
 def candles(store: StoreOption = None) -> None:
-    """List the candle series in the store: rows, first and last candle, missing candles."""
+    """List the candle series in the store: rows, first and last candle, missing candles.
+
+    A series with an unreadable file is listed with the file named; the command then exits 1.
+    """
     settings = settings_for(store=store)
-    print_store(CandleStore(settings.store))
+    if print_store(CandleStore(settings.store)):
+        raise typer.Exit(1)
 
 
-def print_store(store: CandleStore) -> None:
-    """A table of every series in ``store`` with its coverage and gap count."""
-    table = Table("exchange", "symbol", "timeframe", "rows", "first", "last", "missing", title=f"candles in {store.root}")
-    for s in store.series():
-        missing = sum(g.count for g in store.gaps(s.exchange, s.symbol, s.timeframe))
-        table.add_row(s.exchange, s.symbol, s.timeframe, str(s.rows), _iso(s.first_ms), _iso(s.last_ms), str(missing))
+def print_store(store: CandleStore) -> list[str]:
+    """A table of every series in ``store`` with its coverage and gap count; returns the damaged series' problems."""
+    table = Table("exchange", "symbol", "timeframe", "rows", "first", "last", "missing",
+                  title=f"candles in {redact(store.root)}")
+    problems = []
+    for found in store.coverage():
+        s = found.info
+        missing = "damaged" if s.problem else str(sum(g.count for g in found.gaps))
+        table.add_row(s.exchange, s.symbol, s.timeframe, str(s.rows), _iso(s.first_ms), _iso(s.last_ms), missing)
+        if s.problem:
+            problems.append(f"{s.exchange} {s.symbol} {s.timeframe}: {s.problem}")
     console.print(table)
+    for problem in problems:
+        console.print(f"[red]damaged series:[/red] {problem}", highlight=False, soft_wrap=True)
+    return problems

@@ -3,41 +3,53 @@
 Layout under ``<root>/candles`` (root is a local path or a URI such as ``s3://bucket/prefix``
 or ``file:///data``; all I/O goes through :mod:`pyarrow.fs`)::
 
-    exchange=binance/timeframe=1m/symbol=BTC-USDT/period=2024-01/0000000001-0000000001.parquet
+    exchange=binance/timeframe=1m/symbol=BTC-USDT/period=2024-01/<write id>-<token>.parquet
 
 * ``symbol`` is made path-safe reversibly (``/`` -> ``-``, ``-`` -> ``%2D``, other unsafe
   characters percent-encoded); see :func:`encode_key` / :func:`decode_key`.
 * ``period`` is a month for 1m and 5m (at most 44,640 rows per file) and a year for the
-  longer timeframes, so an upsert or a compaction only rewrites the period it touches.
-* A partition holds files named ``<lo>-<hi>.parquet``: the range of write sequence numbers
-  whose rows they contain. A write appends a new file with sequence ``max(hi) + 1``; a read
-  concatenates the files in sequence order and keeps the last row per open time, so upserts
-  are idempotent and the later revision wins. A compacted file covers ``[min lo, max hi]``
-  of its inputs; files whose range lies inside another file's range are superseded and
-  ignored, so a crash between writing the merged file and deleting the inputs neither loses
-  nor duplicates rows. Partitions are compacted automatically once they hold more than
-  ``compact_after`` files, and on demand by :meth:`CandleStore.compact`.
-* Every file is written to a hidden ``.tmp-*`` name in its directory and then moved into
-  place, so a killed writer never leaves a partial file visible (readers skip hidden
-  names; compaction removes stale temp files). A write that spans several periods is
-  atomic per period, not as a whole; repeating it is harmless (upserts are idempotent).
+  longer timeframes, so an upsert or a compaction only touches the period it writes.
+* Files are immutable and uniquely named. A write adds one new file per period it touches,
+  named by a *write id*: a 64-bit number above every write id already in those periods and
+  near the wall clock in ns (a hybrid logical clock; low bits random), so a write that
+  starts after another has returned always gets the higher id. Every row carries its
+  write id (column ``write_id``). A read merges a period's files keeping, per open time,
+  the row with the highest write id: the later write wins, whatever order files are listed.
+* Compaction merges a period's files into one (rows keep their write ids; it is named by
+  the highest of them), publishes it, and only then deletes exactly the files it merged.
+  A file is therefore deleted only once its rows are visible in another file, and files
+  written meanwhile are never touched. Partitions are compacted by writers once they hold
+  more than ``compact_after`` files, and on demand by :meth:`CandleStore.compact`.
+* Publishing (:func:`tradpal_ray.storage.publish_new`) is atomic: on a local disk a hidden
+  ``.tmp-*`` file is fsynced and renamed into place (readers skip hidden names; compaction
+  removes temps older than :data:`STALE_TEMP_S`); on an object store the upload itself
+  becomes visible all at once. A write that spans several periods is atomic per period;
+  repeating it is harmless (upserts are idempotent).
 
-Concurrency contract: one writer per series (``write`` and ``compact`` of that series);
-any number of readers, and any number of processes writing *different* series. Readers
-that race a compaction re-list and retry. Durability is against killed processes: pyarrow
-filesystems cannot fsync, so on a local disk a power cut may still lose the latest writes.
+Concurrency contract: any number of processes, on any number of machines, may write,
+compact and read any series at the same time, on a local path or an object store, with
+no lock: a write that returned is durable and visible to every later read, and a later
+write of the same candle wins. Readers that race a compaction re-list and retry. Two
+writes of the same candle that overlap in time are ordered by write id (either may win).
+
+A corrupt file fails only its own series: reading that series raises :class:`StoreError`
+naming the file (relative to the store root), and :meth:`CandleStore.series` lists the
+series with the problem instead of failing the whole listing.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import re
+import secrets
+import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import TypeVar
+from dataclasses import dataclass, field
+from typing import NoReturn, TypeVar
 from urllib.parse import quote, unquote
 
 import numpy as np
@@ -48,7 +60,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from tradpal_ray.errors import DataError, StoreError
-from tradpal_ray.log import get_logger
+from tradpal_ray.log import get_logger, redact
 from tradpal_ray.market.schema import (
     CANDLE_SCHEMA,
     OHLCV_COLUMNS,
@@ -61,13 +73,17 @@ from tradpal_ray.storage import (
     TEMP_PREFIX,
     delete_quietly,
     open_filesystem,
-    write_atomic,
+    publish_new,
 )
 
 log = get_logger(__name__)
 
 _KEY_COLUMNS = ("exchange", "symbol", "timeframe")
-_FILE_SCHEMA = pa.schema([CANDLE_SCHEMA.field(name) for name in ("open_time", *OHLCV_COLUMNS)])
+WRITE_ID = "write_id"
+_DATA_COLUMNS = ["open_time", *OHLCV_COLUMNS]
+_FILE_SCHEMA = pa.schema(
+    [*(CANDLE_SCHEMA.field(name) for name in _DATA_COLUMNS), pa.field(WRITE_ID, pa.int64(), nullable=False)]
+)
 """What a data file holds; the series key lives in the path (and the file's metadata)."""
 
 WRITE_OPTIONS: dict[str, object] = {
@@ -76,13 +92,20 @@ WRITE_OPTIONS: dict[str, object] = {
     # 149 ms, read 26 ms. Byte-stream-split floats were faster but 50% larger.
     "compression": "zstd",
     "use_dictionary": False,
-    "column_encoding": {"open_time": "DELTA_BINARY_PACKED"},
+    "column_encoding": {"open_time": "DELTA_BINARY_PACKED", WRITE_ID: "DELTA_BINARY_PACKED"},
     "row_group_size": 1 << 16,
 }
 """``pyarrow.parquet.write_table`` settings of every data file (a file is one row group)."""
-_FILE_NAME = re.compile(r"^(\d+)-(\d+)\.parquet$")
+_FILE_NAME = re.compile(r"^(\d{19})-[0-9a-f]{16}\.parquet$")
+_LEGACY_NAME = re.compile(r"^\d{1,18}-(\d{1,18})\.parquet$")
+"""Files of stores written before write ids: ``<lo>-<hi>.parquet``, every row of write id ``hi``."""
+_PERIOD = re.compile(r"^\d{4}(-\d{2})?$")
 _MONTHLY_ABOVE_ROWS_PER_YEAR = 50_000
-_READ_RETRIES = 3
+_READ_RETRIES = 20
+_ID_RANDOM_BITS = 16
+STALE_TEMP_S = 600.0
+"""Compaction deletes a local ``.tmp-*`` file only when it is older than this (a live writer's
+temp exists for milliseconds; one this old was left by a killed writer)."""
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -99,14 +122,27 @@ class Gap:
 
 @dataclass(frozen=True)
 class SeriesInfo:
-    """Coverage of one stored series: distinct candles and first/last open time (ms)."""
+    """Coverage of one stored series: distinct candles and first/last open time (ms).
+
+    ``problem`` names the unreadable file(s) of a damaged series; its counts then cover the
+    readable periods only (first/last are None when none is readable).
+    """
 
     exchange: str
     symbol: str
     timeframe: str
     rows: int
-    first_ms: int
-    last_ms: int
+    first_ms: int | None
+    last_ms: int | None
+    problem: str | None = None
+
+
+@dataclass(frozen=True)
+class SeriesCoverage:
+    """One series' coverage and its gaps (none for a damaged series: ``info.problem`` says why)."""
+
+    info: SeriesInfo
+    gaps: tuple[Gap, ...] = ()
 
 
 def encode_key(value: str) -> str:
@@ -124,32 +160,38 @@ def decode_key(encoded: str) -> str:
     return "/".join(unquote(part) for part in encoded.split("-"))
 
 
+def next_write_id(newest: int, now_ns: int | None = None) -> int:
+    """A write id above ``newest`` (the highest id already in the periods written) and near ``now_ns``.
+
+    The low :data:`_ID_RANDOM_BITS` bits are random, so two writers that start in the same
+    tick with the same listing almost never share an id.
+    """
+    now = time.time_ns() if now_ns is None else now_ns
+    tick = max(now >> _ID_RANDOM_BITS, (newest >> _ID_RANDOM_BITS) + 1)
+    return (tick << _ID_RANDOM_BITS) | secrets.randbits(_ID_RANDOM_BITS)
+
+
 @dataclass(frozen=True)
 class _File:
     path: str
-    lo: int
-    hi: int
+    write_id: int
+    """The highest write id of its rows (for a legacy file: every row's)."""
+    legacy: bool = False
+    """Written before write ids: no ``write_id`` column."""
 
 
 @dataclass
 class _Partition:
-    """The files of one period directory: data files (all, incl. superseded) and temps."""
+    """The files of one period directory: data files, temps ``(path, mtime s)``, stray files."""
 
     path: str
-    files: list[_File]
-    temps: list[str]
+    files: list[_File] = field(default_factory=list)
+    temps: list[tuple[str, float]] = field(default_factory=list)
+    strays: list[str] = field(default_factory=list)
 
-    def visible(self) -> list[_File]:
-        """Files not superseded by a compacted file, in sequence order."""
-        ordered = sorted(self.files, key=lambda f: (f.lo, -f.hi))
-        out: list[_File] = []
-        for f in ordered:
-            if not out or f.hi > out[-1].hi:
-                out.append(f)
-        return out
-
-    def next_seq(self) -> int:
-        return max((f.hi for f in self.files), default=0) + 1
+    def ordered(self) -> list[_File]:
+        """Data files by write id (ties by name), the order merges break ties in."""
+        return sorted(self.files, key=lambda f: (f.write_id, f.path))
 
 
 class CandleStore:
@@ -161,10 +203,11 @@ class CandleStore:
         self._fs, base = open_filesystem(root)
         self.root = root
         self.compact_after = max(1, compact_after)
+        self._root_base = base
         self._base = f"{base}/candles"
 
     def __repr__(self) -> str:
-        return f"CandleStore({self.root!r})"
+        return f"CandleStore({redact(self.root)!r})"
 
     # ------------------------------------------------------------------ write
     def write(self, table: pa.Table) -> int:
@@ -173,14 +216,17 @@ class CandleStore:
         Per series the rows are sorted by time; duplicate open times within one batch keep
         the last row (as if written one after another). Every series is validated before
         anything is written, so a bad row (reported with its series, index after sorting
-        and time) leaves the store unchanged.
+        and time) leaves the store unchanged. When this returns, the rows are durable and
+        every later read sees them, whatever other writers and compactions do meanwhile.
         """
         batches = [self._prepare(key, rows) for key, rows in _split_series(_conform(table))]
         plans = [plan for key, rows in batches for plan in self._plan(key, rows)]
-        self._map(lambda plan: self._write_file(plan[1].path, plan[2]), plans)
-        for part in {id(part): part for part, _, _ in plans}.values():
-            if len(part.visible()) > self.compact_after:
-                self._compact_partition(part)
+        self._map(lambda plan: self._publish(plan[1], plan[2]), plans)
+        for part, _, _ in plans:  # best effort: the write has landed already
+            if len(part.files) + 1 > self.compact_after:
+                fresh = self._list(part.path.rsplit("/", 1)[0]).get(part.path.rsplit("=", 1)[1])
+                if fresh is not None and len(fresh.files) > self.compact_after:
+                    self._compact_quietly(fresh)
         total = sum(rows.num_rows for _, rows in batches)
         log.debug("store.write", series=len(batches), rows=total, files=len(plans))
         return total
@@ -201,59 +247,66 @@ class CandleStore:
         validate_ohlcv(t, cols, label=f"{exchange} {symbol} {timeframe}")
         return key, rows
 
-    def _plan(self, key: tuple[str, str, str], rows: pa.Table) -> list[tuple[_Partition, _File, pa.Table]]:
-        """One new file per period the rows touch: (partition, file to write, its rows)."""
+    def _plan(self, key: tuple[str, str, str], rows: pa.Table) -> list[tuple[_Partition, str, pa.Table]]:
+        """One new file per period the rows touch: (partition as listed, file path, rows with write ids)."""
         series_dir = self._series_dir(*key)
-        partitions = self._list(series_dir)
-        metadata = _metadata(key)
-        plans = []
-        for label, lo, hi in _periods(_times(rows), key[2]):
-            part = partitions.get(label)
-            if part is None:
-                part = _Partition(f"{series_dir}/period={label}", [], [])
-                self._fs.create_dir(part.path, recursive=True)
-            seq = part.next_seq()
-            new = _File(f"{part.path}/{seq:010d}-{seq:010d}.parquet", seq, seq)
-            part.files.append(new)
-            plans.append((part, new, rows.slice(lo, hi - lo).replace_schema_metadata(metadata)))
-        return plans
+        listed = self._list(series_dir)
+        periods = _periods(_times(rows), key[2])
+        parts = [listed.get(label) or _Partition(f"{series_dir}/period={label}") for label, _, _ in periods]
+        write_id = next_write_id(max((f.write_id for part in parts for f in part.files), default=0))
+        name = _file_name(write_id)
+        ids = pa.array(np.full(rows.num_rows, write_id, dtype=np.int64))
+        rows = rows.append_column(_FILE_SCHEMA.field(WRITE_ID), ids).replace_schema_metadata(_metadata(key))
+        return [(part, f"{part.path}/{name}", rows.slice(lo, hi - lo)) for part, (_, lo, hi) in zip(parts, periods)]
 
-    def _write_file(self, path: str, table: pa.Table) -> None:
-        write_atomic(self._fs, path, lambda out: pq.write_table(table, out, **WRITE_OPTIONS))
+    def _publish(self, path: str, table: pa.Table) -> None:
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink, **WRITE_OPTIONS)
+        publish_new(self._fs, path, sink.getvalue())
 
     # ---------------------------------------------------------------- compact
     def compact(self, exchange: str | None = None, symbol: str | None = None, timeframe: str | None = None) -> int:
         """Merge each partition's files into one (optionally only matching series); return partitions rewritten.
 
-        Also removes superseded files and temp files left by killed writers, so it must not
-        run while another process writes the same series.
+        Safe while other processes write, compact and read the same series. Also removes
+        temp files older than :data:`STALE_TEMP_S` left by killed writers. A partition whose
+        files a concurrent compaction removed first is left to it; one with an unreadable
+        file is left as it is (logged; its reads name the file).
         """
         done = 0
         for (ex, sym, tf), partitions in self._all_series().items():
-            if (ex, sym, tf) != (exchange or ex, symbol or sym, timeframe or tf):
-                continue
-            for part in partitions.values():
-                if len(part.files) > 1 or part.temps:
-                    done += self._compact_partition(part)
+            if (ex, sym, tf) == (exchange or ex, symbol or sym, timeframe or tf):
+                done += sum(self._compact_quietly(part) for part in partitions.values())
         return done
 
+    def _compact_quietly(self, part: _Partition) -> int:
+        """:meth:`_compact_partition`, never an error: a race is left to the other compaction, damage is logged."""
+        try:
+            return self._compact_partition(part)
+        except FileNotFoundError:
+            log.debug("store.compact.raced", partition=self._relative(part.path))
+        except StoreError as exc:
+            log.warning("store.compact.failed", partition=self._relative(part.path), error=str(exc))
+        return 0
+
     def _compact_partition(self, part: _Partition) -> int:
-        visible = part.visible()
-        merged: _File | None = None
-        if len(visible) > 1:
-            table = _dedup(self._map(lambda f: self._read_file(f.path, None), visible))
-            lo, hi = visible[0].lo, max(f.hi for f in visible)
-            merged = _File(f"{part.path}/{lo:010d}-{hi:010d}.parquet", lo, hi)
-            self._write_file(merged.path, table.replace_schema_metadata(_metadata(_key_of(part.path))))
-        keep = merged or (visible[0] if visible else None)
-        # From here a crash is harmless: the old files are inside ``keep``'s range.
-        for path in [f.path for f in part.files if f != keep] + part.temps:
-            delete_quietly(self._fs, path)
-        removed = len(part.files) - (keep is not None)
-        part.files[:] = [keep] if keep else []
-        part.temps.clear()
-        log.debug("store.compact", partition=part.path, files_removed=removed)
-        return 1 if merged else 0
+        """Merge ``part``'s listed files into one, publish it, then delete exactly those files.
+
+        Raises FileNotFoundError (nothing published or deleted) if an input vanished first.
+        """
+        now = time.time()
+        for path, mtime in part.temps:
+            if now - mtime > STALE_TEMP_S:
+                delete_quietly(self._fs, path)
+        if len(part.files) < 2:
+            return 0
+        files = part.ordered()
+        merged = _latest(self._map(lambda f: self._read_file(f, _DATA_COLUMNS, ids=True), files))
+        self._publish(f"{part.path}/{_file_name(files[-1].write_id)}", merged.replace_schema_metadata(_metadata(_key_of(part.path))))
+        for f in files:  # only now: every row of these files is visible in the merged one
+            delete_quietly(self._fs, f.path)
+        log.debug("store.compact", partition=self._relative(part.path), files_merged=len(files))
+        return 1
 
     # ------------------------------------------------------------------- read
     def read(
@@ -265,7 +318,7 @@ class CandleStore:
         end: int | str | pd.Timestamp | None = None,
     ) -> pd.DataFrame:
         """Candles with open time in ``[start, end)`` as an OHLCV frame indexed by UTC time."""
-        return candles_frame(self._read_series(exchange, symbol, timeframe, to_ms(start), to_ms(end), None))
+        return candles_frame(self._read_series(exchange, symbol, timeframe, to_ms(start), to_ms(end), _DATA_COLUMNS))
 
     def read_table(
         self,
@@ -276,18 +329,21 @@ class CandleStore:
         end: int | str | pd.Timestamp | None = None,
     ) -> pa.Table:
         """Candles with open time in ``[start, end)`` as a :data:`CANDLE_SCHEMA` table, sorted by time."""
-        rows = self._read_series(exchange, symbol, timeframe, to_ms(start), to_ms(end), None)
+        rows = self._read_series(exchange, symbol, timeframe, to_ms(start), to_ms(end), _DATA_COLUMNS)
         n = rows.num_rows
         keys = [pa.repeat(pa.scalar(value, pa.string()), n) for value in (exchange, symbol, timeframe)]
         return pa.Table.from_arrays([*keys, *rows.columns], schema=CANDLE_SCHEMA)
 
     def last_open_time(self, exchange: str, symbol: str, timeframe: str) -> int | None:
         """Open time (ms) of the newest stored candle of the series, or None if it is empty."""
-        partitions = self._list(self._series_dir(exchange, symbol, timeframe))
-        if not partitions:
-            return None
-        newest = partitions[max(partitions)]
-        return max(self._footer(f.path)[2] for f in newest.visible())
+        def newest(partitions: dict[str, _Partition]) -> int | None:
+            if not partitions:
+                return None
+            part = partitions[max(partitions)]
+            _raise_strays(part, self._relative)
+            return max(self._footer(f.path)[2] for f in part.files)
+
+        return self._retrying(self._series_dir(exchange, symbol, timeframe), newest)
 
     def gaps(
         self,
@@ -320,28 +376,50 @@ class CandleStore:
     def series(self) -> list[SeriesInfo]:
         """Every stored series with its distinct row count and first/last open time (ms).
 
-        Reads only Parquet footers, except in partitions awaiting compaction.
+        Reads only Parquet footers, except in partitions awaiting compaction. A series with
+        an unreadable file is listed with ``problem`` set; the other series are unaffected.
         """
-        keys, jobs = [], []
-        for key, partitions in sorted(self._all_series().items()):
-            for label in sorted(partitions):
-                visible = partitions[label].visible()
-                if visible:
-                    keys.append(key)
-                    jobs.append(visible)
-        coverage: dict[tuple[str, str, str], list[tuple[int, int, int]]] = defaultdict(list)
-        for key, found in zip(keys, self._map(self._coverage, jobs)):
-            coverage[key].append(found)
-        return [
-            SeriesInfo(*key, rows=sum(n for n, _, _ in parts), first_ms=parts[0][1], last_ms=parts[-1][2])
-            for key, parts in coverage.items()
-        ]
+        listing = sorted(self._all_series().items())
+        jobs = [(key, part) for key, partitions in listing for _, part in sorted(partitions.items())]
+        found = self._map(lambda job: _outcome(lambda: self._coverage(job[1])), jobs)
+        per_series: dict[tuple[str, str, str], list[tuple[int, int, int] | Exception]] = defaultdict(list)
+        for (key, _), outcome in zip(jobs, found):
+            per_series[key].append(outcome)
+        out = []
+        for key, outcomes in per_series.items():
+            if any(isinstance(o, FileNotFoundError) for o in outcomes):  # raced a compaction: list again
+                outcomes = self._retrying(self._series_dir(*key), lambda partitions: [
+                    _outcome(lambda part=part: self._coverage(part)) for _, part in sorted(partitions.items())
+                ])
+            out.append(_series_info(key, outcomes))
+        return out
 
-    def _coverage(self, visible: list[_File]) -> tuple[int, int, int]:
-        """(distinct rows, first ms, last ms) of one partition's visible files."""
-        if len(visible) == 1:
-            return self._footer(visible[0].path)
-        t = _times(_dedup([self._read_file(f.path, ["open_time"]) for f in visible]))
+    def coverage(self) -> list[SeriesCoverage]:
+        """:meth:`series` with each readable series' gaps; a series that fails to read is listed with its problem."""
+        out = []
+        for info in self.series():
+            if info.problem is None:
+                try:
+                    out.append(SeriesCoverage(info, tuple(self.gaps(info.exchange, info.symbol, info.timeframe))))
+                    continue
+                except StoreError as exc:  # damaged after the listing
+                    info = dataclasses.replace(info, problem=str(exc))
+            out.append(SeriesCoverage(info))
+        return out
+
+    def problems(self) -> list[str]:
+        """One line per damaged series naming its unreadable file(s); empty when every series reads.
+
+        For a readiness check: costs what :meth:`series` costs (Parquet footers).
+        """
+        return [f"{s.exchange} {s.symbol} {s.timeframe}: {s.problem}" for s in self.series() if s.problem]
+
+    def _coverage(self, part: _Partition) -> tuple[int, int, int]:
+        """(distinct rows, first ms, last ms) of one partition."""
+        _raise_strays(part, self._relative)
+        if len(part.files) == 1:
+            return self._footer(part.files[0].path)
+        t = np.unique(np.concatenate([_times(self._read_file(f, ["open_time"], ids=False)) for f in part.files]))
         return len(t), int(t[0]), int(t[-1])
 
     # --------------------------------------------------------------- internal
@@ -351,31 +429,43 @@ class CandleStore:
             f"/timeframe={encode_key(timeframe)}/symbol={encode_key(symbol)}"
         )
 
-    def _read_series(
-        self, exchange: str, symbol: str, timeframe: str, start: int | None, end: int | None, columns: list[str] | None
-    ) -> pa.Table:
-        """Sorted, de-duplicated rows of one series in [start, end); lists only its directory."""
-        series_dir = self._series_dir(exchange, symbol, timeframe)
+    def _relative(self, path: str) -> str:
+        """``path`` relative to the store root: what messages show (the root may hold credentials)."""
+        return path[len(self._root_base) + 1 :] if path.startswith(f"{self._root_base}/") else path
+
+    def _retrying(self, series_dir: str, fn: Callable[[dict[str, _Partition]], R]) -> R:
+        """``fn(partitions of the series)``, listing again whenever a compaction removed a listed file."""
         for _ in range(_READ_RETRIES):
             try:
-                return self._read_listed(self._list(series_dir), start, end, columns)
-            except FileNotFoundError as exc:  # a compaction removed a file after we listed it
+                return fn(self._list(series_dir))
+            except FileNotFoundError as exc:
                 vanished = exc
-        raise StoreError(f"files under {series_dir} kept vanishing while reading: {vanished}")
+        raise StoreError(f"files under {self._relative(series_dir)} kept vanishing while reading: {vanished}")
+
+    def _read_series(
+        self, exchange: str, symbol: str, timeframe: str, start: int | None, end: int | None, columns: list[str]
+    ) -> pa.Table:
+        """Sorted, de-duplicated rows of one series in [start, end); lists only its directory."""
+        return self._retrying(
+            self._series_dir(exchange, symbol, timeframe),
+            lambda partitions: self._read_listed(partitions, start, end, columns),
+        )
 
     def _read_listed(
-        self, partitions: dict[str, _Partition], start: int | None, end: int | None, columns: list[str] | None
+        self, partitions: dict[str, _Partition], start: int | None, end: int | None, columns: list[str]
     ) -> pa.Table:
         chosen = []
         for label in sorted(partitions):
             p_start, p_end = _period_range(label)
             if (end is None or p_start < end) and (start is None or p_end > start):
-                chosen.append((p_start, p_end, partitions[label].visible()))
-        jobs = [f.path for _, _, files in chosen for f in files]
-        tables = iter(self._map(lambda path: self._read_file(path, columns), jobs))
+                part = partitions[label]
+                _raise_strays(part, self._relative)
+                chosen.append((p_start, p_end, part.ordered()))
+        jobs = [(f, len(files) > 1) for _, _, files in chosen for f in files]
+        tables = iter(self._map(lambda job: self._read_file(job[0], columns, ids=job[1]), jobs))
         pieces = []
         for p_start, p_end, files in chosen:
-            part = _dedup([next(tables) for _ in files])
+            part = _latest([next(tables) for _ in files]).drop_columns([WRITE_ID]) if len(files) > 1 else next(tables)
             if (start is not None and start > p_start) or (end is not None and end < p_end):
                 t = _times(part)
                 i0 = 0 if start is None else int(np.searchsorted(t, start))
@@ -384,22 +474,30 @@ class CandleStore:
             pieces.append(part)
         if pieces:
             return pa.concat_tables(pieces)
-        return (_FILE_SCHEMA if columns is None else pa.schema([_FILE_SCHEMA.field(c) for c in columns])).empty_table()
+        return pa.schema([_FILE_SCHEMA.field(c) for c in columns]).empty_table()
 
-    def _read_file(self, path: str, columns: list[str] | None) -> pa.Table:
+    def _read_file(self, f: _File, columns: list[str], *, ids: bool) -> pa.Table:
+        """``columns`` of one data file, plus ``write_id`` per row when ``ids`` (from the name for legacy files).
+
+        FileNotFoundError when it vanished (a compaction removed it); StoreError naming it when
+        it cannot be read.
+        """
+        wanted = [*columns, WRITE_ID] if ids and not f.legacy else columns
         try:
-            with self._fs.open_input_file(path) as source:
-                table = pq.read_table(source, columns=columns, use_threads=False)
+            with self._fs.open_input_file(f.path) as source:
+                table = pq.read_table(source, columns=wanted, use_threads=False)
         except FileNotFoundError:
             raise
         except (pa.ArrowException, OSError) as exc:
-            raise StoreError(f"corrupt or unreadable candle file {path}: {exc}") from exc
-        expected = _FILE_SCHEMA.names if columns is None else columns
-        if table.column_names != list(expected) or not all(
-            table.schema.field(c).type == _FILE_SCHEMA.field(c).type for c in expected
+            self._raise_unreadable(f.path, exc)
+        if table.column_names != wanted or not all(
+            table.schema.field(c).type == _FILE_SCHEMA.field(c).type for c in wanted
         ):
-            raise StoreError(f"candle file {path} has an unexpected schema: {table.schema}")
-        return table.replace_schema_metadata(None)
+            raise StoreError(f"candle file {self._relative(f.path)} has an unexpected schema: {table.schema}")
+        table = table.replace_schema_metadata(None)
+        if ids and f.legacy:
+            table = table.append_column(_FILE_SCHEMA.field(WRITE_ID), pa.array(np.full(table.num_rows, f.write_id, dtype=np.int64)))
+        return table
 
     def _footer(self, path: str) -> tuple[int, int, int]:
         """(rows, first ms, last ms) of one file from its Parquet footer alone."""
@@ -410,8 +508,21 @@ class CandleStore:
             if meta.num_rows == 0 or not all(s is not None and s.has_min_max for s in stats):
                 raise ValueError("no open_time statistics")
             return meta.num_rows, min(s.min_raw for s in stats), max(s.max_raw for s in stats)
+        except FileNotFoundError:
+            raise
         except (pa.ArrowException, OSError, ValueError) as exc:
-            raise StoreError(f"corrupt or unreadable candle file {path}: {exc}") from exc
+            self._raise_unreadable(path, exc)
+
+    def _raise_unreadable(self, path: str, exc: Exception) -> NoReturn:
+        """FileNotFoundError if ``path`` is gone (an object store says so only on the next call), else StoreError."""
+        try:
+            gone = self._fs.get_file_info(path).type == pafs.FileType.NotFound
+        except OSError:
+            gone = False
+        if gone:
+            raise FileNotFoundError(path) from exc
+        reason = str(exc).replace(f"{self._root_base}/", "")
+        raise StoreError(f"corrupt or unreadable candle file {self._relative(path)}: {reason}") from exc
 
     def _map(self, fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
         """``[fn(x) for x in items]``, on I/O threads when there is more than one item."""
@@ -420,8 +531,8 @@ class CandleStore:
         return list(_io_pool(os.getpid()).map(fn, items))
 
     def _list(self, series_dir: str) -> dict[str, _Partition]:
-        """Partitions of one series by period label (only periods holding data files)."""
-        return {label: p for label, p in self._scan(series_dir, depth=0).get((), {}).items() if p.files}
+        """Partitions of one series by period label (only periods holding data or stray files)."""
+        return {label: p for label, p in self._scan(series_dir, depth=0).get((), {}).items() if p.files or p.strays}
 
     def _all_series(self) -> dict[tuple[str, str, str], dict[str, _Partition]]:
         """Partitions of every series in the store, keyed by (exchange, symbol, timeframe)."""
@@ -435,33 +546,37 @@ class CandleStore:
         """One recursive listing of ``root`` grouped as ``{series dirs: {period: _Partition}}``.
 
         ``depth`` is the number of series directory levels below ``root`` (3 from the
-        store base, 0 from a series directory).
+        store base, 0 from a series directory). A file that is not where data files go is
+        logged and skipped; one inside a period directory is kept as a stray of that period
+        (which then fails to read, naming it).
         """
         try:
             infos = self._fs.get_file_info(pafs.FileSelector(root, allow_not_found=True, recursive=True))
         except OSError as exc:
-            raise StoreError(f"cannot list {root}: {exc}") from exc
+            raise StoreError(f"cannot list {self._relative(root)}: {exc}") from exc
         found: dict[tuple[str, ...], dict[str, _Partition]] = defaultdict(dict)
         for info in infos:
             if info.type != pafs.FileType.File:
                 continue
             parts = info.path[len(root) + 1 :].split("/")
             name = parts[-1]
-            if len(parts) != depth + 2:
-                if name.startswith((".", "_")):
-                    continue
-                raise StoreError(f"unexpected file in the candle store: {info.path}")
-            dirs, label = tuple(parts[:depth]), parts[depth].partition("=")[2]
+            key, label = parts[depth].partition("=")[::2] if len(parts) == depth + 2 else ("", "")
+            if key != "period" or not _PERIOD.match(label):
+                if not name.startswith((".", "_")):
+                    log.debug("store.stray_file", path=self._relative(info.path))
+                continue
+            dirs = tuple(parts[:depth])
             part = found[dirs].get(label)
             if part is None:
-                part = found[dirs][label] = _Partition(info.path.rsplit("/", 1)[0], [], [])
-            match = _FILE_NAME.match(name)
-            if match:
-                part.files.append(_File(info.path, int(match[1]), int(match[2])))
+                part = found[dirs][label] = _Partition(info.path.rsplit("/", 1)[0])
+            if match := _FILE_NAME.match(name):
+                part.files.append(_File(info.path, int(match[1])))
+            elif match := _LEGACY_NAME.match(name):
+                part.files.append(_File(info.path, int(match[1]), legacy=True))
             elif name.startswith(TEMP_PREFIX):
-                part.temps.append(info.path)
+                part.temps.append((info.path, info.mtime.timestamp() if info.mtime else 0.0))
             elif not name.startswith((".", "_")):
-                raise StoreError(f"unexpected file in the candle store: {info.path}")
+                part.strays.append(info.path)
         return dict(found)
 
 
@@ -491,7 +606,7 @@ def _split_series(table: pa.Table) -> list[tuple[tuple[str, str, str], pa.Table]
     """``[(exchange, symbol, timeframe), rows (open_time + OHLCV)]`` per series, rows in input order."""
     if table.num_rows == 0:
         return []
-    data = table.select(_FILE_SCHEMA.names).combine_chunks()
+    data = table.select(_DATA_COLUMNS).combine_chunks()
     code = np.zeros(table.num_rows, dtype=np.int64)
     keys: list[Callable[[int], str]] = []
     for name in _KEY_COLUMNS:
@@ -521,16 +636,47 @@ def _times(table: pa.Table) -> np.ndarray:
     return column.combine_chunks().view(pa.int64()).to_numpy()
 
 
-def _dedup(tables: list[pa.Table]) -> pa.Table:
-    """Concatenate per-file tables (in sequence order) keeping the last row per open time."""
-    if len(tables) == 1:
-        return tables[0]
-    table = pa.concat_tables(tables).combine_chunks()
+def _latest(tables: list[pa.Table]) -> pa.Table:
+    """Concatenate per-file tables (with ``write_id``) keeping, per open time, the row of the highest write id.
+
+    Files come in :meth:`_Partition.ordered` order and the sort is stable, so equal write ids
+    resolve the same way in every reader. The result is sorted by open time.
+    """
+    table = pa.concat_tables(tables, promote_options="permissive").combine_chunks()  # nullability may differ
     t = _times(table)
-    order = np.argsort(t, kind="stable")  # stable: among equal times the latest file is last
+    order = np.lexsort((table.column(WRITE_ID).to_numpy(), t))
     ts = t[order]
     last = np.append(ts[1:] != ts[:-1], True)
     return table.take(order[last])
+
+
+def _file_name(write_id: int) -> str:
+    """A data file's unique name: its write id and a random token."""
+    return f"{write_id:019d}-{secrets.token_hex(8)}.parquet"
+
+
+def _outcome(fn: Callable[[], R]) -> R | Exception:
+    """``fn()``, or the StoreError / FileNotFoundError it raised (so one series cannot fail a listing)."""
+    try:
+        return fn()
+    except (StoreError, FileNotFoundError) as exc:
+        return exc
+
+
+def _series_info(key: tuple[str, str, str], outcomes: list[tuple[int, int, int] | Exception]) -> SeriesInfo:
+    """Coverage of one series from its partitions' (rows, first, last) or errors, in period order."""
+    good = [o for o in outcomes if not isinstance(o, Exception)]
+    problems = "; ".join(str(o) for o in outcomes if isinstance(o, Exception))
+    return SeriesInfo(
+        *key, rows=sum(n for n, _, _ in good), first_ms=good[0][1] if good else None,
+        last_ms=good[-1][2] if good else None, problem=problems or None,
+    )
+
+
+def _raise_strays(part: _Partition, relative: Callable[[str], str]) -> None:
+    """StoreError naming a file in ``part`` that is neither a data file nor a temp file."""
+    if part.strays:
+        raise StoreError(f"unexpected file in the candle store: {', '.join(relative(p) for p in part.strays)}")
 
 
 def _monthly(timeframe: str) -> bool:

@@ -240,15 +240,21 @@ class StatsQueries:
         return out
 
     def coverage(self) -> list[dict[str, Any]]:
-        """Every stored candle series: rows, first/last open time, and its gaps."""
+        """Every stored candle series: rows, first/last open time, and its gaps.
+
+        A damaged series is listed with ``problem`` naming its unreadable file (relative to
+        the store root) and null gap counts; the others are unaffected.
+        """
         out = []
-        for info in self.candles.series():
-            gaps = self.candles.gaps(info.exchange, info.symbol, info.timeframe)
+        for found in self.candles.coverage():
+            info, gaps = found.info, found.gaps
+            damaged = info.problem is not None
             out.append({
                 "exchange": info.exchange, "symbol": info.symbol, "timeframe": info.timeframe, "rows": info.rows,
-                "first_ms": info.first_ms, "last_ms": info.last_ms, "gaps": len(gaps),
-                "missing": sum(g.count for g in gaps),
+                "first_ms": info.first_ms, "last_ms": info.last_ms, "gaps": None if damaged else len(gaps),
+                "missing": None if damaged else sum(g.count for g in gaps),
                 "gap_list": [{"start_ms": g.start_ms, "end_ms": g.end_ms, "count": g.count} for g in gaps[:MAX_GAPS_LISTED]],
+                "problem": info.problem,
             })
         return out
 
