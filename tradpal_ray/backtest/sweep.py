@@ -19,11 +19,15 @@ from tradpal_ray.backtest.engine import BacktestConfig, simulate_many
 from tradpal_ray.backtest.grid import strategy_combos
 from tradpal_ray.backtest.indicators import indicator_cache
 from tradpal_ray.backtest.metrics import STAT_NAMES
-from tradpal_ray.backtest.strategies import Strategy, get_strategy
+from tradpal_ray.backtest.strategies import BatchSignals, Strategy, get_strategy
 from tradpal_ray.errors import ConfigError
 
 SIGNAL_BYTES = 64 * 1024 * 1024
-"""Upper bound on the 2-D entry + exit arrays built per kernel call (combinations are chunked)."""
+"""Upper bound on the 2-D arrays built per kernel call (combinations are chunked): entries and
+exits (1 byte per bar and combination each) plus, on the batch path, the indicator rows."""
+BATCH_SCRATCH_BYTES = 16
+"""Indicator bytes per bar and combination a batch strategy may hold at worst: two float64 rows
+(e.g. a Bollinger middle and width, or a MACD line and trigger, when every combination has its own)."""
 
 LOWER_IS_BETTER = frozenset({"max_drawdown_pct", "fees"})
 
@@ -51,25 +55,51 @@ def sweep(
         combos = strategy_combos(strat, grid)
     else:
         combos = list(grid)
-    resolved = [strat.resolve(c, n_bars=len(bars)) for c in combos]
     n = len(bars)
+    resolved = [strat.resolve(c, n_bars=n) for c in combos]
+    params = {name: np.array([values[name] for values in resolved]) for name in strat.params}
     stats = np.empty((len(resolved), len(STAT_NAMES)))
-    chunk = max(1, SIGNAL_BYTES // (2 * n))
+    bytes_per_cell = 2 + (BATCH_SCRATCH_BYTES if strat.batch else 0)
+    chunk = max(1, SIGNAL_BYTES // (bytes_per_cell * n))
     with indicator_cache(bars.open, bars.high, bars.low, bars.close, bars.volume):
         for start in range(0, len(resolved), chunk):
-            part = resolved[start : start + chunk]
-            entries = np.empty((len(part), n), dtype=np.bool_)
-            exits = np.empty((len(part), n), dtype=np.bool_)
-            for j, values in enumerate(part):
-                entries[j], exits[j] = strat.signals(bars, values)
-            stats[start : start + len(part)] = simulate_many(
+            stop = min(start + chunk, len(resolved))
+            if strat.batch:
+                part = {name: values[start:stop] for name, values in params.items()}
+                entries, exits = _batch_signals(strat.name, strat.batch, bars, part, stop - start)
+            else:
+                entries, exits = _each_signals(strat, bars, resolved[start:stop])
+            stats[start:stop] = simulate_many(
                 bars.open, bars.high, bars.low, bars.close, bars.day_end, entries, exits, *config.kernel_args()
             )
-    columns: dict[str, Any] = {name: [values[name] for values in resolved] for name in strat.params}
+    columns: dict[str, Any] = dict(params)
     columns.update({name: stats[:, k] for k, name in enumerate(STAT_NAMES)})
     columns["trades"] = stats[:, 0].astype(np.int64)
     frame = pd.DataFrame(columns)
     return rank(frame, rank_by) if rank_by else frame
+
+
+def _each_signals(strat: Strategy, bars: Bars, part: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+    """2-D entries and exits of ``part`` by calling the strategy once per combination."""
+    entries = np.empty((len(part), len(bars)), dtype=np.bool_)
+    exits = np.empty((len(part), len(bars)), dtype=np.bool_)
+    for j, values in enumerate(part):
+        entries[j], exits[j] = strat.signals(bars, values)
+    return entries, exits
+
+
+def _batch_signals(
+    name: str, batch: BatchSignals, bars: Bars, params: dict[str, np.ndarray], combos: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """2-D entries and exits of ``combos`` combinations from a strategy's batch function, checked for shape."""
+    shape = (combos, len(bars))
+    out = []
+    for label, array in zip(("entries", "exits"), batch(bars, params)):
+        array = np.ascontiguousarray(np.asarray(array, dtype=np.bool_))
+        if array.shape != shape:
+            raise ConfigError(f"strategy {name} batch returned {label} of shape {array.shape}, expected {shape}")
+        out.append(array)
+    return out[0], out[1]
 
 
 def rank(results: pd.DataFrame, by: str, *, ascending: bool | None = None) -> pd.DataFrame:
