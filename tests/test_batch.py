@@ -17,7 +17,7 @@ from backtesting.test import GOOG
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tradpal_ray.backtest import Bars, BacktestConfig, get_strategy, prepare_bars, strategy, sweep
+from tradpal_ray.backtest import Bars, BacktestConfig, get_strategy, prepare_bars, sma, strategy, sweep
 from tradpal_ray.backtest.strategies import Param
 from tradpal_ray.errors import ConfigError
 
@@ -99,7 +99,7 @@ def test_batch_sweep_stats_are_bit_identical(name: str, data: st.DataObject) -> 
 
 
 def test_batch_path_keeps_the_chunk_bound(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A chunk never holds more combinations than SIGNAL_BYTES allows, counting the indicator rows."""
+    """A chunk never holds more combinations than SIGNAL_BYTES allows."""
     bars = walk(400, 1)
     grid = {"fast": [3, 5, 8, 13], "slow": [10, 20, 40]}
     whole = sweep(bars, "sma_cross", grid, CONFIG)
@@ -111,8 +111,7 @@ def test_batch_path_keeps_the_chunk_bound(monkeypatch: pytest.MonkeyPatch) -> No
         assert builtin.batch is not None
         return builtin.batch(bars, params)
 
-    per_cell = 2 + sweep_module.BATCH_SCRATCH_BYTES
-    monkeypatch.setattr(sweep_module, "SIGNAL_BYTES", 5 * per_cell * len(bars))  # five combinations a chunk
+    monkeypatch.setattr(sweep_module, "SIGNAL_BYTES", 5 * 2 * len(bars))  # five combinations a chunk
     chunked = sweep(bars, dataclasses.replace(builtin, batch=counting), grid, CONFIG)
     pd.testing.assert_frame_equal(whole, chunked, check_exact=True)
     assert seen == [5, 5, 1] and len(whole) == 11
@@ -141,3 +140,23 @@ def test_a_user_batch_function_is_used_and_checked() -> None:
 
     with pytest.raises(ConfigError, match=r"batch returned entries of shape \(300,\), expected \(3, 300\)"):
         sweep(bars, dataclasses.replace(strat, batch=wrong_shape), {"level": levels}, CONFIG)
+
+
+VALUES = st.one_of(
+    st.floats(-1e6, 1e6, allow_nan=False),
+    st.sampled_from([0.0, -0.0, 1.5, np.nan, 1e300, -1e300, 1e-300]),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(values=st.lists(VALUES, max_size=80), window=st.integers(0, 30))
+def test_sma_is_pandas_rolling_mean_bit_for_bit(values: list[float], window: int) -> None:
+    """Runs of equal values, NaN gaps, signed zeros, huge magnitudes: the same bits (and signs) as pandas."""
+    array = np.array(values, dtype=np.float64)
+    ours = sma(array, window)
+    theirs = pd.Series(array).rolling(window).mean().to_numpy()
+    assert np.array_equal(ours, theirs, equal_nan=True)
+    numbers = ~np.isnan(theirs)
+    assert np.array_equal(np.signbit(ours[numbers]), np.signbit(theirs[numbers]))  # 0.0 vs -0.0 too
+    with pytest.raises(ValueError, match="window must be an integer 0 or greater"):
+        sma(array, -1)

@@ -3,9 +3,10 @@
 Each function takes the bars and one array per parameter (one value per combination) and
 returns 2-D ``(combinations, bars)`` entry and exit arrays, bit-identical to calling the
 strategy once per combination. Every distinct indicator window is computed once (through
-the cached indicators, so also once per sweep) and the comparisons for all combinations
-run in one numba loop (:mod:`tradpal_ray.backtest._signal_kernels`), which is what makes a
-sweep's time the engine's time rather than Python's.
+the cached indicators, so also once per sweep, not per chunk), and each combination costs
+one numba call that writes its row of signals in a single pass over the shared indicator
+arrays (:mod:`tradpal_ray.backtest._kernels`): no per-combination temporaries, no
+stacked copies, so a sweep's time is the engine's and its memory the signal arrays'.
 """
 
 from __future__ import annotations
@@ -24,13 +25,9 @@ Signals2D = tuple[np.ndarray, np.ndarray]
 Indicator = Callable[[np.ndarray, int], np.ndarray]
 
 
-def _rows(indicator: Indicator, values: np.ndarray, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``indicator(values, w)`` for each distinct window as the rows of a 2-D array; each window's row index."""
-    distinct, index = np.unique(windows, return_inverse=True)
-    rows = np.empty((len(distinct), len(values)))
-    for r, window in enumerate(distinct):
-        rows[r] = indicator(values, int(window))
-    return rows, index
+def _by_window(indicator: Indicator, values: np.ndarray, windows: np.ndarray) -> dict[int, np.ndarray]:
+    """``indicator(values, w)`` for each distinct window ``w`` (cached: once per sweep, not per chunk)."""
+    return {int(w): indicator(values, int(w)) for w in np.unique(windows)}
 
 
 def _empty(k: int, n: int) -> Signals2D:
@@ -39,12 +36,12 @@ def _empty(k: int, n: int) -> Signals2D:
 
 def _line_cross(indicator: Indicator, bars: Bars, fast: np.ndarray, slow: np.ndarray) -> Signals2D:
     """Crossings of ``indicator(fast)`` over ``indicator(slow)`` of the closes, per combination."""
-    from tradpal_ray.backtest._signal_kernels import crossings
+    from tradpal_ray.backtest._kernels import crossings
 
-    k = len(fast)
-    rows, index = _rows(indicator, bars.close, np.concatenate([fast, slow]))
-    entries, exits = _empty(k, len(bars))
-    crossings(rows, index[:k], rows, index[k:], entries, exits)
+    lines = _by_window(indicator, bars.close, np.concatenate([fast, slow]))
+    entries, exits = _empty(len(fast), len(bars))
+    for j, (f, s) in enumerate(zip(fast.tolist(), slow.tolist())):
+        crossings(lines[f], lines[s], entries[j], exits[j])
     return entries, exits
 
 
@@ -60,38 +57,39 @@ def ema_cross(bars: Bars, params: dict[str, np.ndarray]) -> Signals2D:
 
 def rsi_reversion(bars: Bars, params: dict[str, np.ndarray]) -> Signals2D:
     """Batch :func:`~tradpal_ray.backtest.strategies.rsi_reversion`."""
-    from tradpal_ray.backtest._signal_kernels import level_signals
+    from tradpal_ray.backtest._kernels import level_signals
 
-    rows, index = _rows(rsi, bars.close, params["window"])
-    entries, exits = _empty(len(index), len(bars))
-    level_signals(rows, index, params["lower"].astype(np.float64), params["upper"].astype(np.float64), entries, exits)
+    window = params["window"]
+    by_window = _by_window(rsi, bars.close, window)
+    entries, exits = _empty(len(window), len(bars))
+    for j, (w, lower, upper) in enumerate(zip(window.tolist(), params["lower"].tolist(), params["upper"].tolist())):
+        level_signals(by_window[w], float(lower), float(upper), entries[j], exits[j])
     return entries, exits
 
 
 def bollinger_breakout(bars: Bars, params: dict[str, np.ndarray]) -> Signals2D:
     """Batch :func:`~tradpal_ray.backtest.strategies.bollinger_breakout`."""
-    from tradpal_ray.backtest._signal_kernels import band_breakouts
+    from tradpal_ray.backtest._kernels import band_breakouts
 
-    mid, index = _rows(sma, bars.close, params["window"])
-    width, _ = _rows(rolling_std, bars.close, params["window"])
-    entries, exits = _empty(len(index), len(bars))
-    band_breakouts(bars.close, mid, width, index, params["k"].astype(np.float64), entries, exits)
+    window = params["window"]
+    mid = _by_window(sma, bars.close, window)
+    width = _by_window(rolling_std, bars.close, window)
+    entries, exits = _empty(len(window), len(bars))
+    for j, (w, k) in enumerate(zip(window.tolist(), params["k"].tolist())):
+        band_breakouts(bars.close, mid[w], width[w], float(k), entries[j], exits[j])
     return entries, exits
 
 
 def macd(bars: Bars, params: dict[str, np.ndarray]) -> Signals2D:
-    """Batch :func:`~tradpal_ray.backtest.strategies.macd`: one MACD line per (fast, slow), one trigger per signal span."""
-    from tradpal_ray.backtest._signal_kernels import crossings
+    """Batch :func:`~tradpal_ray.backtest.strategies.macd`: each EMA once; a MACD line kept while (fast, slow) repeats."""
+    from tradpal_ray.backtest._kernels import crossings
 
-    fast, slow, signal = params["fast"], params["slow"], params["signal"]
-    k = len(fast)
-    emas, ema_index = _rows(ema, bars.close, np.concatenate([fast, slow]))
-    pairs, line_index = np.unique(ema_index.reshape(2, k).T, axis=0, return_inverse=True)
-    lines = emas[pairs[:, 0]] - emas[pairs[:, 1]]
-    triples, trigger_index = np.unique(np.column_stack([line_index, signal]), axis=0, return_inverse=True)
-    triggers = np.empty((len(triples), len(bars)))
-    for r, (line, span) in enumerate(triples):
-        triggers[r] = ema(lines[line], int(span))
-    entries, exits = _empty(k, len(bars))
-    crossings(lines, line_index.reshape(-1), triggers, trigger_index.reshape(-1), entries, exits)
+    fast, slow = params["fast"], params["slow"]
+    emas = _by_window(ema, bars.close, np.concatenate([fast, slow]))
+    entries, exits = _empty(len(fast), len(bars))
+    pair, line = None, np.empty(0)
+    for j, (f, s, signal) in enumerate(zip(fast.tolist(), slow.tolist(), params["signal"].tolist())):
+        if pair != (f, s):  # grids vary the last parameter fastest: consecutive combinations share a line
+            pair, line = (f, s), emas[f] - emas[s]
+        crossings(line, ema(line, signal), entries[j], exits[j])
     return entries, exits

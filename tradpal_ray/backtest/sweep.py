@@ -23,11 +23,7 @@ from tradpal_ray.backtest.strategies import BatchSignals, Strategy, get_strategy
 from tradpal_ray.errors import ConfigError
 
 SIGNAL_BYTES = 64 * 1024 * 1024
-"""Upper bound on the 2-D arrays built per kernel call (combinations are chunked): entries and
-exits (1 byte per bar and combination each) plus, on the batch path, the indicator rows."""
-BATCH_SCRATCH_BYTES = 16
-"""Indicator bytes per bar and combination a batch strategy may hold at worst: two float64 rows
-(e.g. a Bollinger middle and width, or a MACD line and trigger, when every combination has its own)."""
+"""Upper bound on the 2-D entry + exit arrays built per kernel call (combinations are chunked)."""
 
 LOWER_IS_BETTER = frozenset({"max_drawdown_pct", "fees"})
 
@@ -59,8 +55,7 @@ def sweep(
     resolved = [strat.resolve(c, n_bars=n) for c in combos]
     params = {name: np.array([values[name] for values in resolved]) for name in strat.params}
     stats = np.empty((len(resolved), len(STAT_NAMES)))
-    bytes_per_cell = 2 + (BATCH_SCRATCH_BYTES if strat.batch else 0)
-    chunk = max(1, SIGNAL_BYTES // (bytes_per_cell * n))
+    chunk = max(1, SIGNAL_BYTES // (2 * n))
     with indicator_cache(bars.open, bars.high, bars.low, bars.close, bars.volume):
         for start in range(0, len(resolved), chunk):
             stop = min(start + chunk, len(resolved))
