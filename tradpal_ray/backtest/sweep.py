@@ -4,6 +4,8 @@
 symbol and one chunk of combinations (pass the chunk as a list of parameter dicts, e.g.
 from :func:`~tradpal_ray.backtest.grid.strategy_combos`), then the driver concatenates the
 frames and calls :func:`rank`. Statistics are identical to :func:`backtest` per combination.
+A strategy with a batch function (every built-in) builds a chunk's signals in one call;
+any other is called once per combination.
 """
 
 from __future__ import annotations
