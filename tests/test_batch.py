@@ -14,10 +14,10 @@ import numpy as np
 import pandas as pd
 import pytest
 from backtesting.test import GOOG
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from tradpal_ray.backtest import Bars, BacktestConfig, get_strategy, prepare_bars, sma, strategy, sweep
+from tradpal_ray.backtest import Bars, BacktestConfig, ema, get_strategy, prepare_bars, sma, strategy, sweep
 from tradpal_ray.backtest.strategies import Param
 from tradpal_ray.errors import ConfigError
 
@@ -148,15 +148,31 @@ VALUES = st.one_of(
 )
 
 
+def same_bits(ours: np.ndarray, theirs: np.ndarray) -> bool:
+    """Equal values, NaN where NaN, and the same sign on every number (0.0 vs -0.0)."""
+    numbers = ~np.isnan(theirs)
+    return np.array_equal(ours, theirs, equal_nan=True) and np.array_equal(
+        np.signbit(ours[numbers]), np.signbit(theirs[numbers])
+    )
+
+
 @settings(max_examples=300, deadline=None)
 @given(values=st.lists(VALUES, max_size=80), window=st.integers(0, 30))
 def test_sma_is_pandas_rolling_mean_bit_for_bit(values: list[float], window: int) -> None:
-    """Runs of equal values, NaN gaps, signed zeros, huge magnitudes: the same bits (and signs) as pandas."""
+    """Runs of equal values, NaN gaps, signed zeros, huge magnitudes: the same bits as pandas."""
     array = np.array(values, dtype=np.float64)
-    ours = sma(array, window)
-    theirs = pd.Series(array).rolling(window).mean().to_numpy()
-    assert np.array_equal(ours, theirs, equal_nan=True)
-    numbers = ~np.isnan(theirs)
-    assert np.array_equal(np.signbit(ours[numbers]), np.signbit(theirs[numbers]))  # 0.0 vs -0.0 too
+    assert same_bits(sma(array, window), pd.Series(array).rolling(window).mean().to_numpy())
     with pytest.raises(ValueError, match="window must be an integer 0 or greater"):
         sma(array, -1)
+
+
+@settings(max_examples=300, deadline=None)
+@given(values=st.lists(VALUES, max_size=80), span=st.integers(1, 30))
+@example(values=[1.0, np.nan, 2.0, 3.0, np.nan, np.nan, 5.0, 1.0], span=3)
+def test_ema_is_pandas_ewm_mean_bit_for_bit(values: list[float], span: int) -> None:
+    """The same inputs through ``ewm(span, adjust=False, min_periods=span)``, span 3 (pandas' com == 1 case) included."""
+    array = np.array(values, dtype=np.float64)
+    theirs = pd.Series(array).ewm(span=span, adjust=False, min_periods=span).mean().to_numpy()
+    assert same_bits(ema(array, span), theirs)
+    with pytest.raises(ValueError, match="span must satisfy"):
+        ema(array, 0)

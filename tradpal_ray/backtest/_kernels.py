@@ -1,7 +1,8 @@
 """Numba loops behind the indicators and the batch signals of sweeps.
 
-:func:`rolling_mean` is pandas' ``roll_mean`` for a fixed window, step for step (so ``sma``
-keeps pandas' bits without its ~80 us per call). The signal loops write one combination's
+:func:`rolling_mean` and :func:`ewm_mean` are pandas' ``roll_mean`` (fixed window) and ``ewm``
+(``adjust=False``) step for step, so ``sma`` and ``ema`` keep pandas' bits without its ~80 us
+per call. The signal loops write one combination's
 entries and exits straight into a sweep's 2-D arrays; they are used by the batch strategies in :mod:`tradpal_ray.backtest._batch`: the indicator arrays are
 shared (computed once per distinct window) and passed as they are, so nothing is copied or
 stacked; each call fills one row of the chunk's preallocated signal arrays in one pass. The
@@ -74,6 +75,42 @@ def rolling_mean(values: np.ndarray, n: int) -> np.ndarray:
             out[i] = mean
         else:
             out[i] = math.nan
+    return out
+
+
+@njit(cache=True)
+def ewm_mean(values: np.ndarray, com: float, min_periods: int) -> np.ndarray:
+    """``pd.Series(values).ewm(com=com, adjust=False, min_periods=min_periods).mean()``, bit for
+    bit: pandas' ``ewm`` loop (old weight reset to 1 after each observation, a value equal to
+    the running mean left as it is, NaN gaps carried with a decaying weight, and its
+    ``com == 1`` special case)."""
+    out = np.empty(values.shape[0])
+    if values.shape[0] == 0:
+        return out
+    alpha = 1.0 / (1.0 + com)
+    old_wt_factor = 1.0 - alpha
+    new_wt = alpha
+    weighted = values[0]
+    nobs = 1 if weighted == weighted else 0
+    out[0] = weighted if nobs >= min_periods else math.nan
+    old_wt = 1.0
+    for i in range(1, values.shape[0]):
+        cur = values[i]
+        observed = cur == cur
+        if observed:
+            nobs += 1
+        if weighted == weighted:
+            old_wt *= old_wt_factor
+            if observed:
+                if weighted != cur:
+                    if com == 1.0:  # pandas' quirk for irregular series, taken for span 3 too
+                        new_wt = 1.0 - old_wt
+                    weighted = old_wt * weighted + new_wt * cur
+                    weighted /= old_wt + new_wt
+                old_wt = 1.0
+        elif observed:
+            weighted = cur
+        out[i] = weighted if nobs >= min_periods else math.nan
     return out
 
 

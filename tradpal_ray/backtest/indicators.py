@@ -90,9 +90,14 @@ def rolling_std(values: np.ndarray, n: int) -> np.ndarray:
 def ema(values: np.ndarray, n: int) -> np.ndarray:
     """Exponential moving average, ``ewm(span=n, adjust=False, min_periods=n).mean()``.
 
-    Leading NaNs in ``values`` (e.g. an EMA of an EMA) are skipped, as pandas does.
+    Leading NaNs in ``values`` (e.g. an EMA of an EMA) are skipped, as pandas does: pandas'
+    own loop run in numba (:func:`~tradpal_ray.backtest._kernels.ewm_mean`), the same bits.
     """
-    return pd.Series(values, copy=False).ewm(span=n, adjust=False, min_periods=n).mean().to_numpy()
+    from tradpal_ray.backtest._kernels import ewm_mean
+
+    if n < 1:
+        raise ValueError(f"span must satisfy: span >= 1, got {n!r}")
+    return ewm_mean(np.ascontiguousarray(values, dtype=np.float64), (n - 1) / 2, max(int(n), 1))
 
 
 @cached
