@@ -20,7 +20,7 @@ Prints one JSON object on stdout:
 - ``cold_start``: a fresh ``python -c`` that imports the engine and returns its first
   result (numba cache warm), ours and vectorbt's; plus the import cost breakdown.
 - ``ray_workers``: the same multi-symbol sweep on Ray with 1 and with 2 CPUs, three runs
-  each (see :func:`bench_ray_workers`).
+  each, and the same work on 1 and 2 plain processes as the peer (see :func:`bench_ray_workers`).
 
 Run: ``.venv/bin/python benchmarks/sweep.py [--repeat 5] [--peer-combos 12] [--runs 3]``.
 """
@@ -310,12 +310,37 @@ def bench_cold_start(repeat: int) -> dict[str, Any]:
     }
 
 
+def _sweep_stored_symbol(root: str, symbol: str) -> int:
+    """One symbol's whole 174-combination sweep in this process (the plain-processes peer)."""
+    from tradpal_ray.backtest import load_store_bars
+
+    bars = load_store_bars(root, "bench", symbol, "1m")
+    return len(sweep(bars, "sma_cross", strategy_combos("sma_cross", GRID), CONFIG))
+
+
+def _process_pool_seconds(root: str, names: list[str], cpus: int, runs: int) -> list[float]:
+    """Wall times of the same sweep on a pool of ``cpus`` plain processes (no Ray), after a warm-up."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=cpus) as pool:
+        list(pool.map(_sweep_stored_symbol, [root] * len(names), names))
+        seconds = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            assert sum(pool.map(_sweep_stored_symbol, [root] * len(names), names)) == 174 * len(names)
+            seconds.append(time.perf_counter() - start)
+    return seconds
+
+
 def bench_ray_workers(runs: int, symbols: int = 8, bars: int = 600_000) -> dict[str, Any]:
     """The same multi-symbol sweep through ``run_sweep`` on a 1-CPU and a 2-CPU local Ray.
 
     Each symbol is a ``bars``-long random walk in a temporary candle store; the 174-combination
     grid per symbol. ``runs`` timed runs per CPU count after a warm-up run (worker start-up,
-    numba cache load), results written to the results store as in production.
+    numba cache load), results written to the results store as in production. The peer is
+    the same work on a pool of 1 and 2 plain processes from the same run: its speed-up is
+    what this machine allows at that moment (other load, shared memory bandwidth), Ray's
+    overhead is the difference.
     """
     import ray
 
@@ -330,7 +355,9 @@ def bench_ray_workers(runs: int, symbols: int = 8, bars: int = 600_000) -> dict[
     request = SweepRequest(strategy="sma_cross", grid={k: list(v) for k, v in GRID.items()}, symbols=names,
                            exchange="bench", timeframe="1m", config=CONFIG)
     seconds: dict[int, list[float]] = {}
+    plain: dict[int, list[float]] = {}
     for cpus in (1, 2):
+        plain[cpus] = _process_pool_seconds(root, names, cpus, runs)
         ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
         try:
             run_sweep(request, store=root, keep_best=0)
@@ -346,6 +373,8 @@ def bench_ray_workers(runs: int, symbols: int = 8, bars: int = 600_000) -> dict[
         "symbols": symbols, "bars_per_symbol": bars, "combinations_per_symbol": 174, "runs": runs,
         "workers_1_s": spread(seconds[1], 3), "workers_2_s": spread(seconds[2], 3),
         "speedup": round(statistics.median(seconds[1]) / statistics.median(seconds[2]), 2),
+        "plain_processes_1_s": spread(plain[1], 3), "plain_processes_2_s": spread(plain[2], 3),
+        "plain_processes_speedup": round(statistics.median(plain[1]) / statistics.median(plain[2]), 2),
         "speedup_note": "median over median", "target_speedup": 1.8,
     }
 
