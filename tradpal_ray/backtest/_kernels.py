@@ -2,10 +2,9 @@
 
 :func:`rolling_mean` and :func:`ewm_mean` are pandas' ``roll_mean`` (fixed window) and ``ewm``
 (``adjust=False``) step for step, so ``sma`` and ``ema`` keep pandas' bits without its ~80 us
-per call. The signal loops write one combination's
-entries and exits straight into a sweep's 2-D arrays; they are used by the batch strategies in :mod:`tradpal_ray.backtest._batch`: the indicator arrays are
-shared (computed once per distinct window) and passed as they are, so nothing is copied or
-stacked; each call fills one row of the chunk's preallocated signal arrays in one pass. The
+per call. The signal loops, used by the batch strategies in :mod:`tradpal_ray.backtest._batch`,
+write one combination's entries and exits straight into a row of a sweep's 2-D arrays in one
+pass over the shared indicator arrays (computed once per distinct window, never copied). Their
 comparisons are the very ones :func:`~tradpal_ray.backtest.indicators.cross_above` and plain
 ``<``/``>`` make (NaN compares False), so the signals are bit-identical to the strategy
 functions. Imported lazily: loading numba costs ~0.3 s.
