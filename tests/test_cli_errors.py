@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 from market_data import goog
 
-from tradpal_ray.cli import backtest as backtest_cli
 from tradpal_ray.cli import _demo as demo
+from tradpal_ray.cli import backtest as backtest_cli
 from tradpal_ray.stats.local_redis import RedisProcess, free_port
 
 RunCli = Callable[..., tuple[int, str, str]]

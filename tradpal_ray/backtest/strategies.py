@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from tradpal_ray.backtest import _batch
 from tradpal_ray.backtest.indicators import (
     cross_above,
     cross_below,
@@ -46,6 +47,8 @@ Signals = tuple[np.ndarray, np.ndarray]
 TOO_LONG = "window longer than the series"
 TOO_SHORT = "too short for a signal after warm-up"
 """Why a parameter combination does not fit the data (see :meth:`Strategy.unfit`)."""
+BatchSignals = Callable[["Bars", dict[str, np.ndarray]], Signals]
+"""Parameter arrays (one value per combination) in, 2-D (combinations x bars) entries and exits out."""
 Rule = tuple[Callable[[Mapping[str, Any]], bool], str]
 
 
@@ -98,6 +101,8 @@ class Strategy:
     doc: str = ""
     origin: str = ""
     """Where it was defined, ``module:qualname (file:line)``: named in duplicate-name errors."""
+    batch: BatchSignals | None = None
+    """Optional: the signals of many combinations at once, bit-identical to ``func``; sweeps use it."""
 
     def resolve(self, given: Mapping[str, Any], *, n_bars: int | None = None) -> dict[str, Any]:
         """Defaults overlaid with ``given``, coerced and checked; ConfigError on any problem.
@@ -180,18 +185,19 @@ def _show(values: Mapping[str, Any]) -> str:
 
 
 def strategy(
-    name: str | None = None, *, rules: tuple[Rule, ...] = (), **params: Param
+    name: str | None = None, *, rules: tuple[Rule, ...] = (), batch: BatchSignals | None = None, **params: Param
 ) -> Callable[[Callable[..., Signals]], Callable[..., Signals]]:
     """Register the decorated function as a strategy with parameters ``params``.
 
     ``rules`` are ``(predicate(values) -> bool, message)`` pairs across parameters, e.g.
     ``(lambda p: p["fast"] < p["slow"], "fast must be below slow")``. The function is
-    returned unchanged, so it stays callable (and testable) as a plain function.
+    returned unchanged, so it stays callable (and testable) as a plain function. ``batch``
+    optionally computes many combinations' signals at once (see :attr:`Strategy.batch`).
     """
 
     def register(func: Callable[..., Signals]) -> Callable[..., Signals]:
         key = name or func.__name__
-        found = Strategy(key, func, dict(params), tuple(rules), (func.__doc__ or "").strip(), _origin(func))
+        found = Strategy(key, func, dict(params), tuple(rules), (func.__doc__ or "").strip(), _origin(func), batch)
         existing = _REGISTRY.get(key)
         if existing is not None and existing.origin != found.origin:
             raise ConfigError(f"strategy name {key!r} registered twice: at {existing.origin} and at {found.origin}")
@@ -265,6 +271,7 @@ _FAST_BELOW_SLOW: Rule = (lambda p: p["fast"] < p["slow"], "fast must be below s
     fast=Param(int, 10, min=1, window=True, help="fast SMA window"),
     slow=Param(int, 30, min=2, window=True, help="slow SMA window"),
     rules=(_FAST_BELOW_SLOW,),
+    batch=_batch.sma_cross,
 )
 def sma_cross(bars: Bars, fast: int, slow: int) -> Signals:
     """Long when SMA(fast) of closes crosses above SMA(slow); out when it crosses below."""
@@ -276,6 +283,7 @@ def sma_cross(bars: Bars, fast: int, slow: int) -> Signals:
     fast=Param(int, 12, min=1, window=True, help="fast EMA span"),
     slow=Param(int, 26, min=2, window=True, help="slow EMA span"),
     rules=(_FAST_BELOW_SLOW,),
+    batch=_batch.ema_cross,
 )
 def ema_cross(bars: Bars, fast: int, slow: int) -> Signals:
     """Long when EMA(fast) crosses above EMA(slow); out when it crosses below."""
@@ -288,6 +296,7 @@ def ema_cross(bars: Bars, fast: int, slow: int) -> Signals:
     lower=Param(float, 30.0, min=0.0, max=100.0, help="oversold level: enter below it"),
     upper=Param(float, 70.0, min=0.0, max=100.0, help="overbought level: exit above it"),
     rules=((lambda p: p["lower"] < p["upper"], "lower must be below upper"),),
+    batch=_batch.rsi_reversion,
 )
 def rsi_reversion(bars: Bars, window: int, lower: float, upper: float) -> Signals:
     """Mean reversion: long while RSI(window) is below ``lower``, out once it is above ``upper``."""
@@ -299,6 +308,7 @@ def rsi_reversion(bars: Bars, window: int, lower: float, upper: float) -> Signal
 @strategy(
     window=Param(int, 20, min=2, window=True, help="band window"),
     k=Param(float, 2.0, min=0.0, help="band width in standard deviations"),
+    batch=_batch.bollinger_breakout,
 )
 def bollinger_breakout(bars: Bars, window: int, k: float) -> Signals:
     """Long when the close crosses above the upper band (SMA + k std); out below the SMA."""
@@ -312,6 +322,7 @@ def bollinger_breakout(bars: Bars, window: int, k: float) -> Signals:
     slow=Param(int, 26, min=2, window=True, help="slow EMA span"),
     signal=Param(int, 9, min=1, window=True, help="signal-line EMA span"),
     rules=(_FAST_BELOW_SLOW,),
+    batch=_batch.macd,
 )
 def macd(bars: Bars, fast: int, slow: int, signal: int) -> Signals:
     """Long when MACD (EMA fast - EMA slow) crosses above its signal EMA; out when below."""

@@ -4,6 +4,8 @@
 symbol and one chunk of combinations (pass the chunk as a list of parameter dicts, e.g.
 from :func:`~tradpal_ray.backtest.grid.strategy_combos`), then the driver concatenates the
 frames and calls :func:`rank`. Statistics are identical to :func:`backtest` per combination.
+A strategy with a batch function (every built-in) builds a chunk's signals in one call;
+any other is called once per combination.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from tradpal_ray.backtest.engine import BacktestConfig, simulate_many
 from tradpal_ray.backtest.grid import strategy_combos
 from tradpal_ray.backtest.indicators import indicator_cache
 from tradpal_ray.backtest.metrics import KERNEL_STATS, metric, metric_columns
-from tradpal_ray.backtest.strategies import Strategy, get_strategy
+from tradpal_ray.backtest.strategies import BatchSignals, Strategy, get_strategy
+from tradpal_ray.errors import ConfigError
 
 SIGNAL_BYTES = 64 * 1024 * 1024
 """Upper bound on the 2-D entry + exit arrays built per kernel call (combinations are chunked)."""
@@ -48,24 +51,49 @@ def sweep(
         combos = strategy_combos(strat, grid)
     else:
         combos = list(grid)
-    resolved = [strat.resolve(c, n_bars=len(bars)) for c in combos]
     n = len(bars)
+    resolved = [strat.resolve(c, n_bars=n) for c in combos]
+    params = {name: np.array([values[name] for values in resolved]) for name in strat.params}
     stats = np.empty((len(resolved), len(KERNEL_STATS)))
     chunk = max(1, SIGNAL_BYTES // (2 * n))
     with indicator_cache(bars.open, bars.high, bars.low, bars.close, bars.volume):
         for start in range(0, len(resolved), chunk):
-            part = resolved[start : start + chunk]
-            entries = np.empty((len(part), n), dtype=np.bool_)
-            exits = np.empty((len(part), n), dtype=np.bool_)
-            for j, values in enumerate(part):
-                entries[j], exits[j] = strat.signals(bars, values)
-            stats[start : start + len(part)] = simulate_many(
+            stop = min(start + chunk, len(resolved))
+            if strat.batch:
+                part = {name: values[start:stop] for name, values in params.items()}
+                entries, exits = _batch_signals(strat.name, strat.batch, bars, part, stop - start)
+            else:
+                entries, exits = _each_signals(strat, bars, resolved[start:stop])
+            stats[start:stop] = simulate_many(
                 bars.open, bars.high, bars.low, bars.close, bars.day_end, entries, exits, *config.kernel_args()
             )
-    columns: dict[str, Any] = {name: [values[name] for values in resolved] for name in strat.params}
+    columns: dict[str, Any] = dict(params)
     columns.update(metric_columns(stats))
     frame = pd.DataFrame(columns)
     return rank(frame, rank_by) if rank_by else frame
+
+
+def _each_signals(strat: Strategy, bars: Bars, part: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+    """2-D entries and exits of ``part`` by calling the strategy once per combination."""
+    entries = np.empty((len(part), len(bars)), dtype=np.bool_)
+    exits = np.empty((len(part), len(bars)), dtype=np.bool_)
+    for j, values in enumerate(part):
+        entries[j], exits[j] = strat.signals(bars, values)
+    return entries, exits
+
+
+def _batch_signals(
+    name: str, batch: BatchSignals, bars: Bars, params: dict[str, np.ndarray], combos: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """2-D entries and exits of ``combos`` combinations from a strategy's batch function, checked for shape."""
+    shape = (combos, len(bars))
+    out = []
+    for label, array in zip(("entries", "exits"), batch(bars, params)):
+        array = np.ascontiguousarray(np.asarray(array, dtype=np.bool_))
+        if array.shape != shape:
+            raise ConfigError(f"strategy {name} batch returned {label} of shape {array.shape}, expected {shape}")
+        out.append(array)
+    return out[0], out[1]
 
 
 def rank(results: pd.DataFrame, by: str, *, ascending: bool | None = None) -> pd.DataFrame:
