@@ -30,8 +30,8 @@ from rich.progress import Progress
 from rich.table import Table
 
 from tradpal_ray.backtest import BacktestConfig
+from tradpal_ray.cli._data import print_store, run_backfill
 from tradpal_ray.cli.app import console, settings_for
-from tradpal_ray.cli.data import print_store, run_backfill
 from tradpal_ray.cli.sweep import print_results, render
 from tradpal_ray.cluster import connect, dashboard_url, instance_name
 from tradpal_ray.config import Settings, split_list

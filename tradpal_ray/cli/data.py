@@ -5,69 +5,10 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated
 
-import pandas as pd
 import typer
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-)
-from rich.table import Table
 
-from tradpal_ray.cli.app import (
-    ExchangeOption,
-    ExchangeUrlOption,
-    StoreOption,
-    app,
-    console,
-    settings_for,
-)
-from tradpal_ray.config import Settings, split_list
+from tradpal_ray.cli.app import ExchangeOption, ExchangeUrlOption, StoreOption, app, settings_for
 from tradpal_ray.errors import ConfigError
-from tradpal_ray.log import redact
-from tradpal_ray.market import create_exchange, to_ms
-from tradpal_ray.market.backfill import BackfillReport, backfill
-from tradpal_ray.market.store import CandleStore
-
-
-def _iso(ms: int | None) -> str:
-    return "-" if ms is None else pd.Timestamp(ms, unit="ms", tz="UTC").strftime("%Y-%m-%d %H:%M")
-
-
-async def run_backfill(
-    settings: Settings,
-    symbols: list[str],
-    timeframe: str,
-    since: int,
-    until: int | None,
-    *,
-    show_progress: bool = True,
-) -> list[BackfillReport]:
-    """Backfill ``symbols`` from the configured exchange into the configured store, with a progress bar."""
-    client = create_exchange(
-        settings.exchange,
-        url=settings.exchange_url,
-        pro=True,
-        api_key=settings.exchange_api_key.get_secret_value() if settings.exchange_api_key else None,
-        secret=settings.exchange_secret.get_secret_value() if settings.exchange_secret else None,
-    )
-    store = CandleStore(settings.store)
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    try:
-        with Progress(*columns, console=console, disable=not show_progress, transient=False) as progress:
-            tasks = {symbol: progress.add_task(f"{symbol} {timeframe}", total=None) for symbol in symbols}
-
-            def on_progress(symbol: str, done: int, total: int) -> None:
-                progress.update(tasks[symbol], completed=done, total=total)
-
-            return await backfill(
-                client, store, exchange=settings.exchange, symbols=symbols, timeframe=timeframe,
-                since=since, until=until, on_progress=on_progress,
-            )
-    finally:
-        await client.close()
 
 
 @app.command()
@@ -81,16 +22,15 @@ def fetch(
     store: StoreOption = None,
 ) -> None:
     """Backfill closed candles over REST into the store: resumable, idempotent, rate-limit aware."""
+    from tradpal_ray.cli._data import print_backfill, run_backfill
+    from tradpal_ray.config import split_list
+    from tradpal_ray.market import to_ms
+
     settings = settings_for(store=store, exchange=exchange, exchange_url=exchange_url)
     wanted = split_list(symbols)
     if not wanted:
         raise ConfigError("--symbols is empty; give e.g. --symbols BTC/USDT,ETH/USDT")
-    reports = asyncio.run(run_backfill(settings, wanted, timeframe, to_ms(since), to_ms(until)))
-    table = Table("symbol", "timeframe", "rows written", "pages", "first", "last", "gaps", title="backfill")
-    for r in reports:
-        table.add_row(r.symbol, r.timeframe, str(r.rows_written), str(r.pages), _iso(r.first_ms), _iso(r.last_ms),
-                      str(sum(g.count for g in r.gaps)))
-    console.print(table)
+    print_backfill(asyncio.run(run_backfill(settings, wanted, timeframe, to_ms(since), to_ms(until))))
 
 
 @app.command()
@@ -99,23 +39,9 @@ def candles(store: StoreOption = None) -> None:
 
     A series with an unreadable file is listed with the file named; the command then exits 1.
     """
+    from tradpal_ray.cli._data import print_store
+    from tradpal_ray.market.store import CandleStore
+
     settings = settings_for(store=store)
     if print_store(CandleStore(settings.store)):
         raise typer.Exit(1)
-
-
-def print_store(store: CandleStore) -> list[str]:
-    """A table of every series in ``store`` with its coverage and gap count; returns the damaged series' problems."""
-    table = Table("exchange", "symbol", "timeframe", "rows", "first", "last", "missing",
-                  title=f"candles in {redact(store.root)}")
-    problems = []
-    for found in store.coverage():
-        s = found.info
-        missing = "damaged" if s.problem else str(sum(g.count for g in found.gaps))
-        table.add_row(s.exchange, s.symbol, s.timeframe, str(s.rows), _iso(s.first_ms), _iso(s.last_ms), missing)
-        if s.problem:
-            problems.append(f"{s.exchange} {s.symbol} {s.timeframe}: {s.problem}")
-    console.print(table)
-    for problem in problems:
-        console.print(f"[red]damaged series:[/red] {problem}", highlight=False, soft_wrap=True)
-    return problems
