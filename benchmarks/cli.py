@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
+import os
 import statistics
 import subprocess
 import sys
@@ -48,13 +48,13 @@ CASES = {
 
 
 def run_once(argv: list[str]) -> tuple[float, float]:
-    """(wall seconds, peak RSS MB) of one process."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    """(wall seconds, peak RSS MB) of one process (its own rusage, from wait4)."""
     start = time.perf_counter()
-    subprocess.run(argv, capture_output=True, check=False)
+    child = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, _, usage = os.wait4(child.pid, 0)
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return seconds, max(peak, before) / 1024
+    child.returncode = 0  # reaped above
+    return seconds, usage.ru_maxrss / 1024
 
 
 def spread(samples: list[tuple[float, float]]) -> dict[str, Any]:

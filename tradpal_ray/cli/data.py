@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated
 
 import typer
@@ -22,6 +21,8 @@ def fetch(
     store: StoreOption = None,
 ) -> None:
     """Backfill closed candles over REST into the store: resumable, idempotent, rate-limit aware."""
+    import asyncio
+
     from tradpal_ray.cli._data import print_backfill, run_backfill
     from tradpal_ray.config import split_list
     from tradpal_ray.market import to_ms
