@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import orjson
+import pandas as pd
 import pyarrow as pa
 import pytest
 from redis_fixtures import run_id
@@ -373,3 +374,27 @@ def test_schema_fits_and_conform_table() -> None:
         conform_table(pa.table({"symbol": ["BTC/USDT"]}), expected)
     with pytest.raises(StoreError, match="'trades'"):
         conform_table(pa.table({"symbol": ["BTC/USDT"], "trades": ["many"]}), expected)
+
+
+def test_ready_names_a_damaged_candle_series_and_stays_ready(store_root: Path, redis_url: str) -> None:
+    """Issue 11: one truncated candle file left /ready saying nothing while listings failed."""
+    from tradpal_ray.market.schema import candles_table
+    from tradpal_ray.market.store import CandleStore
+
+    frame = pd.DataFrame({"open": 1.0, "high": 2.0, "low": 0.5, "close": 1.5, "volume": 3.0},
+                         index=pd.date_range("2024-01-01", periods=12, freq="5min", tz="UTC", name="time"))
+    CandleStore(store_root).write(candles_table(frame, exchange="binance", symbol="ETH/USDT", timeframe="5m"))
+    (bad,) = store_root.glob("candles/exchange=binance/timeframe=5m/symbol=ETH-USDT/*/*.parquet")
+    bad.write_bytes(bad.read_bytes()[:100])
+
+    async def scenario() -> None:
+        service = await started(store_root, redis_url)
+        try:
+            state = await service.readiness()
+            assert state["ready"] and state["store"]
+            [line] = state["damaged_series"]
+            assert line.startswith("binance ETH/USDT 5m: ") and bad.name in line and str(store_root) not in line
+        finally:
+            await service.close()
+
+    run(scenario())

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import math
 import os
 import re
 import time
@@ -133,6 +134,10 @@ def store_spellings(root: str) -> tuple[str, ...]:
     return (root, base) if "://" in root else (root, base, os.path.realpath(base))
 
 
+DAMAGED_TTL_S = 30.0
+"""How long ``/ready`` reuses its listing of damaged candle series."""
+
+
 class StatsService:
     """Cached statistics over one store; create, ``await start()``, query, ``await close()``."""
 
@@ -165,6 +170,8 @@ class StatsService:
         self._runs: dict[str, str] = {}
         self._scanned_at = 0.0
         self._store_error: str | None = None
+        self._damaged: tuple[float, list[str]] = (-math.inf, [])
+        """(when, lines) of the last listing of damaged candle series (it reads every footer: cached)."""
         self._tasks: list[asyncio.Task[None]] = []
         self._warming: asyncio.Task[None] | None = None
 
@@ -342,11 +349,27 @@ class StatsService:
 
     # ----------------------------------------------------------------- health
     async def readiness(self) -> dict[str, Any]:
-        """Whether the store can be listed and Redis answers (``ready`` needs both)."""
+        """Whether the store can be listed and Redis answers (``ready`` needs both), and which candle
+        series are damaged (an unreadable file fails only its own series: the API stays ready)."""
         redis_ok = await self.cache.ping()
         store_ok = self._store_error is None and self._scanned_at > 0
+        damaged = await self._damaged_series() if store_ok else []
         return {"ready": redis_ok and store_ok, "store": store_ok, "redis": redis_ok,
-                **({"store_error": self._store_error} if self._store_error else {})}
+                **({"store_error": self._store_error} if self._store_error else {}),
+                **({"damaged_series": damaged} if damaged else {})}
+
+    async def _damaged_series(self) -> list[str]:
+        """Damaged candle series, one line each naming its file (no path above the store), refreshed every
+        :data:`DAMAGED_TTL_S` at most."""
+        checked, lines = self._damaged
+        if time.monotonic() - checked > DAMAGED_TTL_S:
+            try:
+                found = await asyncio.to_thread(self.queries.candles.problems)
+            except StoreError as exc:
+                found = [str(exc)]
+            lines = [self.public_message(StoreError(line)) for line in found]
+            self._damaged = (time.monotonic(), lines)
+        return lines
 
     def cache_stats(self) -> bytes:
         """Counters and latencies of this process, the Redis state and the data version."""
