@@ -47,8 +47,9 @@ def sharpe_ratio(returns: np.ndarray) -> np.ndarray:
     count = finite.sum(axis=0).astype(np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = np.where(finite, matrix, 0.0).sum(axis=0) / count
-        centred = np.where(finite, matrix - mean, 0.0)
-        return _sharpe_from_moments(count, centred.sum(axis=0), (centred * centred).sum(axis=0), mean)
+    centred = np.where(finite, matrix - mean, 0.0)
+    total = centred.sum(axis=0)
+    return _sharpe_from_moments(count, total, (centred * centred).sum(axis=0), mean, np.empty_like(total))
 
 
 @dataclass(frozen=True)
@@ -267,20 +268,25 @@ def _probabilistic_sharpe(sharpe: float, benchmark: float, periods: int, skew: f
     return _NORMAL.cdf((sharpe - benchmark) * math.sqrt(periods - 1) / math.sqrt(variance))
 
 
-def _sharpe_from_moments(count: np.ndarray, total: np.ndarray, squares: np.ndarray, shift: np.ndarray) -> np.ndarray:
+def _sharpe_from_moments(
+    count: np.ndarray, total: np.ndarray, squares: np.ndarray, shift: np.ndarray, scratch: np.ndarray
+) -> np.ndarray:
     """mean / std (ddof 1) from the count, sum and sum of squares of values minus ``shift``.
 
     Shifted (centred) sums keep the variance exact when the mean is large against the
     dispersion. NaN with under 2 values or a standard deviation at or below NOISE_FLOOR.
-    Works in place: ``total`` becomes the result and ``squares`` is overwritten.
+    In place, no temporary the size of ``total`` (the CSCV's hot loop): ``total`` becomes
+    the result, ``squares`` and ``scratch`` (same shape) are overwritten.
     """
     with np.errstate(invalid="ignore", divide="ignore"):
-        total /= count
-        squares -= total * total * count
-        squares /= count - 1
+        np.multiply(total, 1 / count, out=total)  # reciprocals: per split, not per cell, when no cell is NaN
+        np.multiply(total, total, out=scratch)
+        np.multiply(scratch, count, out=scratch)
+        np.subtract(squares, scratch, out=squares)
+        np.multiply(squares, 1 / (count - 1), out=squares)
         std = np.sqrt(squares, out=squares)
-        total += shift
-        total /= std
+        np.add(total, shift, out=total)
+        np.divide(total, std, out=total)
     np.putmask(total, std <= NOISE_FLOOR, np.nan)
     return total
 
@@ -292,31 +298,35 @@ SplitMetrics = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 def _moment_metrics(matrix: np.ndarray, bounds: np.ndarray) -> SplitMetrics:
     """The per-period Sharpe ratio of every split from per-partition counts, sums and sums of squares."""
     finite = np.isfinite(matrix)
+    complete = bool(finite.all())  # the common case: every trial has every row, counts are per split only
+    centred = np.where(finite, matrix, 0.0)
     count = finite.sum(axis=0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        shift = np.where(finite, matrix, 0.0).sum(axis=0) / count
-    shift[count == 0] = 0.0
-    centred = np.where(finite, matrix - shift, 0.0)
+    shift = centred.sum(axis=0) / np.maximum(count, 1)
+    centred -= shift
+    if not complete:
+        np.putmask(centred, ~finite, 0.0)
     starts = bounds[:-1]
     part_total = np.add.reduceat(centred, starts, axis=0)
-    part_squares = np.add.reduceat(centred * centred, starts, axis=0)
+    part_squares = np.add.reduceat(np.square(centred, out=centred), starts, axis=0)
     all_total, all_squares = part_total.sum(axis=0), part_squares.sum(axis=0)
-    if finite.all():  # the common case: every trial has every row, counts are per split only
+    if complete:
         part_count = np.diff(bounds).astype(np.float64)[:, None]
         all_count = np.float64(len(matrix))
     else:
         part_count = np.add.reduceat(finite, starts, axis=0).astype(np.float64)
         all_count = part_count.sum(axis=0)
+    buffers = np.empty((5, max(1, SPLIT_CELLS // matrix.shape[1]), matrix.shape[1]))
 
     def split_metrics(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         weights = masks.astype(np.float64)
+        total_in, squares_in, total_out, squares_out, scratch = buffers[:, : len(masks)]
+        np.matmul(weights, part_total, out=total_in)
+        np.matmul(weights, part_squares, out=squares_in)
+        np.subtract(all_total, total_in, out=total_out)
+        np.subtract(all_squares, squares_in, out=squares_out)
         count_in = weights @ part_count
-        total_in = weights @ part_total
-        squares_in = weights @ part_squares
-        total_out = all_total - total_in
-        squares_out = all_squares - squares_in
-        return (_sharpe_from_moments(count_in, total_in, squares_in, shift),
-                _sharpe_from_moments(all_count - count_in, total_out, squares_out, shift))
+        return (_sharpe_from_moments(count_in, total_in, squares_in, shift, scratch),
+                _sharpe_from_moments(all_count - count_in, total_out, squares_out, shift, scratch))
 
     return split_metrics
 
