@@ -116,6 +116,30 @@ def test_pbo_matches_the_paper_cscv_on_a_real_grid(data_name: str, partitions: i
     assert ours.n_trials == returns.shape[1] and ours.n_rows == len(returns)
 
 
+def test_pbo_ranks_ties_as_the_paper_with_identical_trials(goog_returns: pd.DataFrame) -> None:
+    """Grid points with the same trades have the same returns: the out-of-sample rank of the chosen
+    trial averages its ties (as ``rankdata``), identical to the reference."""
+    returns = goog_returns.to_numpy()
+    with_twins = np.column_stack([returns, returns[:, ::2]])
+    expected_pbo, expected_logits = reference_pbo(with_twins, 8)
+    ours = probability_of_backtest_overfitting(with_twins, partitions=8)
+    np.testing.assert_allclose(ours.logits, expected_logits, rtol=1e-9)
+    assert ours.pbo == expected_pbo
+
+
+def test_an_in_sample_best_exactly_at_the_median_counts_as_overfit() -> None:
+    """The paper counts logit <= 0: a chosen trial exactly at the out-of-sample median is overfit."""
+    wiggle = np.tile([0.01, -0.01], 50)  # the same dispersion for every trial: Sharpe follows the mean
+    means = {"a": (0.003, 0.002), "b": (0.001, 0.003), "c": (0.002, 0.001)}  # (first half, second half)
+    returns = np.column_stack([np.concatenate([wiggle + first, wiggle + second]) for first, second in means.values()])
+    result = probability_of_backtest_overfitting(returns, partitions=2)
+    # first half in sample: a is best, its second-half rank is 2 of 3, w = 2/4, logit 0 (overfit);
+    # second half in sample: b is best, its first-half rank is 1 of 3 (overfit)
+    np.testing.assert_array_equal(result.best_trials, [0, 1])
+    np.testing.assert_allclose(result.logits, [0.0, math.log(1 / 3)], atol=1e-12)
+    assert result.pbo == 1.0
+
+
 def test_pbo_with_any_metric_matches_the_fast_sharpe_path(goog_returns: pd.DataFrame) -> None:
     """A user metric goes through the generic path (called per split): same answer as the moments path,
     NaN cells included."""
