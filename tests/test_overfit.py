@@ -228,8 +228,9 @@ def test_one_trial_has_nothing_to_deflate() -> None:
     ("shape", "partitions", "message"),
     [
         ((15, 5), 16, "15 rows of returns cannot make 16 partitions"),
-        ((100, 5), 7, "partitions must be an even number >= 2, got 7"),
-        ((100, 5), 0, "partitions must be an even number >= 2, got 0"),
+        ((100, 5), 7, "partitions must be an even number from 2 to 20, got 7"),
+        ((100, 5), 0, "partitions must be an even number from 2 to 20, got 0"),
+        ((100, 5), 22, "partitions must be an even number from 2 to 20, got 22"),
         ((100, 1), 16, "at least 2 trials"),
         ((100,), 16, "returns must be a (rows x trials) matrix"),
     ],
@@ -238,6 +239,12 @@ def test_pbo_refuses_what_it_cannot_split(shape: tuple[int, ...], partitions: in
     returns = np.random.default_rng(0).normal(0, 0.01, shape)
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         probability_of_backtest_overfitting(returns, partitions=partitions)
+
+
+def test_pbo_refuses_a_metric_without_one_value_per_trial() -> None:
+    returns = np.random.default_rng(0).normal(0, 0.01, (40, 5))
+    with pytest.raises(ConfigError, match=r"the metric must give one value per trial \(5\), got shape \(\)"):
+        probability_of_backtest_overfitting(returns, partitions=4, metric=lambda rows: float(rows.mean()))
 
 
 def test_pbo_leaves_constant_and_nan_columns_out() -> None:

@@ -27,6 +27,8 @@ from tradpal_ray.errors import ConfigError
 EULER_GAMMA = 0.5772156649015329
 SIGNIFICANT_DSR = 0.95
 """The paper's threshold: a DSR above it rejects "the best is only the luckiest of N trials"."""
+MAX_PARTITIONS = 20
+"""C(20, 10) = 184,756 splits; the number of splits grows about 4x for every 2 more partitions."""
 SPLIT_CELLS = 1 << 18
 """Splits x trials evaluated at once by the CSCV (a few MB per array: bounded memory, cache-sized)."""
 
@@ -121,7 +123,8 @@ def deflated_sharpe_ratio(
     returns = _vector(best_returns, "best returns")
     returns = returns[np.isfinite(returns)]
     if len(returns) < 2:
-        raise ConfigError(f"the best result has {len(returns)} finite returns: the deflated Sharpe ratio needs 2 or more")
+        raise ConfigError(
+            f"the best result has {len(returns)} finite returns: the deflated Sharpe ratio needs 2 or more")
     n_trials = len(sharpes)
     trial_std = float(np.std(sharpes, ddof=1)) if n_trials > 1 else 0.0
     expected_max = trial_std * _expected_max_of_standard_normals(n_trials)
@@ -200,29 +203,34 @@ def probability_of_backtest_overfitting(
     most one row, as :func:`numpy.array_split`); every half of the blocks is in turn the
     in-sample set and the other half the out-of-sample set. Per split, the trial with the
     best in-sample ``metric`` is ranked out of sample (rank 1 = worst, ties averaged, among
-    trials with a defined value), w = rank / (trials + 1), logit = log(w / (1 - w)); PBO is
-    the share of logits <= 0.
+    trials with a defined value), w = rank / (those trials + 1), logit = log(w / (1 - w));
+    PBO is the share of logits <= 0.
 
     ``metric`` maps a (rows x trials) matrix to one value per trial, higher is better. The
     default, the per-period :func:`sharpe_ratio`, is computed from per-block sums for all
     splits at once; any other metric is called twice per split. ConfigError for fewer than
-    2 trials, an odd or too small number of partitions, or fewer rows than partitions.
+    2 trials, an odd number of partitions or one outside 2..20 (20 make 184,756 splits),
+    fewer rows than partitions, or a metric that does not give one value per trial.
     """
     matrix = np.asarray(returns, dtype=np.float64)
     if matrix.ndim != 2:
         raise ConfigError(f"returns must be a (rows x trials) matrix, got {matrix.ndim} dimension(s)")
     rows, trials = matrix.shape
-    if partitions < 2 or partitions % 2:
-        raise ConfigError(f"partitions must be an even number >= 2, got {partitions}")
+    if not 2 <= partitions <= MAX_PARTITIONS or partitions % 2:
+        raise ConfigError(f"partitions must be an even number from 2 to {MAX_PARTITIONS}, got {partitions}")
     if rows < partitions:
-        raise ConfigError(f"{rows} rows of returns cannot make {partitions} partitions: use fewer partitions or more days")
+        raise ConfigError(
+            f"{rows} rows of returns cannot make {partitions} partitions: use fewer partitions or more days")
     if trials < 2:
         raise ConfigError(f"overfitting needs at least 2 trials to choose from, got {trials}")
     masks = np.array([[block in chosen for block in range(partitions)]
                       for chosen in combinations(range(partitions), partitions // 2)])
     half = len(masks) // 2  # split i's complement is split n - 1 - i (lexicographic order)
     bounds = np.cumsum([0] + [len(part) for part in np.array_split(np.empty(rows), partitions)])
-    split_metrics = _moment_metrics(matrix, bounds) if metric is sharpe_ratio else _called_metrics(matrix, bounds, metric)
+    if metric is sharpe_ratio:
+        split_metrics = _moment_metrics(matrix, bounds)
+    else:
+        split_metrics = _called_metrics(matrix, bounds, metric)
     logits = np.full(len(masks), np.nan)
     best = np.full(len(masks), -1, dtype=np.int64)
     in_sample = np.full(len(masks), np.nan)
@@ -232,9 +240,9 @@ def probability_of_backtest_overfitting(
         first = np.arange(start, min(start + step, half))
         complement = len(masks) - 1 - first
         metric_in, metric_out = split_metrics(masks[first])
-        for target, (chosen_in, chosen_out) in ((first, (metric_in, metric_out)), (complement, (metric_out, metric_in))):
+        for target, ranked_in, ranked_out in ((first, metric_in, metric_out), (complement, metric_out, metric_in)):
             logits[target], best[target], in_sample[target], out_of_sample[target] = _rank_in_sample_best(
-                chosen_in, chosen_out)
+                ranked_in, ranked_out)
     for array in (logits, best, in_sample, out_of_sample):
         array.setflags(write=False)
     defined = logits[np.isfinite(logits)]
@@ -338,7 +346,11 @@ def _called_metrics(matrix: np.ndarray, bounds: np.ndarray, metric: Metric) -> S
     def split_metrics(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         def measure(mask: np.ndarray) -> np.ndarray:
             rows = np.concatenate([block for block, chosen in zip(blocks, mask, strict=True) if chosen])
-            return np.asarray(metric(matrix[rows]), dtype=np.float64)
+            values = np.asarray(metric(matrix[rows]), dtype=np.float64)
+            if values.shape != (matrix.shape[1],):
+                raise ConfigError(
+                    f"the metric must give one value per trial ({matrix.shape[1]}), got shape {values.shape}")
+            return values
 
         return np.array([measure(mask) for mask in masks]), np.array([measure(~mask) for mask in masks])
 
