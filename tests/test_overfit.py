@@ -10,6 +10,8 @@ last bar). Synthetic cases with a known answer: pure noise, and a planted edge.
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 from itertools import combinations
 
 import numpy as np
@@ -19,8 +21,9 @@ import vectorbt as vbt
 from backtesting.test import EURUSD, GOOG
 from scipy.stats import rankdata
 
-from tradpal_ray.backtest import backtest, prepare_bars, strategy_combos
+from tradpal_ray.backtest import backtest, metrics, prepare_bars, strategy_combos
 from tradpal_ray.errors import ConfigError
+from tradpal_ray.validation import _overfit
 from tradpal_ray.validation import (
     PBO,
     deflated_sharpe_ratio,
@@ -152,6 +155,16 @@ def test_pbo_with_any_metric_matches_the_fast_sharpe_path(goog_returns: pd.DataF
     np.testing.assert_allclose(fast.out_of_sample, called.out_of_sample, rtol=1e-9)
     assert fast.pbo == called.pbo
     assert np.isfinite(fast.logits).all()
+
+
+def test_the_validation_package_stays_light_and_shares_the_metrics_noise_floor() -> None:
+    """CLI paths import it: numpy only (no numba, pandas or scipy), and the same "no dispersion" rule
+    as the backtest's Sharpe ratio."""
+    code = ("import sys, tradpal_ray.validation as v; "
+            "print(sorted(m for m in ('numba', 'pandas', 'scipy', 'ray') if m in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"
+    assert _overfit.NOISE_FLOOR == metrics.NOISE_FLOOR
 
 
 def test_sharpe_ratio_is_mean_over_std_of_the_finite_values() -> None:

@@ -21,10 +21,12 @@ from statistics import NormalDist
 
 import numpy as np
 
-from tradpal_ray.backtest.metrics import NOISE_FLOOR
 from tradpal_ray.errors import ConfigError
 
 EULER_GAMMA = 0.5772156649015329
+NOISE_FLOOR = 1e-12
+"""A standard deviation at or below this is no dispersion: the rule of the backtest metrics
+(``tradpal_ray.backtest.metrics.NOISE_FLOOR``, not imported: that package loads numba)."""
 SIGNIFICANT_DSR = 0.95
 """The paper's threshold: a DSR above it rejects "the best is only the luckiest of N trials"."""
 MAX_PARTITIONS = 20
@@ -42,7 +44,7 @@ def sharpe_ratio(returns: np.ndarray) -> np.ndarray:
 
     Not annualised (multiply by sqrt(periods per year) for that). NaN for a column with
     fewer than 2 finite values or without dispersion (a standard deviation at or below
-    :data:`~tradpal_ray.backtest.metrics.NOISE_FLOOR`, e.g. a strategy that never traded).
+    :data:`NOISE_FLOOR`, e.g. a strategy that never traded).
     """
     matrix = np.asarray(returns, dtype=np.float64)
     finite = np.isfinite(matrix)
