@@ -35,7 +35,7 @@ SPLIT_CELLS = 1 << 18
 """Splits x trials evaluated at once by the CSCV (a few MB per array: bounded memory, cache-sized)."""
 
 _NORMAL = NormalDist()
-Metric = Callable[[np.ndarray], np.ndarray]
+TrialMetric = Callable[[np.ndarray], np.ndarray]
 """A performance measure of every column of a (rows x trials) returns matrix: one value per trial."""
 
 
@@ -196,7 +196,7 @@ class PBO:
 
 
 def probability_of_backtest_overfitting(
-    returns: np.ndarray, *, partitions: int = 16, metric: Metric = sharpe_ratio
+    returns: np.ndarray, *, partitions: int = 16, metric: TrialMetric = sharpe_ratio
 ) -> PBO:
     """PBO by combinatorially symmetric cross-validation (Bailey, Borwein, López de Prado & Zhu 2017).
 
@@ -341,7 +341,7 @@ def _moment_metrics(matrix: np.ndarray, bounds: np.ndarray) -> SplitMetrics:
     return split_metrics
 
 
-def _called_metrics(matrix: np.ndarray, bounds: np.ndarray, metric: Metric) -> SplitMetrics:
+def _called_metrics(matrix: np.ndarray, bounds: np.ndarray, metric: TrialMetric) -> SplitMetrics:
     """Any metric, called on the in-sample and the out-of-sample rows of each split."""
     blocks = [np.arange(start, stop) for start, stop in zip(bounds[:-1], bounds[1:], strict=True)]
 
