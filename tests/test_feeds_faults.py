@@ -149,7 +149,12 @@ async def inject_repeatedly(sim: Any, feed: Feed, faults: list[Fault], reconnect
         fault = fault(sim) if callable(fault) else fault
         kind, before = fault["kind"], feed.reconnects
         served = sim.stats()["faults"]["served"].get(kind, 0)
-        await asyncio.to_thread(sim.inject, **fault)
+        applied = await asyncio.to_thread(sim.inject, **fault)
+        while kind in PER_CONNECTION and not applied["connections"]:
+            # The feed is between connections (its candles come over REST meanwhile): a fault that acts
+            # on open connections needs one, so inject again once the feed has subscribed anew.
+            await wait_for(lambda: sim.stats()["subscriptions"]["total"] > 0, what=f"a subscription to inject {kind}")
+            applied = await asyncio.to_thread(sim.inject, **fault)
         if kind == "rest_error":
             await asyncio.to_thread(sim.inject, "close")  # the reconnect's gap repair meets the errors
         await wait_for(lambda kind=kind, served=served: sim.stats()["faults"]["served"].get(kind, 0) > served,
@@ -157,6 +162,9 @@ async def inject_repeatedly(sim: Any, feed: Feed, faults: list[Fault], reconnect
         if reconnects:
             await wait_for(lambda before=before: feed.reconnects > before, what=f"a reconnect after {kind}")
 
+
+PER_CONNECTION = frozenset({"close", "abort", "malformed"})
+"""Faults that act once on the stream connections open when injected (see tradpal_ray.sim.faults)."""
 
 FAULTS: dict[str, list[Fault]] = {
     "close": [{"kind": "close"}] * 3,
