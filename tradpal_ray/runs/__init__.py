@@ -133,7 +133,9 @@ def run_sweep(
         request, manifest = resume_request(store, resume, allow_changed_code=allow_changed_code)
     elif request is None:
         raise ConfigError("a sweep needs a request or a run id to resume")
-    _, _, plan = request.check()
+    request = request.absolute()
+    checked = request.check()
+    plan = checked[2]
     bars, loaded = request.check_data(store)
     chosen = choose_executor(executor, plan.total * max(bars, 1) * len(request.symbol_names()), address=address)
     cpus = 1.0
@@ -144,7 +146,7 @@ def run_sweep(
 
         connect(address)
         cpus = ray.cluster_resources().get("CPU", 1.0)
-    run = start_run(request, store=store, manifest=manifest, chunk_size=chunk_size, cpus=cpus,
+    run = start_run(request, checked, store=store, manifest=manifest, chunk_size=chunk_size, cpus=cpus,
                     bars_hint=bars or 1000, executor=chosen, on_progress=on_progress)
     run.loaded.update(loaded)
     try:

@@ -23,6 +23,7 @@ from tradpal_ray.backtest._references import StrategyRef
 from tradpal_ray.backtest.data import Bars
 from tradpal_ray.backtest.engine import BacktestConfig, backtest, sizing_warning
 from tradpal_ray.backtest.metrics import metric_names
+from tradpal_ray.backtest.strategies import Strategy
 from tradpal_ray.backtest.sweep import sweep
 from tradpal_ray.errors import ConfigError, TradpalError
 from tradpal_ray.log import get_logger
@@ -265,15 +266,16 @@ def resume_request(store: str, run_id: str, *, allow_changed_code: bool = False)
 
 
 def start_run(
-    request: SweepRequest, *, store: str, manifest: RunManifest | None = None, chunk_size: int | None = None,
-    cpus: float = 1.0, bars_hint: int = 1000, executor: str = "local", on_progress: ProgressCallback | None = None,
+    request: SweepRequest, checked: tuple[StrategyRef, Strategy, GridPlan], *, store: str,
+    manifest: RunManifest | None = None, chunk_size: int | None = None, cpus: float = 1.0, bars_hint: int = 1000,
+    executor: str = "local", on_progress: ProgressCallback | None = None,
 ) -> SweepRun:
-    """Check the request, write the run's manifest (a new one, or ``manifest`` to resume), return its state.
+    """Write the run's manifest (a new one, or ``manifest`` to resume) and return its state.
 
+    ``checked`` is what :meth:`SweepRequest.check` returned for ``request`` (absolute paths);
     ``bars_hint`` (bars per symbol) and ``cpus`` size the chunks of a new run.
     """
-    request = request.absolute()
-    ref, strat, plan = request.check()
+    ref, strat, plan = checked
     if manifest is None:
         size = chunk_size or plan_chunk_size(plan.total, bars_hint, len(request.symbol_names()), cpus)
         manifest = request.manifest(new_run_id(strat.name), ref, strat, plan, size)
