@@ -101,6 +101,7 @@ def test_sma_cross_matches_backtesting_py_trade_for_trade(name: str) -> None:
     assert s["return_pct"] == pytest.approx(theirs["Return [%]"], rel=REL)
     assert s["max_drawdown_pct"] == pytest.approx(-theirs["Max. Drawdown [%]"], rel=REL)
     assert s["win_rate_pct"] == pytest.approx(theirs["Win Rate [%]"], rel=REL)
+    assert s["sqn"] == pytest.approx(theirs["SQN"], rel=1e-9)
     # Sharpe/Sortino/CAGR/Calmar follow empyrical, not backtesting.py: see test_ratios.py.
     np.testing.assert_allclose(ours.equity.to_numpy(), theirs._equity_curve.Equity.to_numpy(), rtol=REL)
 
@@ -122,6 +123,7 @@ def test_long_short_reversal_matches_backtesting_py() -> None:
     assert (ours.trades.units < 0).any()
     assert_same_trades(ours.trades, theirs._trades)
     assert ours.stats["final_equity"] == pytest.approx(theirs["Equity Final [$]"], rel=REL)
+    assert ours.stats["sqn"] == pytest.approx(theirs["SQN"], rel=1e-9)
 
 
 @pytest.mark.parametrize("name", DATASETS)

@@ -17,15 +17,14 @@ from itertools import combinations
 import numpy as np
 import pandas as pd
 import pytest
-import vectorbt as vbt
 from backtesting.test import EURUSD, GOOG
 from scipy.stats import rankdata
 
 from tradpal_ray.backtest import backtest, metrics, prepare_bars, strategy_combos
 from tradpal_ray.errors import ConfigError
-from tradpal_ray.validation import _overfit
 from tradpal_ray.validation import (
     PBO,
+    _overfit,
     deflated_sharpe_ratio,
     probability_of_backtest_overfitting,
     sharpe_ratio,

@@ -42,6 +42,7 @@ from tradpal_ray.backtest.metrics import (
     register_metric,
     unregister_metric,
 )
+from tradpal_ray.backtest.objectives import NAMED_OBJECTIVES, Objective, objective
 from tradpal_ray.backtest.sizing import PositionSize, parse_size
 from tradpal_ray.backtest.strategies import (
     Param,
@@ -54,6 +55,9 @@ from tradpal_ray.backtest.strategies import (
 from tradpal_ray.backtest.sweep import rank, sweep
 
 __all__ = [
+    "NAMED_OBJECTIVES",
+    "Objective",
+    "objective",
     "EXIT_REASONS",
     "KERNEL_STATS",
     "BacktestConfig",

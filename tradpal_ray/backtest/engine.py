@@ -67,12 +67,13 @@ _SIGNAL, _STOP, _TAKE, _OPEN, _LIQUIDATION = range(5)
 _KERNEL_WRITES = (
     "trades", "final_equity", "return_pct", "cagr_pct", "max_drawdown_pct", "win_rate_pct", "profit_factor",
     "expectancy", "sharpe", "sortino", "exposure_pct", "fees", "best_trade_pct", "worst_trade_pct", "unfilled_entries",
+    "sqn",
 )  # every statistic simulate() writes, each at its position in the registry's KERNEL_STATS
 if sorted(_KERNEL_WRITES) != sorted(KERNEL_STATS):
     raise ImportError(f"the kernel writes {sorted(_KERNEL_WRITES)} but KERNEL_STATS is {sorted(KERNEL_STATS)}")
 _N_STATS = len(KERNEL_STATS)
 (_S_TRADES, _S_FINAL_EQUITY, _S_RETURN, _S_CAGR, _S_MAX_DD, _S_WIN_RATE, _S_PROFIT_FACTOR, _S_EXPECTANCY, _S_SHARPE,
- _S_SORTINO, _S_EXPOSURE, _S_FEES, _S_BEST, _S_WORST, _S_UNFILLED) = (KERNEL_STATS.index(name) for name in _KERNEL_WRITES)
+ _S_SORTINO, _S_EXPOSURE, _S_FEES, _S_BEST, _S_WORST, _S_UNFILLED, _S_SQN) = (KERNEL_STATS.index(name) for name in _KERNEL_WRITES)
 # Trade record columns written by the kernel.
 _T_ENTRY_BAR, _T_EXIT_BAR, _T_ENTRY_PX, _T_EXIT_PX, _T_UNITS, _T_ENTRY_FEE, _T_EXIT_FEE, _T_PNL, _T_REASON = range(9)
 _T_FIELDS = 9
@@ -257,8 +258,10 @@ def daily_ratios(day_returns: np.ndarray, count: int, growth: float, ppy: float)
     return sharpe, sortino, cagr
 
 
-# Closed-trade accumulators kept by the kernel in one small array.
-_A_CLOSED, _A_WINS, _A_GROSS_WIN, _A_GROSS_LOSS, _A_PNL, _A_BEST, _A_WORST, _A_FEES = range(8)
+# Closed-trade accumulators kept by the kernel in one small array; the PnL's running mean and
+# sum of squared deviations (Welford) give the SQN without a second pass over the trades.
+_A_CLOSED, _A_WINS, _A_GROSS_WIN, _A_GROSS_LOSS, _A_PNL, _A_BEST, _A_WORST, _A_FEES, _A_MEAN, _A_M2 = range(10)
+_N_ACC = 10
 
 
 @njit(cache=True, error_model="numpy")
@@ -279,6 +282,9 @@ def _close(
     ret = pnl / (abs(units) * entry_px)
     acc[_A_CLOSED] += 1.0
     acc[_A_PNL] += pnl
+    delta = pnl - acc[_A_MEAN]
+    acc[_A_MEAN] += delta / acc[_A_CLOSED]
+    acc[_A_M2] += delta * (pnl - acc[_A_MEAN])
     acc[_A_FEES] += exit_fee
     acc[_A_BEST] = max(acc[_A_BEST], ret)
     acc[_A_WORST] = min(acc[_A_WORST], ret)
@@ -315,7 +321,7 @@ def simulate(
     t = 0  # trade rows used (the open trade is row t - 1 while a position is held)
     pending = 2  # desired position sign at the next open: -1, 0, 1; 2 = no change
     dead = False
-    acc = np.zeros(8)
+    acc = np.zeros(_N_ACC)
     acc[_A_BEST] = -math.inf
     acc[_A_WORST] = math.inf
     peak = cash0
@@ -448,6 +454,7 @@ def simulate(
     stats[_S_BEST] = acc[_A_BEST] * 100.0 + none
     stats[_S_WORST] = acc[_A_WORST] * 100.0 + none
     stats[_S_UNFILLED] = unfilled
+    stats[_S_SQN] = math.sqrt(closed) * _ratio(acc[_A_MEAN], math.sqrt(acc[_A_M2] / (closed - 1.0))) if closed > 1.0 else math.nan
     return stats, min(t, trades.shape[0])
 
 

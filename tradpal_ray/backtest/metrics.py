@@ -104,6 +104,9 @@ _BUILTIN: tuple[Metric, ...] = (
     Metric("worst_trade_pct", "worst trade %", "worst closed trade's return on its entry notional, in percent"),
     Metric("unfilled_entries", "unfilled", "entry signals not filled because not one size unit was affordable",
            higher_is_better=False, integer=True),
+    Metric("sqn", "sqn",
+           "system quality number: sqrt(closed trades) * mean / standard deviation (ddof 1) of trade PnL, as "
+           "backtesting.py computes it (NaN under 2 closed trades or without dispersion)"),
     Metric("calmar", "calmar",
            "cagr % / max drawdown % (empyrical's Calmar, with the bar-by-bar drawdown shown beside it; "
            "NaN without drawdown)", derive=_calmar),
