@@ -19,7 +19,7 @@ from backtesting.test import EURUSD, GOOG, SMA
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tradpal_ray.backtest import BacktestConfig, backtest, run_signals, strategy_combos, sweep
+from tradpal_ray.backtest import BacktestConfig, backtest, run_signals, strategy_combos, sweep, sweep_returns
 
 REL = 1e-9
 GRID = {"fast": range(5, 51, 5), "slow": range(20, 201, 10)}
@@ -141,6 +141,20 @@ def test_sweep_stats_equal_single_backtests() -> None:
         for name, value in single.items():
             got = getattr(row, name)
             assert got == value or (math.isnan(got) and math.isnan(value)), (row.fast, row.slow, name)
+
+
+def test_sweep_daily_returns_are_each_backtests_daily_equity_returns() -> None:
+    """The returns matrix (for DSR, PBO, CPCV) is the series each result's Sharpe comes from."""
+    results, returns = sweep_returns(GOOG, "sma_cross", GRID, CONFIG)
+    assert returns.shape == (len(GOOG.index.normalize().unique()) - 1, len(results))
+    for j in (0, 50, 173):
+        row = results.iloc[j]
+        single = backtest(GOOG, "sma_cross", {"fast": row.fast, "slow": row.slow}, CONFIG)
+        daily = single.equity.groupby(single.equity.index.normalize()).last().pct_change().dropna()
+        np.testing.assert_allclose(returns[j].to_numpy(), daily.to_numpy(), rtol=1e-12, atol=1e-15)
+        assert (returns.index == daily.index).all()
+        mean, std = returns[j].mean(), returns[j].std(ddof=1)
+        assert row.sharpe == pytest.approx(mean / std * math.sqrt(CONFIG.periods_per_year), rel=1e-9)
 
 
 # --- properties on random walks -------------------------------------------------------------

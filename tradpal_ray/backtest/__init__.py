@@ -52,7 +52,7 @@ from tradpal_ray.backtest.strategies import (
     strategy,
     strategy_from_function,
 )
-from tradpal_ray.backtest.sweep import rank, sweep
+from tradpal_ray.backtest.sweep import rank, sweep, sweep_returns
 
 __all__ = [
     "NAMED_OBJECTIVES",
@@ -101,5 +101,6 @@ __all__ = [
     "strategy_from_function",
     "strategy_ref",
     "sweep",
+    "sweep_returns",
     "unregister_metric",
 ]

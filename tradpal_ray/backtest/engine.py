@@ -463,21 +463,38 @@ def simulate_many(
     o: np.ndarray, h: np.ndarray, lo: np.ndarray, c: np.ndarray, day_end: np.ndarray,
     entries: np.ndarray, exits: np.ndarray,
     cash0: float, fee: float, unit: float, frac: float, notional: float, slip: float, sl: float, tp: float,
-    direction: int, ppy: float,
+    direction: int, ppy: float, returns_out: np.ndarray,
 ) -> np.ndarray:
-    """Backtest every row of the 2-D (combos x bars) ``entries``/``exits``; one stats row each."""
+    """Backtest every row of the 2-D (combos x bars) ``entries``/``exits``; one stats row each.
+
+    ``returns_out`` (combos x days, or 0 x 0 to skip) receives each combination's daily
+    returns, the series its Sharpe is computed from (:func:`day_index` labels the columns);
+    days after the account died (equity 0) return 0.
+    """
     k = entries.shape[0]
     out = np.empty((k, _N_STATS))
     no_equity = np.empty(0)
     no_trades = np.empty((0, _T_FIELDS))
     day_returns = np.empty(c.shape[0])
+    keep_returns = returns_out.shape[0] > 0
     for j in range(k):
+        if keep_returns:
+            day_returns[:] = math.nan  # simulate writes the defined returns only
         stats, _ = simulate(
             o, h, lo, c, day_end, entries[j], exits[j], cash0, fee, unit, frac, notional, slip, sl, tp, direction,
             ppy, no_equity, no_trades, day_returns,
         )
         out[j] = stats
+        if keep_returns:
+            for d in range(returns_out.shape[1]):
+                r = day_returns[d]
+                returns_out[j, d] = 0.0 if math.isnan(r) else r
     return out
+
+
+def day_index(bars: Bars) -> pd.DatetimeIndex:
+    """The UTC days of the daily returns :func:`simulate_many` writes: every day after the first."""
+    return bars.index[bars.day_end].normalize()[1:]
 
 
 def run_signals(

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from tradpal_ray.backtest.data import Bars, prepare_bars
-from tradpal_ray.backtest.engine import BacktestConfig, simulate_many
+from tradpal_ray.backtest.engine import BacktestConfig, day_index, simulate_many
 from tradpal_ray.backtest.grid import strategy_combos
 from tradpal_ray.backtest.indicators import indicator_cache
 from tradpal_ray.backtest.metrics import KERNEL_STATS, metric, metric_columns
@@ -44,6 +44,35 @@ def sweep(
     dicts (each validated; a bad one is a ConfigError). Rows keep the combination order
     unless ``rank_by`` names a statistic to sort by (best first).
     """
+    frame, _ = _sweep(bars, strategy, grid, config, drop_bad=drop_bad, daily_returns=False)
+    return rank(frame, rank_by) if rank_by else frame
+
+
+def sweep_returns(
+    bars: pd.DataFrame | Bars,
+    strategy: str | Strategy,
+    grid: Mapping[str, Any] | Sequence[Mapping[str, Any]],
+    config: BacktestConfig | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """:func:`sweep`'s rows (in combination order) and each combination's daily returns.
+
+    The returns frame has one row per UTC day (:func:`~tradpal_ray.backtest.engine.day_index`)
+    and one column per combination, in row order: what the Sharpe ratio, the deflated Sharpe
+    ratio and the probability of backtest overfitting are computed from.
+    """
+    frame, returns = _sweep(bars, strategy, grid, config, drop_bad=False, daily_returns=True)
+    return frame, returns
+
+
+def _sweep(
+    bars: pd.DataFrame | Bars,
+    strategy: str | Strategy,
+    grid: Mapping[str, Any] | Sequence[Mapping[str, Any]],
+    config: BacktestConfig | None,
+    *,
+    drop_bad: bool,
+    daily_returns: bool,
+) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     bars = prepare_bars(bars, drop_bad=drop_bad)
     strat = get_strategy(strategy)
     config = config or BacktestConfig()
@@ -55,6 +84,8 @@ def sweep(
     resolved = [strat.resolve(c, n_bars=n) for c in combos]
     params = {name: np.array([values[name] for values in resolved]) for name in strat.params}
     stats = np.empty((len(resolved), len(KERNEL_STATS)))
+    days = day_index(bars) if daily_returns else None
+    returns = np.zeros((len(resolved), len(days))) if days is not None else np.empty((0, 0))
     chunk = max(1, SIGNAL_BYTES // (2 * n))
     with indicator_cache(bars.open, bars.high, bars.low, bars.close, bars.volume):
         for start in range(0, len(resolved), chunk):
@@ -65,12 +96,15 @@ def sweep(
             else:
                 entries, exits = _each_signals(strat, bars, resolved[start:stop])
             stats[start:stop] = simulate_many(
-                bars.open, bars.high, bars.low, bars.close, bars.day_end, entries, exits, *config.kernel_args()
+                bars.open, bars.high, bars.low, bars.close, bars.day_end, entries, exits, *config.kernel_args(),
+                returns[start:stop] if days is not None else returns,
             )
     columns: dict[str, Any] = dict(params)
     columns.update(metric_columns(stats))
     frame = pd.DataFrame(columns)
-    return rank(frame, rank_by) if rank_by else frame
+    if days is None:
+        return frame, None
+    return frame, pd.DataFrame(returns.T, index=days, columns=pd.RangeIndex(len(resolved)))
 
 
 def _each_signals(strat: Strategy, bars: Bars, part: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
