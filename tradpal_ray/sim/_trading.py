@@ -135,16 +135,12 @@ class TradingApi:
                 trades = self.view.trades(symbol, start + 1, now + 1, now)
                 self._publish(self.account.match(self.view.specs[symbol].id, trades.t, trades.p))
 
-    def last_price(self, spec: SymbolSpec) -> int:
-        """The current price in ticks: the last trade of the price path."""
-        trades = self.view.recent_trades(spec.symbol, 1, self.now_ms())
-        if len(trades):
-            return int(trades.p[-1])
-        base = self.view.source.base_ms(spec.symbol)
-        bars = self.view.candles(spec.symbol, f"{base // 60000}m", 0, self.now_ms() + 1, self.now_ms())
-        if not len(bars):
+    def last_price(self, spec: SymbolSpec, now_ms: int) -> int:
+        """The price in ticks at ``now_ms``: the last trade of the price path at or before it."""
+        trades = self.view.recent_trades(spec.symbol, 1, now_ms)
+        if not len(trades):  # nothing has traded yet: no price to fill at
             raise ApiError(-1013, "Market is closed.")
-        return int(bars.c[-1])
+        return int(trades.p[-1])
 
     def _publish(self, executions: list[Execution]) -> None:
         if not executions or not self.listeners:
@@ -197,7 +193,8 @@ class TradingApi:
         fault = self.faults.take_order_fault()
         if fault is not None and fault.kind != "lose_response":
             raise _fault_error(fault)
-        executions = self.account.place(order_request, self.last_price(spec), self.now_ms())
+        now = self.now_ms()
+        executions = self.account.place(order_request, self.last_price(spec, now), now)
         self._publish(executions)
         order = self.account.orders[executions[0].order.order_id]
         log.info("sim.order", symbol=spec.symbol, side=order.side, type=order.type, status=order.status,
