@@ -18,7 +18,7 @@ from test_sim import until, with_exchange
 
 from tradpal_ray.errors import ConfigError
 from tradpal_ray.sim import DEFAULT_API_KEY, DEFAULT_API_SECRET
-from tradpal_ray.sim._account import Account, OrderRequest, parse_balances
+from tradpal_ray.sim._account import Account, Balance, OrderRequest, parse_balances
 from tradpal_ray.sim._errors import ApiError
 from tradpal_ray.sim._signing import Credentials, sign, verify_signed, verify_ws_signed
 from tradpal_ray.sim.faults import parse_fault
@@ -132,8 +132,8 @@ def test_limit_orders_lock_funds_and_fill_when_the_path_crosses() -> None:
     account = Account([BTC], {"USDT": D(1000), "BTC": D("0.01")})
     buy = account.place(order("BUY", "LIMIT", cid="b", quantity="0.01", price="49000.00"), ticks("50000.00"), NOW)
     assert [e.kind for e in buy] == ["NEW"] and buy[0].order.is_open
-    assert account.balances["USDT"] == type(account.balances["USDT"])(D(1000) - D("490.49"), D("490.49"))
-    sell = account.place(order("SELL", "LIMIT", cid="s", quantity="0.01", price="52000.00"), ticks("50000.00"), NOW)
+    assert account.balances["USDT"] == Balance(D(1000) - D("490.49"), D("490.49"))
+    account.place(order("SELL", "LIMIT", cid="s", quantity="0.01", price="52000.00"), ticks("50000.00"), NOW)
     assert account.balances["BTC"].locked == D("0.01") and [o.client_order_id for o in account.open_orders()] == ["b", "s"]
     # a path that never reaches either limit fills nothing
     assert account.match("BTCUSDT", np.array([NOW + 1, NOW + 2]), np.array([ticks("49000.01"), ticks("51999.99")])) == []
@@ -143,10 +143,10 @@ def test_limit_orders_lock_funds_and_fill_when_the_path_crosses() -> None:
     assert [(e.kind, e.order.client_order_id, e.time, e.fill.price, e.fill.is_maker) for e in filled] == [
         ("TRADE", "b", NOW + 20, D(49000), True)
     ]
-    assert account.balances["USDT"] == type(account.balances["USDT"])(D(1000) - D("490.49"), D(0))
+    assert account.balances["USDT"] == Balance(D(1000) - D("490.49"), D(0))
     assert account.balances["BTC"].free == D("0.01")
     canceled = account.cancel("BTCUSDT", None, "s", "cancel-1", NOW + 40)
-    assert canceled.order.status == "CANCELED" and account.balances["BTC"] == type(account.balances["BTC"])(D("0.02"), D(0))
+    assert canceled.order.status == "CANCELED" and account.balances["BTC"] == Balance(D("0.02"), D(0))
     assert account.open_orders() == []
     # a marketable limit order fills at once at the current price; IOC that cannot fill expires
     taker = account.place(order("BUY", "LIMIT", cid="t", quantity="0.001", price="60000.00"), ticks("50000.00"), NOW)
@@ -220,7 +220,7 @@ def test_market_orders_balances_and_my_trades(exchange_sim: Any) -> None:
     ]
     # market orders fill at the simulator's current price: its last trade at the fill's time
     for fill in record.fills:
-        last = exchange_sim.call(lambda: exchange_sim.simulator.view.recent_trades("BTC/USDT", 1, fill.time))
+        last = exchange_sim.call(exchange_sim.simulator.view.recent_trades, "BTC/USDT", 1, fill.time)
         assert fill.price == D(BTC.price(last.p[-1])) and not fill.is_maker
 
 
@@ -311,8 +311,11 @@ def test_watch_orders_and_balance_receive_user_stream_events(exchange_sim: Any) 
 
     orders, balance = trade(exchange_sim, body)
     fill = exchange_sim.account().fills[0]
-    assert orders[-1]["clientOrderId"] == "watched" and orders[-1]["filled"] == 0.002
-    assert orders[-1]["trades"] == [] or orders[-1]["average"] == float(fill.price)
+    last = orders[-1]
+    assert (last["clientOrderId"], last["status"], last["filled"], last["average"], last["fee"]["cost"]) == (
+        "watched", "closed", 0.002, float(fill.price), float(fill.commission)
+    )
+    assert [t["id"] for t in last["trades"]] == [str(fill.id)] and last["timestamp"] == fill.time
     assert balance["BTC"]["free"] == pytest.approx(0.102)
 
 

@@ -220,7 +220,7 @@ class Account:
         self,
         specs: Iterable[SymbolSpec],
         balances: Mapping[str, Decimal] | None = None,
-        fee_rate: Decimal = DEFAULT_FEE_RATE,
+        fee_rate: Decimal | float | str = DEFAULT_FEE_RATE,
     ) -> None:
         self.specs = {spec.id: spec for spec in specs}
         self.fee_rate = parse_fee_rate(fee_rate)

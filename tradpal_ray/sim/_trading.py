@@ -25,8 +25,8 @@ from tradpal_ray.sim import wire
 from tradpal_ray.sim._account import Account, Balance, Execution, Fill, Order, OrderRequest
 from tradpal_ray.sim._errors import ApiError, missing
 from tradpal_ray.sim._signing import Credentials, check_api_key, verify_signed, verify_ws_signed
-from tradpal_ray.sim.faults import Fault, FaultState
-from tradpal_ray.sim.market import MarketView, SymbolSpec
+from tradpal_ray.sim.faults import Fault
+from tradpal_ray.sim.market import SymbolSpec
 from tradpal_ray.sim.stream import Connection, StreamHub
 
 log = get_logger(__name__)
@@ -67,21 +67,15 @@ class TradingApi:
 
     def __init__(
         self,
-        view: MarketView,
         hub: StreamHub,
-        faults: FaultState,
         account: Account,
         credentials: Credentials,
-        now_ms: Callable[[], int],
         wall_ms: Callable[[], int] = _wall_ms,
     ) -> None:
-        self.view = view
-        self.hub = hub
-        self.faults = faults
-        self.account = account
-        self.credentials = credentials
-        self.now_ms = now_ms
-        self.wall_ms = wall_ms
+        self.hub, self.view, self.faults = hub, hub.view, hub.faults
+        self.now_ms = hub.clock.now_ms  # market time: orders, fills and events are stamped with it
+        self.wall_ms = wall_ms  # request freshness (timestamp / recvWindow) is checked against it
+        self.account, self.credentials = account, credentials
         self.listen_keys: set[str] = set()
         self.listeners: dict[int, tuple[Connection, int | None]] = {}  # connection id -> (conn, subscriptionId)
         self._next_subscription = 0

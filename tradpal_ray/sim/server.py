@@ -21,7 +21,7 @@ from tradpal_ray.errors import ConfigError
 from tradpal_ray.log import get_logger
 from tradpal_ray.market.schema import TIMEFRAMES, to_ms
 from tradpal_ray.sim import wire
-from tradpal_ray.sim._account import DEFAULT_FEE_RATE, Account, parse_balances, parse_fee_rate
+from tradpal_ray.sim._account import DEFAULT_FEE_RATE, Account, parse_balances
 from tradpal_ray.sim._errors import ApiError
 from tradpal_ray.sim._signing import DEFAULT_API_KEY, DEFAULT_API_SECRET, Credentials
 from tradpal_ray.sim._trading import AccountSnapshot, TradingApi
@@ -151,12 +151,9 @@ class ExchangeSimulator:
         if not api_key or not api_secret:
             raise ConfigError("the simulator's API key and secret must not be empty")
         self.trading = TradingApi(
-            self.view,
             self.hub,
-            self.faults,
-            Account(self.view.specs.values(), parse_balances(balances), parse_fee_rate(DEFAULT_FEE_RATE if fee_rate is None else fee_rate)),
+            Account(self.view.specs.values(), parse_balances(balances), DEFAULT_FEE_RATE if fee_rate is None else fee_rate),
             Credentials(api_key, api_secret),
-            self.clock.now_ms,
         )
         self.host, self.port = host, port
         self.rest_requests: Counter[str] = Counter()
