@@ -5,7 +5,12 @@ then the real, unmodified ccxt / ccxt.pro binance clients against a simulator th
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
+import sys
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -17,7 +22,7 @@ import pytest
 from test_sim import until, with_exchange
 
 from tradpal_ray.errors import ConfigError
-from tradpal_ray.sim import DEFAULT_API_KEY, DEFAULT_API_SECRET
+from tradpal_ray.sim import DEFAULT_API_KEY, DEFAULT_API_SECRET, create_exchange
 from tradpal_ray.sim._account import Account, Balance, OrderRequest, parse_balances
 from tradpal_ray.sim._errors import ApiError
 from tradpal_ray.sim._signing import Credentials, sign, verify_signed, verify_ws_signed
@@ -298,19 +303,21 @@ def test_duplicate_client_order_id_is_refused(exchange_sim: Any) -> None:
 
 
 def test_watch_orders_and_balance_receive_user_stream_events(exchange_sim: Any) -> None:
-    async def body(ex: Any) -> tuple[list, dict]:
+    async def body(ex: Any) -> tuple[list, dict, list]:
         watching = asyncio.ensure_future(ex.watch_orders("BTC/USDT"))
         await until(lambda: listeners(exchange_sim), "user stream subscription")
         balance = asyncio.ensure_future(ex.watch_balance())
+        my_trades = asyncio.ensure_future(ex.watch_my_trades("BTC/USDT"))
         await ex.create_order("BTC/USDT", "market", "buy", 0.002, params={"clientOrderId": "watched"})
         orders = await asyncio.wait_for(watching, 10)
         seen = list(orders)
         while seen[-1]["status"] != "closed":
             seen = list(await asyncio.wait_for(ex.watch_orders("BTC/USDT"), 10))
-        return seen, await asyncio.wait_for(balance, 10)
+        return seen, await asyncio.wait_for(balance, 10), await asyncio.wait_for(my_trades, 10)
 
-    orders, balance = trade(exchange_sim, body)
+    orders, balance, my_trades = trade(exchange_sim, body)
     fill = exchange_sim.account().fills[0]
+    assert [(t["id"], t["order"], t["price"], t["amount"]) for t in my_trades] == [("1", "1", float(fill.price), 0.002)]
     last = orders[-1]
     assert (last["clientOrderId"], last["status"], last["filled"], last["average"], last["fee"]["cost"]) == (
         "watched", "closed", 0.002, float(fill.price), float(fill.commission)
@@ -356,3 +363,48 @@ def test_listen_key_stream_sends_binance_events(exchange_sim: Any) -> None:
 def test_cli_refuses_a_malformed_balance(run_cli: Any) -> None:
     code, _out, err = run_cli("sim", "--symbols", "BTC/USDT", "--port", "0", "--balance", "USDT=lots")
     assert code == 2 and err.startswith("error:") and "USDT=lots" in err and "Traceback" not in err
+
+
+def test_cli_flags_set_the_account_and_its_keys() -> None:
+    cli = [str(Path(sys.executable).with_name("tradpal-ray"))]
+    flags = ["--balance", "USDT=500,BTC=0.25", "--fee", "0.002", "--api-key", "cli-key", "--api-secret", "cli-secret"]
+    proc = subprocess.Popen(
+        [*cli, "sim", "--port", "0", "--symbols", "BTC/USDT", "--speed", "60", *flags],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "TRADPAL_LOG_LEVEL": "WARNING"},
+    )
+    try:
+        url = proc.stdout.readline().strip()
+        assert url.startswith("http://127.0.0.1:")
+        exchange = create_exchange("sim", url=url, api_key="cli-key", secret="cli-secret")
+        balance = exchange.fetch_balance()
+        assert (balance["USDT"]["free"], balance["BTC"]["free"]) == (500.0, 0.25)
+        assert balance["info"]["commissionRates"]["taker"] == "0.00200000"
+        with pytest.raises(ccxt.AuthenticationError):
+            create_exchange("sim", url=url, **KEYS).fetch_balance()  # the default pair is not accepted now
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=20) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_simulator_actor_trades_and_reports_its_account(ray_session: None) -> None:
+    import ray
+
+    from tradpal_ray.sim import SimulatorActor
+
+    actor = SimulatorActor.remote(["BTC/USDT"], speed=600, start="2024-03-01", balances={"USDT": 1000})
+    url = ray.get(actor.start.remote())
+    try:
+        exchange = create_exchange("sim", url=url, **KEYS)
+        placed = exchange.create_order("BTC/USDT", "market", "buy", 0.001)
+        record = ray.get(actor.account.remote())
+        assert [(o.order_id, o.status) for o in record.orders] == [(int(placed["id"]), "FILLED")]
+        fill = record.fills[0]
+        assert record.balances["USDT"].free == 1000 - fill.quote_qty - fill.commission
+    finally:
+        ray.get(actor.stop.remote())
+        ray.kill(actor)
