@@ -51,7 +51,7 @@ def test_reject_answers_with_the_given_binance_code(exchange_sim: Any) -> None:
 
 
 @pytest.mark.parametrize(
-    ("status", "error"), [(None, ccxt.NetworkError), (503, ccxt.ExchangeNotAvailable)], ids=["dropped", "503"]
+    ("status", "error"), [(None, ccxt.ExchangeNotAvailable), (503, ccxt.ExchangeNotAvailable)], ids=["dropped", "503"]
 )
 def test_accepted_order_with_lost_response_is_found_and_never_doubled(
     exchange_sim: Any, status: int | None, error: type[Exception]
