@@ -229,6 +229,22 @@ def test_market_orders_balances_and_my_trades(exchange_sim: Any) -> None:
         assert fill.price == D(BTC.price(last.p[-1])) and not fill.is_maker
 
 
+def test_market_buy_by_cost_and_response_types(exchange_sim: Any) -> None:
+    async def body(ex: Any) -> tuple[dict, dict, dict]:
+        by_cost = await ex.create_market_buy_order_with_cost("BTC/USDT", 100)  # quoteOrderQty=100
+        ack = await ex.create_order("BTC/USDT", "market", "sell", 0.001, params={"newOrderRespType": "ACK"})
+        result = await ex.create_order("BTC/USDT", "market", "sell", 0.001, params={"newOrderRespType": "RESULT"})
+        return by_cost, ack, result
+
+    by_cost, ack, result = trade(exchange_sim, body)
+    spent, *_ = exchange_sim.account().fills
+    assert spent.qty == (D(100) / spent.price).quantize(D("0.00001"), rounding="ROUND_DOWN")
+    assert spent.quote_qty <= 100 < spent.quote_qty + spent.price * D("0.00001")
+    assert by_cost["info"]["origQuoteOrderQty"] == "100.00000000" and by_cost["cost"] == float(spent.quote_qty)
+    assert set(ack["info"]) == {"symbol", "orderId", "orderListId", "clientOrderId", "transactTime"}
+    assert "fills" not in result["info"] and result["info"]["status"] == "FILLED" and "fills" in by_cost["info"]
+
+
 def test_limit_orders_rest_cancel_and_fill(exchange_sim: Any) -> None:
     async def body(ex: Any) -> tuple[dict, dict, dict]:
         ticker_price = (await ex.fetch_ohlcv("BTC/USDT", "1m", limit=1))[-1][4]
@@ -335,10 +351,15 @@ def test_listen_key_stream_sends_binance_events(exchange_sim: Any) -> None:
                 assert response.status == 200
             async with http.put(f"{exchange_sim.url}/api/v3/userDataStream", data={"listenKey": "nope"}) as response:
                 assert response.status == 400 and (await response.json())["code"] == -1125
-            ws = await http.ws_connect(f"{exchange_sim.url.replace('http', 'ws')}/ws/{key}")
-            await until(lambda: listeners(exchange_sim), "listener")
+            ws_base = exchange_sim.url.replace("http", "ws")
+            ws = await http.ws_connect(f"{ws_base}/ws/{key}")
+            # ccxt's own listenKey URL for spot is the stream base + "/" + key: served too
+            under_stream = await http.ws_connect(f"{ws_base}/stream/ws/{key}")
+            await until(lambda: listeners(exchange_sim) == 2, "both listeners")
             await ex.create_order("BTC/USDT", "market", "sell", 0.01, params={"clientOrderId": "raw"})
             events = [orjson.loads((await ws.receive(timeout=10)).data) for _ in range(4)]
+            assert [orjson.loads((await under_stream.receive(timeout=10)).data) for _ in range(4)] == events
+            await under_stream.close()
             async with http.delete(f"{exchange_sim.url}/api/v3/userDataStream", data={"listenKey": key}) as response:
                 assert response.status == 200
             closed = await ws.receive(timeout=10)
