@@ -27,7 +27,14 @@ from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal, InvalidOperation
 import numpy as np
 
 from tradpal_ray.errors import ConfigError
-from tradpal_ray.sim._errors import ApiError, missing
+from tradpal_ray.sim._errors import (
+    DUPLICATE_ORDER,
+    INSUFFICIENT_BALANCE,
+    ORDER_NOT_FOUND,
+    UNKNOWN_ORDER,
+    ApiError,
+    missing,
+)
 from tradpal_ray.sim.market import SymbolSpec
 
 DEFAULT_FEE_RATE = Decimal("0.001")
@@ -41,10 +48,6 @@ ORDER_TYPES = ("MARKET", "LIMIT")
 TIME_IN_FORCE = ("GTC", "IOC", "FOK")
 RESPONSE_TYPES = ("ACK", "RESULT", "FULL")
 
-INSUFFICIENT_BALANCE = ApiError(-2010, "Account has insufficient balance for requested action.")
-DUPLICATE_ORDER = ApiError(-2010, "Duplicate order sent.")
-ORDER_NOT_FOUND = ApiError(-2013, "Order does not exist.")
-UNKNOWN_ORDER = ApiError(-2011, "Unknown order sent.")
 
 
 def parse_balances(text: str | Mapping[str, object] | None) -> dict[str, Decimal]:
@@ -255,7 +258,7 @@ class Account:
         if order is None or order.symbol != symbol or (
             client_order_id is not None and order.client_order_id != client_order_id
         ):
-            raise ORDER_NOT_FOUND
+            raise ORDER_NOT_FOUND.error()
         return order
 
     def open_orders(self, symbol: str | None = None) -> list[Order]:
@@ -274,7 +277,7 @@ class Account:
         spec = self.spec(request.symbol)
         key = (spec.id, request.client_order_id)
         if key in self._by_client_id:
-            raise DUPLICATE_ORDER
+            raise DUPLICATE_ORDER.error()
         market = _price(spec, price_ticks)
         qty = request.quantity
         if qty is None:  # MARKET by quoteOrderQty: as much as that buys, rounded down to the lot step
@@ -324,10 +327,10 @@ class Account:
             order = self.find(symbol, order_id, client_order_id)
         except ApiError as exc:
             if exc.code == ORDER_NOT_FOUND.code:
-                raise UNKNOWN_ORDER from None
+                raise UNKNOWN_ORDER.error() from None
             raise
         if not order.is_open:
-            raise UNKNOWN_ORDER
+            raise UNKNOWN_ORDER.error()
         del self._limits[order.order_id]
         self._lock(self.specs[symbol], order, -1)
         canceled = replace(order, status="CANCELED", update_time=now_ms, cancel_client_order_id=cancel_id)
@@ -390,7 +393,7 @@ class Account:
         which, amount = self._cost(side, qty, price)
         asset = spec.base if which == "base" else spec.quote
         if self.balances[asset].free < amount:
-            raise INSUFFICIENT_BALANCE
+            raise INSUFFICIENT_BALANCE.error()
 
     def _lock(self, spec: SymbolSpec, order: Order, sign: int) -> None:
         """Move a resting order's funds from free to locked (sign +1) or back (-1)."""

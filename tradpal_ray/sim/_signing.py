@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl
 
-from tradpal_ray.sim._errors import ApiError, missing
+from tradpal_ray.sim._errors import INVALID_KEY, STALE_REQUEST, ApiError, missing
 
 DEFAULT_API_KEY = "tradpal-sim-key"
 """API key the simulator accepts unless told otherwise (documented in the README; test use only)."""
@@ -26,8 +26,6 @@ DEFAULT_API_SECRET = "tradpal-sim-secret"
 DEFAULT_RECV_WINDOW_MS = 5000
 MAX_RECV_WINDOW_MS = 60000
 _SIGNATURE = re.compile(r"(?:^|&)signature=([^&]*)")
-
-INVALID_KEY = ApiError(-2015, "Invalid API-key, IP, or permissions for action.", status=401)
 
 
 @dataclass(frozen=True)
@@ -55,7 +53,7 @@ def _without_signature(raw: str) -> tuple[str, str | None]:
 def check_api_key(credentials: Credentials, api_key: str | None) -> None:
     """Binance's -2015 (HTTP 401) unless ``api_key`` is the account's key."""
     if not api_key or not hmac.compare_digest(api_key.encode(), credentials.api_key.encode()):
-        raise INVALID_KEY
+        raise INVALID_KEY.error()
 
 
 def check_fresh(params: dict[str, str], server_ms: int) -> None:
@@ -72,7 +70,7 @@ def check_fresh(params: dict[str, str], server_ms: int) -> None:
     if timestamp >= server_ms + 1000:
         raise ApiError(-1021, "Timestamp for this request was 1000ms ahead of the server's time.")
     if server_ms - timestamp > window:
-        raise ApiError(-1021, "Timestamp for this request is outside of the recvWindow.")
+        raise STALE_REQUEST.error()
 
 
 def verify_signed(

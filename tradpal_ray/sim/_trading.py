@@ -23,7 +23,7 @@ from tradpal_ray.log import get_logger
 from tradpal_ray.sim import _trade_wire as tw
 from tradpal_ray.sim import wire
 from tradpal_ray.sim._account import Account, Balance, Execution, Fill, Order, OrderRequest
-from tradpal_ray.sim._errors import ApiError, missing
+from tradpal_ray.sim._errors import TOO_MANY_ORDERS, UNKNOWN_LISTEN_KEY, ApiError, missing
 from tradpal_ray.sim._signing import Credentials, check_api_key, verify_signed, verify_ws_signed
 from tradpal_ray.sim.faults import Fault
 from tradpal_ray.sim.market import SymbolSpec
@@ -32,7 +32,6 @@ from tradpal_ray.sim.stream import Connection, StreamHub
 log = get_logger(__name__)
 
 MAX_TRADES = 1000
-UNKNOWN_LISTEN_KEY = ApiError(-1125, "This listenKey does not exist.")
 
 
 @dataclass(frozen=True)
@@ -258,7 +257,7 @@ class TradingApi:
         if not key:
             raise missing("listenKey")
         if key not in self.listen_keys:
-            raise UNKNOWN_LISTEN_KEY
+            raise UNKNOWN_LISTEN_KEY.error()
         if request.method == "DELETE":
             self.listen_keys.discard(key)
             for cid, (conn, _) in list(self.listeners.items()):
@@ -317,8 +316,7 @@ class TradingApi:
 def _fault_error(fault: Fault) -> ApiError:
     """The error a ``reject`` or ``order_rate_limit`` fault answers a new order with."""
     if fault.kind == "order_rate_limit":
-        return ApiError(-1015, "Too many new orders; current limit is 50 orders per 10 SECOND.", status=429,
-                        retry_after=fault.retry_after)  # fmt: skip
+        return TOO_MANY_ORDERS.error(retry_after=fault.retry_after)
     assert fault.code is not None and fault.msg is not None
     status = {-2014: 401, -2015: 401, -1003: 429, -1015: 429}.get(fault.code, 400)
     return ApiError(fault.code, fault.msg, status=status)

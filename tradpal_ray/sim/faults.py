@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tradpal_ray.errors import ConfigError
+from tradpal_ray.sim._errors import INSUFFICIENT_BALANCE, INVALID_KEY, STALE_REQUEST, TOO_MANY_ORDERS
 
 _COMMON = {"kind", "connection"}
 FAULT_PARAMS: dict[str, set[str]] = {
@@ -46,11 +47,10 @@ LOST_RESPONSE_STATUSES = (0, 500, 502, 503, 504)
 ORDER_FAULTS = ("reject", "lose_response", "order_rate_limit")
 """Fault kinds that act on new orders."""
 REJECT_MESSAGES = {
-    -2010: "Account has insufficient balance for requested action.",
+    refusal.code: refusal.msg
+    for refusal in (INSUFFICIENT_BALANCE, INVALID_KEY, STALE_REQUEST, TOO_MANY_ORDERS)
+} | {
     -1013: "Filter failure: NOTIONAL",
-    -2015: "Invalid API-key, IP, or permissions for action.",
-    -1021: "Timestamp for this request is outside of the recvWindow.",
-    -1015: "Too many new orders; current limit is 50 orders per 10 SECOND.",
     -1000: "An unknown error occured while processing the request.",
 }
 """Default message of a ``reject`` fault's code (ccxt maps some codes by message)."""
