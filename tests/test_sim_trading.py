@@ -357,8 +357,11 @@ def test_listen_key_stream_sends_binance_events(exchange_sim: Any) -> None:
             under_stream = await http.ws_connect(f"{ws_base}/stream/ws/{key}")
             await until(lambda: listeners(exchange_sim) == 2, "both listeners")
             await ex.create_order("BTC/USDT", "market", "sell", 0.01, params={"clientOrderId": "raw"})
-            events = [orjson.loads((await ws.receive(timeout=10)).data) for _ in range(4)]
-            assert [orjson.loads((await under_stream.receive(timeout=10)).data) for _ in range(4)] == events
+            events = [orjson.loads((await ws.receive(timeout=10)).data) for _ in range(3)]
+            assert [orjson.loads((await under_stream.receive(timeout=10)).data) for _ in range(3)] == events
+            assert [(e["e"], e.get("x")) for e in events] == [
+                ("executionReport", "NEW"), ("executionReport", "TRADE"), ("outboundAccountPosition", None)
+            ]
             await under_stream.close()
             async with http.delete(f"{exchange_sim.url}/api/v3/userDataStream", data={"listenKey": key}) as response:
                 assert response.status == 200

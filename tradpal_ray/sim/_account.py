@@ -248,6 +248,11 @@ class Account:
             raise ApiError(-1121, "Invalid symbol.")
         return spec
 
+    def assets(self, symbol: str) -> tuple[str, str]:
+        """Base and quote asset of a Binance symbol id."""
+        spec = self.specs[symbol]
+        return spec.base, spec.quote
+
     def find(self, symbol: str, order_id: int | None = None, client_order_id: str | None = None) -> Order:
         """An order by id or client id on ``symbol``; -2013 if there is none."""
         if order_id is None and client_order_id is None:

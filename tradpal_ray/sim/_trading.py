@@ -102,7 +102,7 @@ class TradingApi:
         self._match_cursor = dict.fromkeys(self.view.specs, now)
 
     async def run(self) -> None:
-        """Match resting orders against the price path every ``interval`` seconds, forever."""
+        """Match resting orders against the price path every ``emit_interval`` seconds, forever."""
         while True:
             try:
                 self.settle()
@@ -138,12 +138,10 @@ class TradingApi:
     def _publish(self, executions: list[Execution]) -> None:
         if not executions or not self.listeners:
             return
-        balances = self.account.balances
-        events: list[dict[str, Any]] = []
-        for execution in executions:
-            spec = self.account.specs[execution.order.symbol]
-            events.append(tw.execution_report(execution, execution.time))
-            events.append(tw.account_position(balances, (spec.base, spec.quote), execution.time))
+        # one executionReport per execution, then the balances they leave behind
+        events = [tw.execution_report(execution, execution.time) for execution in executions]
+        assets = {asset for e in executions for asset in self.account.assets(e.order.symbol)}
+        events.append(tw.account_position(self.account.balances, assets, executions[-1].time))
         for cid, (conn, subscription) in list(self.listeners.items()):
             if conn.closed:
                 del self.listeners[cid]
