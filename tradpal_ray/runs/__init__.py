@@ -26,6 +26,14 @@ from tradpal_ray.runs._manifest import (
     RunManifest,
     new_run_id,
 )
+from tradpal_ray.runs._optimize import (
+    SAMPLERS,
+    OptimizeOutcome,
+    OptimizeRequest,
+    optimize_bars,
+    run_optimize,
+    trials_schema,
+)
 from tradpal_ray.runs._plan import DEFAULT_MAX_COMBOS, GridPlan
 from tradpal_ray.runs._request import BarsSource, SweepRequest
 from tradpal_ray.runs._runner import (
@@ -172,9 +180,12 @@ __all__ = [
     "RUN_ID_PATTERN",
     "RUN_KINDS",
     "RUN_STATUSES",
+    "SAMPLERS",
     "TRADES_SCHEMA",
     "BarsSource",
     "GridPlan",
+    "OptimizeOutcome",
+    "OptimizeRequest",
     "RunManifest",
     "RunStore",
     "SweepOutcome",
@@ -182,14 +193,17 @@ __all__ = [
     "SweepRun",
     "check_result_id",
     "check_run_id",
-    "chunk_table",
     "choose_executor",
+    "chunk_table",
     "new_run_id",
+    "optimize_bars",
     "params_label",
     "params_of",
     "plan_chunk_size",
     "result_id",
     "result_warnings",
     "results_schema",
+    "run_optimize",
     "run_sweep",
+    "trials_schema",
 ]

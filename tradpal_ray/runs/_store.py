@@ -5,6 +5,7 @@
     runs/<run_id>/manifest.json                         what was asked and how it went
     runs/<run_id>/results/<symbol>/chunk-00007.parquet  one file per (symbol, chunk of combinations)
     runs/<run_id>/detail/<result_id>/{trades,equity}.parquet   kept results in full
+    runs/<run_id>/trials.parquet, study.journal          optimize runs: trials table, Optuna journal
 
 Chunk files have deterministic names and are published atomically, so a retried task or a
 resumed run rewrites the same file with the same rows: never a duplicate, never a loss.
@@ -206,6 +207,30 @@ class RunStore:
     def results(self, run_id: str, symbol: str | None = None) -> pd.DataFrame:
         """:meth:`results_table` as pandas (int64 and float64 columns keep their types)."""
         return self.results_table(run_id, symbol).to_pandas()
+
+    # ------------------------------------------------------- optimize runs
+    def local_path(self, run_id: str, name: str) -> str:
+        """The local path of file ``name`` in a run's folder (created); ConfigError for a store that is not a local path.
+
+        An optimize run keeps its Optuna journal there, which needs file locks and appends.
+        """
+        if not isinstance(self._fs, pafs.LocalFileSystem):
+            raise ConfigError(f"optimize keeps its study in the run folder and needs a local store path, not {self.root!r}")
+        run_dir = self._run_dir(run_id)
+        self._fs.create_dir(run_dir, recursive=True)
+        return f"{run_dir}/{name}"
+
+    def write_trials(self, run_id: str, table: pa.Table) -> None:
+        """Publish an optimize run's trials table (``trials.parquet``) atomically."""
+        path = f"{self._run_dir(run_id)}/trials.parquet"
+        write_atomic(self._fs, path, lambda out: pq.write_table(table, out, compression="zstd"))
+
+    def trials(self, run_id: str) -> pd.DataFrame:
+        """An optimize run's trials (one row per evaluated trial); ConfigError when it has none yet."""
+        try:
+            return pq.read_table(f"{self._run_dir(run_id)}/trials.parquet", filesystem=self._fs).to_pandas()
+        except FileNotFoundError:
+            raise ConfigError(f"run {run_id!r} has no trials table") from None
 
     # -------------------------------------------------------------- details
     def write_detail(self, run_id: str, rid: str, trades: pd.DataFrame, equity: pd.Series) -> None:
