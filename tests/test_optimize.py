@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from backtesting.test import EURUSD, GOOG
+from test_runs import wait_until
 
 from tradpal_ray.backtest import BacktestConfig, get_strategy, sweep
 from tradpal_ray.errors import ConfigError
@@ -60,14 +60,6 @@ def goog_csv(tmp_path: Path) -> str:
     path = tmp_path / "GOOG.csv"
     lower(GOOG).to_csv(path)
     return str(path)
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.1)  # polling a file another process writes
 
 
 def test_a_space_is_parsed_and_checked_against_the_strategy() -> None:

@@ -9,11 +9,15 @@ Ray executor, which is loaded only when a run goes to a cluster. A run lives und
     outcome = run_sweep(SweepRequest("my_signals.py:golden_cross", {"fast": range(5, 50, 5)},
                                      data_file="btc.csv"), store="./tradpal-data")
     outcome.top(10)
+
+An optimize run (kind ``optimize``, :func:`run_optimize`) searches a strategy's parameters
+with Optuna's samplers instead of a grid; :func:`optimize_bars` is its in-process form.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import pandas as pd
 
@@ -28,7 +32,6 @@ from tradpal_ray.runs._manifest import (
 )
 from tradpal_ray.runs._optimize import (
     SAMPLERS,
-    OptimizeOutcome,
     OptimizeRequest,
     optimize_bars,
     run_optimize,
@@ -97,6 +100,20 @@ class SweepOutcome:
         table = frame.groupby(names, sort=False)[metric].agg(["median", "min", "count"])
         table = table.rename(columns={"median": metric, "min": f"min_{metric}", "count": "symbols"}).reset_index()
         return rank(table, metric)
+
+
+class OptimizeOutcome(SweepOutcome):
+    """A finished optimize run: a sweep's outcome (its complete trials are its results) plus its trials and best."""
+
+    @property
+    def trials(self) -> pd.DataFrame:
+        """One row per counted trial, complete or failed (see :func:`trials_schema`)."""
+        return self.store.trials(self.run_id)
+
+    @property
+    def best(self) -> list[dict[str, Any]]:
+        """The best trial, or the Pareto front: ``{"trial", "params", "values", "stats"}`` each."""
+        return self.manifest.best
 
 
 def choose_executor(executor: str, work: int, *, address: str | None = None) -> str:

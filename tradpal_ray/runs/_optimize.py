@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import math
 import os
-import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -56,7 +55,7 @@ from tradpal_ray.backtest.sweep import sweep
 from tradpal_ray.errors import ConfigError
 from tradpal_ray.log import get_logger
 from tradpal_ray.market.schema import timeframe_ms, to_ms
-from tradpal_ray.runs._manifest import HEARTBEAT_SECONDS, RunManifest, new_run_id
+from tradpal_ray.runs._manifest import RunManifest, new_run_id
 from tradpal_ray.runs._request import BarsSource
 from tradpal_ray.runs._runner import ProgressCallback, chunk_table, resume_request
 from tradpal_ray.runs._schema import PARAM_TYPES, metric_type
@@ -64,6 +63,8 @@ from tradpal_ray.runs._store import RunStore
 
 if TYPE_CHECKING:
     import optuna
+
+    from tradpal_ray.runs import OptimizeOutcome
 
 log = get_logger(__name__)
 
@@ -564,11 +565,7 @@ class OptimizeRun(Search):
 
     def beat(self) -> None:
         """Refresh the manifest's heartbeat when it is due (a reader can tell the driver is alive)."""
-        now = time.monotonic()
-        if now - self._last_beat >= HEARTBEAT_SECONDS:
-            self._last_beat = now
-            self.manifest.beat()
-            self.results.write_manifest(self.manifest)
+        self._last_beat = self.results.heartbeat(self.manifest, self._last_beat)
 
     def finish(self) -> RunManifest:
         """Trials table, the complete trials as result rows (for ``/runs`` and reports), best trial(s) and status."""
@@ -642,28 +639,6 @@ def _count_trials(storage: Any, run_id: str) -> int:
     return len(storage.get_all_trials(study_id, deepcopy=False))
 
 
-@dataclass(frozen=True)
-class OptimizeOutcome:
-    """A finished optimize run: its manifest, and its trials read from the store on demand."""
-
-    manifest: RunManifest
-    store: RunStore
-
-    @property
-    def run_id(self) -> str:
-        return self.manifest.run_id
-
-    @property
-    def trials(self) -> pd.DataFrame:
-        """One row per counted trial (see :func:`trials_schema`)."""
-        return self.store.trials(self.run_id)
-
-    @property
-    def best(self) -> list[dict[str, Any]]:
-        """The best trial, or the Pareto front: ``{"trial", "params", "values", "stats"}`` each."""
-        return self.manifest.best
-
-
 def run_optimize(
     request: OptimizeRequest | None = None, *, store: str, resume: str | None = None, executor: str = "auto",
     address: str | None = None, workers: int | None = None, allow_changed_code: bool = False,
@@ -677,7 +652,7 @@ def run_optimize(
     takes a run id: the request comes from its manifest, and the run goes on to exactly its
     number of trials. ConfigError for bad requests.
     """
-    from tradpal_ray.runs import choose_executor
+    from tradpal_ray.runs import OptimizeOutcome, choose_executor
 
     manifest = None
     if resume:

@@ -1,10 +1,12 @@
 """The Ray executor of an optimize run: a thin shell over :mod:`tradpal_ray.runs._optimize`.
 
-The driver keeps exactly ``workers`` tasks in flight (ask/tell): each task evaluates a batch
+The driver keeps exactly ``workers`` tasks running (ask/tell): each task evaluates a batch
 of trials (``optimize <run_id> #<first trial>`` in the dashboard) on bars put once in the
-object store, with the strategy's code shipped as for sweeps. As soon as one task returns,
-its trials are told and a new batch is asked and submitted, so the sampler learns from
-every result while the other workers go on. Objectives are computed on the driver.
+object store, with the strategy's code shipped as for sweeps. One more batch is always asked
+in advance, so when a task returns the next one starts at once; then its trials are told
+and another batch is asked while the workers run. The sampler thus learns from every result
+(one batch late at most) and its own time overlaps the workers'. Objectives are computed
+on the driver.
 """
 
 from __future__ import annotations
@@ -37,13 +39,16 @@ def search_ray(run: OptimizeRun, bars: Bars, workers: int) -> None:
     task = ray.remote(max_retries=3)(_trials_task)
     bars_ref = ray.put(bars)
     pending: dict[Any, list[tuple[int, dict[str, Any]]]] = {}
-    while True:
-        while len(pending) < workers and (asked := run.ask(run.per_task)):
-            ref = task.options(name=f"optimize {run.run_id} #{asked[0][0]}", **options).remote(
-                bars_ref, run.ref, run.config, asked)
-            pending[ref] = asked
-        if not pending:
-            return
+
+    def submit(asked: list[tuple[int, dict[str, Any]]]) -> None:
+        ref = task.options(name=f"optimize {run.run_id} #{asked[0][0]}", **options).remote(bars_ref, run.ref, run.config, asked)
+        pending[ref] = asked
+
+    ahead = run.ask(run.per_task)  # always one batch asked in advance: a returning worker never waits for the sampler
+    while ahead or pending:
+        while ahead and len(pending) < workers:
+            submit(ahead)
+            ahead = run.ask(run.per_task)
         ready, _ = ray.wait(list(pending), num_returns=1, timeout=5.0)
         for ref in ready:
             pending.pop(ref)
@@ -53,7 +58,11 @@ def search_ray(run: OptimizeRun, bars: Bars, workers: int) -> None:
                 if isinstance(exc.cause, TradpalError):
                     raise exc.cause from None
                 raise
+            if ahead:  # the batch asked in advance starts before this one's results are told
+                submit(ahead)
+                ahead = []
             for outcome in outcomes:
                 run.tell(outcome)
         if not ready:
             run.beat()
+        ahead = ahead or run.ask(run.per_task)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 
@@ -31,7 +32,14 @@ from tradpal_ray.backtest.metrics import derive_metrics, metric_names
 from tradpal_ray.backtest.sweep import rank
 from tradpal_ray.errors import ConfigError, StoreError
 from tradpal_ray.market.store import encode_key
-from tradpal_ray.runs._manifest import RESULT_ID_PATTERN, RUN_ID_PATTERN, RUN_STATUSES, RunManifest, now
+from tradpal_ray.runs._manifest import (
+    HEARTBEAT_SECONDS,
+    RESULT_ID_PATTERN,
+    RUN_ID_PATTERN,
+    RUN_STATUSES,
+    RunManifest,
+    now,
+)
 from tradpal_ray.runs._schema import (
     EQUITY_SCHEMA,
     ID_COLUMNS,
@@ -209,6 +217,15 @@ class RunStore:
         return self.results_table(run_id, symbol).to_pandas()
 
     # ------------------------------------------------------- optimize runs
+    def heartbeat(self, manifest: RunManifest, last: float) -> float:
+        """Write ``manifest`` with a fresh heartbeat if the last one (``time.monotonic()``) is due; the time of the latest."""
+        now = time.monotonic()
+        if now - last < HEARTBEAT_SECONDS:
+            return last
+        manifest.beat()
+        self.write_manifest(manifest)
+        return now
+
     def local_path(self, run_id: str, name: str) -> str:
         """The local path of file ``name`` in a run's folder (created); ConfigError for a store that is not a local path.
 
