@@ -119,6 +119,19 @@ def test_tpe_is_at_least_as_good_as_the_median_of_a_random_grid_with_the_same_bu
     assert again == (params, stats)  # deterministic for a seed
 
 
+def test_tpe_on_ray_with_two_workers_beats_the_median_of_a_random_grid_too(tmp_path: Path, goog_csv: str,
+                                                                           ray_session: None) -> None:
+    budget = 40
+    request = OptimizeRequest("sma_cross", SPACE, BarsSource("GOOG", data_file=goog_csv), trials=budget, seed=11,
+                              config=CONFIG)
+    outcome = run_optimize(request, store=str(tmp_path), executor="ray", workers=2)
+    assert outcome.manifest.executor == "ray" and outcome.manifest.sampler == "tpe" and len(outcome.trials) == budget
+    rng = np.random.default_rng(11)
+    grid = [{"fast": int(f), "slow": int(s)} for f, s in zip(rng.integers(5, 51, 400), rng.integers(20, 201, 400)) if f < s]
+    [best] = outcome.best
+    assert best["values"][0] >= sweep(lower(GOOG), "sma_cross", grid[:budget], CONFIG)["sharpe"].median()
+
+
 def test_minimised_objectives_and_every_sampler_run(goog_csv: str) -> None:
     bars = lower(GOOG)
     for sampler in ("cmaes", "random", "nsga2"):

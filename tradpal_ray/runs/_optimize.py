@@ -298,10 +298,9 @@ def _direction(goal: Objective) -> str:
 # ------------------------------------------------------------------ unit of work
 @dataclass(frozen=True)
 class TrialOutcome:
-    """One evaluated trial: every parameter (defaults filled in) and every metric, or why it could not run."""
+    """One evaluated trial: every metric, or why it could not run."""
 
     number: int
-    params: dict[str, Any]
     stats: dict[str, float]
     failure: str = ""
 
@@ -321,18 +320,17 @@ def evaluate_trials(bars: Bars, strategy: Strategy | StrategyRef, config: Backte
         try:
             values = strat.resolve(params, n_bars=n)
         except ConfigError as exc:
-            outcomes[number] = TrialOutcome(number, dict(params), {}, str(exc))
+            outcomes[number] = TrialOutcome(number, {}, str(exc))
             continue
         problem = strat.window_problem(values, n)
         if problem:
-            outcomes[number] = TrialOutcome(number, values, {}, problem)
+            outcomes[number] = TrialOutcome(number, {}, problem)
         else:
             runnable.append((number, values))
     frame = sweep(bars, strat, [values for _, values in runnable], config)
     columns = {name: frame[name].to_numpy().tolist() for name in metric_names() if name in frame.columns}
-    for row, (number, values) in enumerate(runnable):
-        outcomes[number] = TrialOutcome(number, values, {name: _metric_value(name, float(column[row]))
-                                                         for name, column in columns.items()})
+    for row, (number, _) in enumerate(runnable):
+        outcomes[number] = TrialOutcome(number, {name: _metric_value(name, float(column[row])) for name, column in columns.items()})
     return [outcomes[number] for number, _ in asked]
 
 
@@ -401,10 +399,6 @@ class Search:
                 study.tell(trial, state=optuna.trial.TrialState.FAIL)
         if self._reruns:
             log.info("optimize.rerun", trials=[t.number for t in self._reruns])
-
-    @property
-    def in_flight(self) -> int:
-        return len(self._flight)
 
     def ask(self, n: int) -> list[tuple[int, dict[str, Any]]]:
         """Up to ``n`` trials to evaluate, ``(number, searched parameters)``; empty when the budget is reached."""
