@@ -279,6 +279,7 @@ def test_resume_after_the_driver_is_killed_finishes_to_exactly_n_trials(
     told_before = {t.number: t.values for t in before if t.state in finished}
     in_flight = {t.number: t.params for t in before if t.state == optuna.trial.TrialState.RUNNING}
     assert 6 <= len(told_before) < 30
+    assert in_flight  # two workers and a batch asked in advance: trials were in flight at the kill
 
     code, out, err = run_cli("optimize", "--store", str(store), "--resume", manifest.run_id, "--json")
     assert code == 0, err
