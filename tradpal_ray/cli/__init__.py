@@ -11,6 +11,7 @@ import sys
 
 # Each module registers its command(s) on ``app`` when imported.
 from tradpal_ray.cli import backtest, check, data, demo, report, serve, sim, strategies, stream, sweep  # noqa: F401
+from tradpal_ray.cli import optimize  # noqa: F401
 from tradpal_ray.cli.app import app, console
 from tradpal_ray.errors import TradpalError
 

@@ -9,11 +9,15 @@ Ray executor, which is loaded only when a run goes to a cluster. A run lives und
     outcome = run_sweep(SweepRequest("my_signals.py:golden_cross", {"fast": range(5, 50, 5)},
                                      data_file="btc.csv"), store="./tradpal-data")
     outcome.top(10)
+
+An optimize run (kind ``optimize``, :func:`run_optimize`) searches a strategy's parameters
+with Optuna's samplers instead of a grid; :func:`optimize_bars` is its in-process form.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import pandas as pd
 
@@ -25,6 +29,13 @@ from tradpal_ray.runs._manifest import (
     RUN_STATUSES,
     RunManifest,
     new_run_id,
+)
+from tradpal_ray.runs._optimize import (
+    SAMPLERS,
+    OptimizeRequest,
+    optimize_bars,
+    run_optimize,
+    trials_schema,
 )
 from tradpal_ray.runs._plan import DEFAULT_MAX_COMBOS, GridPlan
 from tradpal_ray.runs._request import BarsSource, SweepRequest
@@ -89,6 +100,20 @@ class SweepOutcome:
         table = frame.groupby(names, sort=False)[metric].agg(["median", "min", "count"])
         table = table.rename(columns={"median": metric, "min": f"min_{metric}", "count": "symbols"}).reset_index()
         return rank(table, metric)
+
+
+class OptimizeOutcome(SweepOutcome):
+    """A finished optimize run: a sweep's outcome (its complete trials are its results) plus its trials and best."""
+
+    @property
+    def trials(self) -> pd.DataFrame:
+        """One row per counted trial, complete or failed (see :func:`trials_schema`)."""
+        return self.store.trials(self.run_id)
+
+    @property
+    def best(self) -> list[dict[str, Any]]:
+        """The best trial, or the Pareto front: ``{"trial", "params", "values", "stats"}`` each."""
+        return self.manifest.best
 
 
 def choose_executor(executor: str, work: int, *, address: str | None = None) -> str:
@@ -172,9 +197,12 @@ __all__ = [
     "RUN_ID_PATTERN",
     "RUN_KINDS",
     "RUN_STATUSES",
+    "SAMPLERS",
     "TRADES_SCHEMA",
     "BarsSource",
     "GridPlan",
+    "OptimizeOutcome",
+    "OptimizeRequest",
     "RunManifest",
     "RunStore",
     "SweepOutcome",
@@ -182,14 +210,17 @@ __all__ = [
     "SweepRun",
     "check_result_id",
     "check_run_id",
-    "chunk_table",
     "choose_executor",
+    "chunk_table",
     "new_run_id",
+    "optimize_bars",
     "params_label",
     "params_of",
     "plan_chunk_size",
     "result_id",
     "result_warnings",
     "results_schema",
+    "run_optimize",
     "run_sweep",
+    "trials_schema",
 ]

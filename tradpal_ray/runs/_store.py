@@ -5,6 +5,7 @@
     runs/<run_id>/manifest.json                         what was asked and how it went
     runs/<run_id>/results/<symbol>/chunk-00007.parquet  one file per (symbol, chunk of combinations)
     runs/<run_id>/detail/<result_id>/{trades,equity}.parquet   kept results in full
+    runs/<run_id>/trials.parquet, study.journal          optimize runs: trials table, Optuna journal
 
 Chunk files have deterministic names and are published atomically, so a retried task or a
 resumed run rewrites the same file with the same rows: never a duplicate, never a loss.
@@ -17,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 
@@ -30,7 +32,14 @@ from tradpal_ray.backtest.metrics import derive_metrics, metric_names
 from tradpal_ray.backtest.sweep import rank
 from tradpal_ray.errors import ConfigError, StoreError
 from tradpal_ray.market.store import encode_key
-from tradpal_ray.runs._manifest import RESULT_ID_PATTERN, RUN_ID_PATTERN, RUN_STATUSES, RunManifest, now
+from tradpal_ray.runs._manifest import (
+    HEARTBEAT_SECONDS,
+    RESULT_ID_PATTERN,
+    RUN_ID_PATTERN,
+    RUN_STATUSES,
+    RunManifest,
+    now,
+)
 from tradpal_ray.runs._schema import (
     EQUITY_SCHEMA,
     ID_COLUMNS,
@@ -206,6 +215,39 @@ class RunStore:
     def results(self, run_id: str, symbol: str | None = None) -> pd.DataFrame:
         """:meth:`results_table` as pandas (int64 and float64 columns keep their types)."""
         return self.results_table(run_id, symbol).to_pandas()
+
+    # ------------------------------------------------------- optimize runs
+    def heartbeat(self, manifest: RunManifest, last: float) -> float:
+        """Write ``manifest`` with a fresh heartbeat if the last one (``time.monotonic()``) is due; the time of the latest."""
+        now = time.monotonic()
+        if now - last < HEARTBEAT_SECONDS:
+            return last
+        manifest.beat()
+        self.write_manifest(manifest)
+        return now
+
+    def local_path(self, run_id: str, name: str) -> str:
+        """The local path of file ``name`` in a run's folder (created); ConfigError for a store that is not a local path.
+
+        An optimize run keeps its Optuna journal there, which needs file locks and appends.
+        """
+        if not isinstance(self._fs, pafs.LocalFileSystem):
+            raise ConfigError(f"optimize keeps its study in the run folder and needs a local store path, not {self.root!r}")
+        run_dir = self._run_dir(run_id)
+        self._fs.create_dir(run_dir, recursive=True)
+        return f"{run_dir}/{name}"
+
+    def write_trials(self, run_id: str, table: pa.Table) -> None:
+        """Publish an optimize run's trials table (``trials.parquet``) atomically."""
+        path = f"{self._run_dir(run_id)}/trials.parquet"
+        write_atomic(self._fs, path, lambda out: pq.write_table(table, out, compression="zstd"))
+
+    def trials(self, run_id: str) -> pd.DataFrame:
+        """An optimize run's trials (one row per evaluated trial); ConfigError when it has none yet."""
+        try:
+            return pq.read_table(f"{self._run_dir(run_id)}/trials.parquet", filesystem=self._fs).to_pandas()
+        except FileNotFoundError:
+            raise ConfigError(f"run {run_id!r} has no trials table") from None
 
     # -------------------------------------------------------------- details
     def write_detail(self, run_id: str, rid: str, trades: pd.DataFrame, equity: pd.Series) -> None:
