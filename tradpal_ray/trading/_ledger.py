@@ -8,7 +8,7 @@ PostgreSQL (psycopg 3) when ``TRADPAL_DB_URL`` names one.
 
 Every write is one transaction, retried as a whole on a lost connection (a restarted
 server, a locked SQLite file) until ``retry_s`` runs out; the inserts are idempotent
-(client order id, fill id), so a retry after a commit whose answer was lost changes nothing.
+(client order id, fill id: ``INSERT ... ON CONFLICT DO NOTHING RETURNING``), so a retry after a commit whose answer was lost changes nothing.
 After each committed change ``on_change(kind)`` is called (kinds: :data:`CHANGE_KINDS`),
 e.g. to invalidate the live statistics cache.
 
@@ -287,7 +287,8 @@ class Ledger:
     # ------------------------------------------------------------- plumbing
     def run(self, work: Callable[[Connection], T], change: str | None = None) -> T:
         """``work(connection)`` in one transaction, retried whole on a transient failure until
-        ``retry_s`` runs out (then StoreError); ``on_change(change)`` after a commit."""
+        ``retry_s`` runs out (then StoreError); ``on_change(change)`` after a commit, unless
+        ``work`` returned 0 or False (nothing was written)."""
         deadline, delay = time.monotonic() + self.retry_s, 0.05
         while True:
             try:
@@ -306,7 +307,7 @@ class Ledger:
         if self._failing:
             self._failing = False
             log.info("ledger.recovered", ledger=self.identity)
-        if change is not None and self.on_change is not None:
+        if change is not None and self.on_change is not None and result is not False and result != 0:
             try:
                 self.on_change(change)
             except Exception as exc:  # noqa: BLE001 - the write is committed; a notifier failure must not undo it
@@ -345,8 +346,9 @@ class Ledger:
     def record_order(self, order: Order) -> bool:
         """Store a new order; False (nothing written) if its client order id is already there."""
         values = {**asdict(order), "updated_ms": order.created_ms}
-        statement = self._insert(orders).values(**values).on_conflict_do_nothing(index_elements=["client_order_id"])
-        return bool(self.run(lambda c: c.execute(statement).rowcount, "order"))
+        statement = (self._insert(orders).values(**values).on_conflict_do_nothing(index_elements=["client_order_id"])
+                     .returning(orders.c.client_order_id))
+        return self.run(lambda c: c.execute(statement).first() is not None, "order")
 
     def update_order(self, client_order_id: str, status: str, exchange_order_id: str | None = None) -> bool:
         """Set an order's status (and the exchange's id when known); False if no such order."""
@@ -381,8 +383,9 @@ class Ledger:
     def _apply(self, connection: Connection, fill: Fill) -> Position:
         inserted = connection.execute(
             self._insert(fills).values(**asdict(fill)).on_conflict_do_nothing(index_elements=["fill_id"])
-        ).rowcount
-        if not inserted:
+            .returning(fills.c.fill_id)
+        ).first()
+        if inserted is None:
             return self._position(connection, fill.trader, fill.symbol)
         key = (positions.c.trader == fill.trader) & (positions.c.symbol == fill.symbol)
         connection.execute(self._insert(positions).values(
