@@ -2,7 +2,7 @@
 directory, 127.0.0.1 on a free port, password authentication), stopped at teardown.
 
 ``pg_server`` is one server per test session; ``pg_url`` gives each test a fresh database
-on it. :class:`PostgresProcess` can be restarted (same port, same data) by a test.
+on it; ``backend_url`` / ``make_ledger`` run a test on both ledger backends (SQLite, PostgreSQL). :class:`PostgresProcess` can be restarted (same port, same data) by a test.
 The binaries come from ``pg_config --bindir`` or ``/usr/lib/postgresql/*/bin`` (``make
 postgresql`` installs Debian's package when they are missing).
 """
@@ -17,6 +17,7 @@ import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -152,3 +153,26 @@ def make_postgres() -> Iterator[Callable[[], PostgresProcess]]:
     yield make
     for server in servers:
         server.remove()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend_url(request: pytest.FixtureRequest) -> str | None:
+    """Parametrizes a test over the ledger's backends: None (the store's SQLite file) or the URL
+    of a fresh PostgreSQL database."""
+    return request.getfixturevalue("pg_url") if request.param == "postgresql" else None
+
+
+@pytest.fixture
+def make_ledger(backend_url: str | None, store_root: Path) -> Iterator[Callable[..., Any]]:
+    """``make_ledger(**options)``: a ledger on this test's backend (see ``open_ledger``); all closed after the test."""
+    from tradpal_ray.trading import open_ledger
+
+    opened: list[Any] = []
+
+    def make(**options: Any) -> Any:
+        opened.append(open_ledger(backend_url, store_root, **options))
+        return opened[-1]
+
+    yield make
+    for ledger in opened:
+        ledger.close()

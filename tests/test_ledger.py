@@ -29,24 +29,6 @@ SYMBOL = "BTC/USDT"
 MakeLedger = Callable[..., Ledger]
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def backend_url(request: pytest.FixtureRequest) -> str | None:
-    """None (the store's SQLite file) or the URL of a fresh PostgreSQL database."""
-    return request.getfixturevalue("pg_url") if request.param == "postgresql" else None
-
-
-@pytest.fixture
-def make_ledger(backend_url: str | None, store_root: Path) -> Any:
-    """``make_ledger(**options)``: a ledger on this test's backend; all closed after the test."""
-    opened: list[Ledger] = []
-
-    def make(**options: Any) -> Ledger:
-        opened.append(open_ledger(backend_url, store_root, **options))
-        return opened[-1]
-
-    yield make
-    for ledger in opened:
-        ledger.close()
 
 
 def order(trader: str, bar_ms: int, side: str, units: float, reason: str = "signal") -> Order:

@@ -209,6 +209,11 @@ def sqlite_path(store_root: str | os.PathLike[str]) -> Path:
     return Path(root.removeprefix("file://")).resolve() / SQLITE_FILE
 
 
+def ledger_exists(url: str | None, store_root: str | os.PathLike[str]) -> bool:
+    """Whether there is a ledger to read: a database URL is given, or the store's SQLite file exists."""
+    return bool(url) or sqlite_path(store_root).exists()
+
+
 def database_url(url: str | None, store_root: str | os.PathLike[str]) -> sa.URL:
     """The SQLAlchemy URL of the ledger: ``url`` (``postgresql://`` means psycopg 3) or the store's SQLite file."""
     if not url:
