@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the PostgreSQL helper of the tests
+from _serving import speedup, stop_serve_and, timed_get  # noqa: E402
 from pg_server import PostgresProcess  # noqa: E402
 
 from tradpal_ray.stats.local_redis import free_port  # noqa: E402
@@ -105,29 +106,15 @@ def bump(redis_port: int, identity: str) -> Callable[[], None]:
     return lambda: client.incr(key)
 
 
-def speedup(hits: list[float], misses: list[float]) -> dict[str, float]:
-    hit, miss = statistics.median(hits), statistics.median(misses)
-    return {"hit_p50_ms": round(hit, 3), "miss_p50_ms": round(miss, 3), "speedup": round(miss / hit, 1)}
-
-
 def over_http(port: int, path: str, invalidate: Callable[[], None]) -> dict[str, float]:
     """One keep-alive connection: 15 misses (generation bumped first), then 300 hits."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-
-    def timed() -> float:
-        started = time.perf_counter()
-        conn.request("GET", path, headers={"X-API-Key": API_KEY})
-        response = conn.getresponse()
-        body = response.read()
-        elapsed = (time.perf_counter() - started) * 1000
-        assert response.status == 200, body[:300]
-        return elapsed
-
+    headers = {"X-API-Key": API_KEY}
     misses = []
     for _ in range(15):
         invalidate()
-        misses.append(timed())
-    hits = [timed() for _ in range(300)]
+        misses.append(timed_get(conn, path, headers))
+    hits = [timed_get(conn, path, headers) for _ in range(300)]
     conn.close()
     return speedup(hits, misses)
 
@@ -208,11 +195,7 @@ def main() -> None:
                         for name in PATHS},
         }
     finally:
-        serve.shutdown()
-        ray.shutdown()
-        for proc in procs:
-            proc.terminate()
-            proc.wait(timeout=10)
+        stop_serve_and(procs)
         postgres.remove()
         shutil.rmtree(workdir, ignore_errors=True)
     print(json.dumps(result))  # after Ray's shutdown chatter, so it is the last line of stdout

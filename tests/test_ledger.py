@@ -10,7 +10,6 @@ import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -302,4 +301,8 @@ def test_sqlite_ledger_is_a_wal_file_in_the_store(store_root: Path) -> None:
     assert (store_root / "ledger.sqlite").exists()
     assert ledger.run(lambda c: c.exec_driver_sql("PRAGMA journal_mode").scalar()) == "wal"
     assert math.isclose(ledger.record_fill(Fill("t", "o", "o:0", SYMBOL, "buy", 0.5, 10.0, 0.0, 1)).units, 0.5)
+    with ledger.engine.begin() as writer:  # a writer holds the lock (BEGIN IMMEDIATE) mid-transaction
+        writer.execute(_ledger.positions.update().values(units=5.0))
+        assert ledger.position("t", SYMBOL).units == 0.5  # a reader takes no lock: the committed state, at once
+    assert ledger.position("t", SYMBOL).units == 5.0
     ledger.close()

@@ -100,7 +100,7 @@ def trade_counts(ledger: Ledger, status: str = "all", trader: str | None = None)
     query = sa.select(sa.func.count(), sa.func.count(trades.c.exit_time_ms))
     if trader is not None:
         query = query.where(trades.c.trader == trader)
-    total, closed = ledger.run(lambda c: c.execute(query).one())
+    total, closed = ledger.read(lambda c: c.execute(query).one())
     counts = {"all": total, "open": total - closed, "closed": closed}
     return {"status": status, "trader": trader, "count": counts[status], **counts}
 
@@ -130,7 +130,7 @@ def daily_stats(ledger: Ledger, day: str | None = None, trader: str | None = Non
         query = query.where(trades.c.exit_time_ms >= start, trades.c.exit_time_ms < start + DAY_MS)
     if trader is not None:
         query = query.where(trades.c.trader == trader)
-    rows = ledger.run(lambda c: c.execute(query).all())
+    rows = ledger.read(lambda c: c.execute(query).all())
     return [
         {"day": dt.datetime.fromtimestamp(int(r.day) * DAY_MS / 1000, dt.UTC).date().isoformat(), "trades": r.trades,
          "wins": int(r.wins), "win_rate_pct": 100.0 * int(r.wins) / r.trades, "pnl": r.pnl, "fees": r.fees,
@@ -168,7 +168,7 @@ def traders_view(ledger: Ledger) -> dict[str, Any]:
         return {"registered": registered, "held": held, "equity": equity, "counts": counts, "fills": fills,
                 "events": _latest_events(ledger, connection)}
 
-    data = ledger.run(read)
+    data = ledger.read(read)
     view: dict[str, dict[str, Any]] = {
         r.name: {"name": r.name, "status": r.status, "reason": r.reason, "updated_ms": r.updated_ms} for r in data["registered"]
     }
@@ -208,7 +208,7 @@ def trader_equity(ledger: Ledger, name: str) -> dict[str, Any]:
                  .where(t["equity"].c.trader == name).order_by(t["equity"].c.time_ms))
         return known, connection.execute(query).all()
 
-    known, rows = ledger.run(read)
+    known, rows = ledger.read(read)
     if not known and not rows:
         raise NotFound(f"no trader named {name!r}")
     return {"trader": name, "time_ms": [r.time_ms for r in rows], "equity": [r.equity for r in rows],

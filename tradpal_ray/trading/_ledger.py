@@ -3,7 +3,7 @@
 SQLAlchemy Core, not the ORM: the records are already frozen dataclasses, the writes are a
 few explicit statements per transaction (insert-or-ignore, a locked position row), and the
 live statistics are SQL aggregates over the same :class:`~sqlalchemy.Table` objects. SQLite
-by default (``<store>/ledger.sqlite``, WAL, every write transaction ``BEGIN IMMEDIATE``),
+by default (``<store>/ledger.sqlite``, WAL, every write transaction ``BEGIN IMMEDIATE``, reads deferred),
 PostgreSQL (psycopg 3) when ``TRADPAL_DB_URL`` names one.
 
 Every write is one transaction, retried as a whole on a lost connection (a restarted
@@ -251,7 +251,8 @@ def _sqlite_engine(url: sa.URL) -> Engine:
 
     @sa.event.listens_for(engine, "begin")
     def _begin(connection: Connection) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")  # writers queue at the start, not at the first write
+        # Writers queue at the start (no lock upgrade to fail half-way); readers take no lock (WAL).
+        connection.exec_driver_sql("BEGIN" if connection.get_execution_options().get("ledger_read_only") else "BEGIN IMMEDIATE")
 
     return engine
 
@@ -291,14 +292,30 @@ class Ledger:
 
     # ------------------------------------------------------------- plumbing
     def run(self, work: Callable[[Connection], T], change: str | None = None) -> T:
-        """``work(connection)`` in one transaction, retried whole on a transient failure until
+        """``work(connection)`` in one write transaction, retried whole on a transient failure until
         ``retry_s`` runs out (then StoreError); ``on_change(change)`` after a commit, unless
         ``work`` returned 0 or False (nothing was written)."""
+        result = self._transaction(work, read_only=False)
+        if change is not None and self.on_change is not None and result is not False and result != 0:
+            try:
+                self.on_change(change)
+            except Exception as exc:  # noqa: BLE001 - the write is committed; a notifier failure must not undo it
+                log.warning("ledger.on_change_failed", change=change, error=type(exc).__name__)
+        return result
+
+    def read(self, work: Callable[[Connection], T]) -> T:
+        """``work(connection)`` in one read-only transaction (on SQLite a deferred one: readers
+        never queue behind writers), retried as :meth:`run` is."""
+        return self._transaction(work, read_only=True)
+
+    def _transaction(self, work: Callable[[Connection], T], read_only: bool) -> T:
         deadline, delay = time.monotonic() + self.retry_s, 0.05
         while True:
             try:
-                with self.engine.begin() as connection:
-                    result = work(connection)
+                with self.engine.connect() as connection:
+                    connection.execution_options(ledger_read_only=read_only)
+                    with connection.begin():
+                        result = work(connection)
                 break
             except sa.exc.DBAPIError as exc:
                 message = redact(str(exc.orig or exc).splitlines()[0] if str(exc.orig or exc) else type(exc).__name__)
@@ -312,11 +329,6 @@ class Ledger:
         if self._failing:
             self._failing = False
             log.info("ledger.recovered", ledger=self.identity)
-        if change is not None and self.on_change is not None and result is not False and result != 0:
-            try:
-                self.on_change(change)
-            except Exception as exc:  # noqa: BLE001 - the write is committed; a notifier failure must not undo it
-                log.warning("ledger.on_change_failed", change=change, error=type(exc).__name__)
         return result
 
     def migrate(self) -> int:
@@ -345,7 +357,7 @@ class Ledger:
 
     def schema_version(self) -> int:
         """The version the database is at."""
-        return int(self.run(lambda c: c.execute(sa.select(sa.func.max(schema_version.c.version))).scalar_one()))
+        return int(self.read(lambda c: c.execute(sa.select(sa.func.max(schema_version.c.version))).scalar_one()))
 
     # --------------------------------------------------------------- orders
     def record_order(self, order: Order) -> bool:
@@ -367,14 +379,14 @@ class Ledger:
 
     def order(self, client_order_id: str) -> Order | None:
         """One order by its client id, or None."""
-        row = self.run(lambda c: c.execute(sa.select(orders).where(orders.c.client_order_id == client_order_id)).first())
+        row = self.read(lambda c: c.execute(sa.select(orders).where(orders.c.client_order_id == client_order_id)).first())
         return None if row is None else _order(row)
 
     def open_orders(self, trader: str) -> list[Order]:
         """The trader's orders that may still fill (new, sent, unknown), oldest first."""
         query = (sa.select(orders).where(orders.c.trader == trader, orders.c.status.in_(OPEN_ORDER_STATUSES))
                  .order_by(orders.c.created_ms, orders.c.client_order_id))
-        return [_order(row) for row in self.run(lambda c: c.execute(query).all())]
+        return [_order(row) for row in self.read(lambda c: c.execute(query).all())]
 
     # ---------------------------------------------------------------- fills
     def record_fill(self, fill: Fill) -> Position:
@@ -434,7 +446,7 @@ class Ledger:
         query = sa.select(sa.func.count()).select_from(fills)
         if trader is not None:
             query = query.where(fills.c.trader == trader)
-        return int(self.run(lambda c: c.execute(query).scalar_one()))
+        return int(self.read(lambda c: c.execute(query).scalar_one()))
 
     def _position(self, connection: Connection, trader: str, symbol: str) -> Position:
         row = connection.execute(
@@ -446,13 +458,13 @@ class Ledger:
 
     def position(self, trader: str, symbol: str) -> Position:
         """The trader's position in ``symbol`` (flat if it never traded it)."""
-        return self.run(lambda c: self._position(c, trader, symbol))
+        return self.read(lambda c: self._position(c, trader, symbol))
 
     def positions(self, trader: str) -> list[Position]:
         """Every symbol the trader has traded, flat ones included, by symbol."""
         query = sa.select(positions).where(positions.c.trader == trader).order_by(positions.c.symbol)
         return [Position(r.trader, r.symbol, r.units, r.entry_price, r.entry_fee, r.realized_pnl, r.updated_ms)
-                for r in self.run(lambda c: c.execute(query).all())]
+                for r in self.read(lambda c: c.execute(query).all())]
 
     def closed_trades(self, trader: str, symbol: str | None = None) -> pd.DataFrame:
         """The trader's closed round trips by exit time, in the columns of a backtest's trades
@@ -460,7 +472,7 @@ class Ledger:
         query = sa.select(trades).where(trades.c.trader == trader, trades.c.exit_time_ms.is_not(None))
         if symbol is not None:
             query = query.where(trades.c.symbol == symbol)
-        rows = self.run(lambda c: c.execute(query.order_by(trades.c.exit_time_ms, trades.c.id)).all())
+        rows = self.read(lambda c: c.execute(query.order_by(trades.c.exit_time_ms, trades.c.id)).all())
         frame = pd.DataFrame(rows, columns=list(trades.c.keys()))
         frame["entry_time"] = pd.to_datetime(frame["entry_time_ms"].astype("int64"), unit="ms", utc=True)
         frame["exit_time"] = pd.to_datetime(frame["exit_time_ms"].astype("int64"), unit="ms", utc=True)
@@ -479,7 +491,7 @@ class Ledger:
         """The trader's equity snapshots, indexed by UTC time."""
         query = (sa.select(equity_points.c.time_ms, equity_points.c.equity).where(equity_points.c.trader == trader)
                  .order_by(equity_points.c.time_ms))
-        rows = self.run(lambda c: c.execute(query).all())
+        rows = self.read(lambda c: c.execute(query).all())
         index = pd.to_datetime(pd.Series([r.time_ms for r in rows], dtype="int64"), unit="ms", utc=True)
         return pd.Series([r.equity for r in rows], index=pd.DatetimeIndex(index, name="time"), name="equity", dtype="float64")
 
@@ -496,7 +508,7 @@ class Ledger:
         if kind is not None:
             query = query.where(events.c.kind == kind)
         query = query.order_by(events.c.id.desc()).limit(limit)
-        return [LedgerEvent(r.trader, r.time_ms, r.kind, orjson.loads(r.detail)) for r in self.run(lambda c: c.execute(query).all())]
+        return [LedgerEvent(r.trader, r.time_ms, r.kind, orjson.loads(r.detail)) for r in self.read(lambda c: c.execute(query).all())]
 
     # -------------------------------------------------------------- traders
     def upsert_trader(self, name: str, config: dict[str, Any], status: str) -> None:
@@ -513,7 +525,7 @@ class Ledger:
 
     def traders(self) -> list[TraderRecord]:
         """Every trader, by name."""
-        rows = self.run(lambda c: c.execute(sa.select(traders).order_by(traders.c.name)).all())
+        rows = self.read(lambda c: c.execute(sa.select(traders).order_by(traders.c.name)).all())
         return [TraderRecord(r.name, orjson.loads(r.config), r.status, r.reason, r.updated_ms) for r in rows]
 
 
