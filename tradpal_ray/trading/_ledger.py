@@ -284,6 +284,8 @@ class Ledger:
         self.on_change = on_change
         self.retry_s = retry_s
         self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+        self.retries = 0
+        """Transactions retried after a transient failure, since the ledger opened."""
         self._failing = False
 
     def close(self) -> None:
@@ -324,6 +326,7 @@ class Ledger:
                 if not self._failing:
                     log.warning("ledger.retrying", ledger=self.identity, error=message)
                 self._failing = True
+                self.retries += 1
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)
         if self._failing:
