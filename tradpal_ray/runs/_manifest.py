@@ -23,7 +23,7 @@ import tradpal_ray
 RUN_STATUSES = ("running", "complete", "partial", "failed", "interrupted")
 """``partial``: some symbols failed, the others' results stand. ``interrupted``: the driver
 died (or was stopped) before the end; ``--resume`` finishes it."""
-RUN_KINDS = ("sweep",)
+RUN_KINDS = ("sweep", "walkforward")
 LEGACY_METRICS = (
     "trades", "final_equity", "return_pct", "max_drawdown_pct", "win_rate_pct", "profit_factor", "expectancy",
     "sharpe", "sortino", "exposure_pct", "fees", "best_trade_pct", "worst_trade_pct",
@@ -87,6 +87,8 @@ class RunManifest:
     kept: dict[str, str] = field(default_factory=dict)
     """Result ids whose trades and equity curve were kept, with their symbol."""
     warnings: list[str] = field(default_factory=list)
+    walkforward: dict[str, Any] = field(default_factory=dict)
+    """Kind ``walkforward``: ``{"spec": the walk-forward settings, "warmup", "folds", "summary"}``."""
     driver: dict[str, Any] = field(default_factory=dict)
     """``{"host", "pid"}`` of the process running the run."""
     heartbeat: str | None = None
