@@ -165,9 +165,9 @@ class WalkForwardUnit:
     param_types: dict[str, str]
 
 
-def run_unit(bars: Bars, plan: GridPlan, unit: WalkForwardUnit) -> int:
+def run_unit(bars: Bars, plan: GridPlan, unit: WalkForwardUnit) -> pd.DataFrame:
     """Backtest one chunk's combinations on the fold's training window (after its warm-up) and
-    publish them as one chunk file; the rows written."""
+    publish them as one chunk file; the rows (parameters and metrics), so the driver need not read them back."""
     strat = unit.ref.load()
     start = unit.fold.train.start - unit.warmup
     window = slice_bars(bars, start, unit.fold.train.end)
@@ -183,7 +183,7 @@ def run_unit(bars: Bars, plan: GridPlan, unit: WalkForwardUnit) -> int:
     frame = sweep(window, strat, fit, unit.config, warmup=unit.warmup)
     table = chunk_table(unit.run_id, unit.symbol, strat.name, frame, unit.param_types)
     RunStore(unit.store).write_fold_chunk(unit.run_id, unit.fold.number, unit.number, table, skipped)
-    return len(fit)
+    return frame
 
 
 @dataclass(frozen=True)
@@ -360,6 +360,8 @@ class WalkForwardRun:
     """The sweep run's bookkeeping (manifest heartbeat, abort) shared with plain sweeps."""
     done: set[tuple[int, int]] = field(default_factory=set)
     on_progress: ProgressCallback | None = None
+    rows: dict[tuple[int, int], pd.DataFrame] = field(default_factory=dict)
+    """In-sample rows of the units this process ran (units of an earlier, resumed driver are read from the store)."""
 
     @property
     def run_id(self) -> str:
@@ -379,10 +381,18 @@ class WalkForwardRun:
                     yield WalkForwardUnit(m.run_id, self.store, symbol, fold, self.warmup, number, m.chunk_size,
                                           self.ref, self.request.sweep.config_for(symbol), m.param_types)
 
-    def unit_done(self, unit: WalkForwardUnit) -> None:
-        """Record a finished unit (its rows are in the store) and report progress."""
+    def unit_done(self, unit: WalkForwardUnit, rows: pd.DataFrame) -> None:
+        """Record a finished unit (its rows are in the store too) and report progress."""
         self.done.add((unit.fold.number, unit.number))
+        self.rows[(unit.fold.number, unit.number)] = rows
         self.progress()
+
+    def in_sample(self, fold: Fold) -> pd.DataFrame:
+        """A fold's in-sample rows in chunk and grid order: from memory, or the store after a resume."""
+        keys = [(fold.number, number) for number in range(self.manifest.chunks)]
+        if all(key in self.rows for key in keys):
+            return pd.concat([self.rows[key] for key in keys], ignore_index=True)
+        return RunStore(self.store).fold_results(self.run_id, fold.number)
 
     def progress(self) -> None:
         """Report units done to the callback and refresh the manifest's heartbeat when due."""
@@ -392,12 +402,11 @@ class WalkForwardRun:
 
     def outcomes(self) -> list[FoldOutcome]:
         """Each fold's choice (from its chunk files) and out-of-sample backtest."""
-        store = RunStore(self.store)
         config = self.request.sweep.config_for(self.request.sweep.symbol_names()[0])
         names = self.manifest.param_names
         out = []
         for fold in self.folds:
-            choice = choose_in_sample(store.fold_results(self.run_id, fold.number), self.goal, names)
+            choice = choose_in_sample(self.in_sample(fold), self.goal, names)
             oos = window_backtest(self.bars, self.strat, choice.params if choice else None, config, fold.test,
                                   self.warmup)
             out.append(FoldOutcome(fold, choice, oos, self.goal.value(oos.stats)))
@@ -483,8 +492,7 @@ def start_walkforward(
 def execute_local(run: WalkForwardRun) -> RunManifest:
     """Every missing unit in this process, then the finish step."""
     for unit in run.units():
-        run_unit(run.bars, run.plan, unit)
-        run.unit_done(unit)
+        run.unit_done(unit, run_unit(run.bars, run.plan, unit))
     return run.finish()
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pandas as pd
+
 from tradpal_ray.backtest.data import Bars
 from tradpal_ray.runs._manifest import RunManifest
 from tradpal_ray.runs._plan import GridPlan
@@ -17,7 +19,7 @@ from tradpal_ray.runs._runner import TASKS_PER_CPU
 from tradpal_ray.runs._walkforward import WalkForwardRun, WalkForwardUnit, run_unit
 
 
-def _unit_task(bars: Bars, plan: GridPlan, unit: WalkForwardUnit) -> int:
+def _unit_task(bars: Bars, plan: GridPlan, unit: WalkForwardUnit) -> pd.DataFrame:
     return run_unit(bars, plan, unit)
 
 
@@ -40,8 +42,8 @@ def execute_ray(run: WalkForwardRun) -> RunManifest:
             break
         ready, _ = ray.wait(list(pending), num_returns=1, timeout=5.0)
         for ref in ready:
-            ray.get(ref)  # a failed unit fails the run (the driver records why; --resume retries it)
-            run.unit_done(pending.pop(ref))
+            rows = ray.get(ref)  # a failed unit fails the run (the driver records why; --resume retries it)
+            run.unit_done(pending.pop(ref), rows)
         if not ready:
             run.progress()
     return run.finish()
