@@ -16,11 +16,13 @@ import textwrap
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
 from backtesting.test import EURUSD, GOOG
+from test_page import chromium  # noqa: F401  (the fixture)
 
 from tradpal_ray.backtest import BacktestConfig, get_strategy, objective, prepare_bars, run_signals, strategy_combos
 from tradpal_ray.errors import ConfigError
@@ -232,3 +234,42 @@ def test_cpcv_paths_match_a_reference_and_give_sharpe_quantiles(tmp_path: Path, 
     doc = json.loads(out)
     assert doc["splits"] == 15 and doc["paths"] == 5
     assert doc["path_sharpes"] == pytest.approx(list(report.path_sharpes))
+
+
+def test_runs_api_page_and_report_show_folds_wfe_and_the_stitched_curve(
+    tmp_path: Path, redis_server: Any, chromium: str, run_cli: RunCli
+) -> None:
+    import re
+
+    import httpx
+    from http_server import Server
+    from test_page import attribute, browse
+
+    from tradpal_ray.report import build_report
+    from tradpal_ray.serve import build_app
+    from tradpal_ray.stats import StatsService
+
+    outcome = walk(tmp_path, "GOOG")
+    store = tmp_path / "store"
+    with Server(build_app(StatsService(store, redis_server.url), require_key=False)) as server:
+        with httpx.Client(base_url=server.url, timeout=30) as http:
+            [listed] = http.get("/runs").json()
+            doc = http.get(f"/runs/{outcome.run_id}/walkforward").json()
+            missing = http.get("/runs/sma_cross-20240101T000000-0000aa/walkforward")
+        dom = browse(chromium, f"{server.url}/", tmp_path, "--dump-dom").stdout
+    assert listed["kind"] == "walkforward" and listed["run_id"] == outcome.run_id
+    assert doc["summary"]["wfe"] == pytest.approx(outcome.summary["wfe"]) and doc["objective"] == "sharpe"
+    assert [f["params"] for f in doc["folds"]] == [{"fast": r.fast, "slow": r.slow} for r in outcome.folds.itertuples()]
+    assert doc["equity"]["equity"] == pytest.approx(outcome.equity["equity"].tolist()) and missing.status_code == 404
+    assert attribute(dom, "leaderboard", "data-kind") == "walkforward"
+    assert attribute(dom, "leaderboard", "data-run") == outcome.run_id
+    assert re.findall(r'<tr data-fold="(\d+)"', dom) == [str(k) for k in range(len(outcome.folds))]
+    points = re.search(r'<div id="equity"[^>]*><svg [^>]*data-points="(\d+)"', dom)
+    assert points and int(points.group(1)) == len(outcome.equity)
+    assert 'id="error" role="alert"></span>' in dom
+    page = build_report(RunStore(store), outcome.run_id)
+    assert f"<h1>Walk-forward {outcome.run_id}</h1>" in page and page.count('class="fold"') == len(outcome.folds)
+    assert "walk-forward efficiency" in page and "<polyline" in page
+    code, _, err = run_cli("report", outcome.run_id, "--store", str(store), "--out", str(tmp_path / "wf.html"))
+    assert code == 0, err
+    assert (tmp_path / "wf.html").read_text() == page

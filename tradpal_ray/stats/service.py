@@ -41,7 +41,7 @@ from tradpal_ray.storage import open_filesystem
 log = get_logger(__name__)
 
 DEFAULT_TTLS: dict[str, float] = {
-    "runs": 60, "run": 600, "results": 600, "leaderboard": 600, "equity": 3600, "symbols": 300,
+    "runs": 60, "run": 600, "results": 600, "leaderboard": 600, "equity": 3600, "walkforward": 3600, "symbols": 300,
     "trades": 300, "trade_counts": 300, "trade_stats": 300, "coverage": 30, "feeds": 2,
 }
 """Seconds per query kind. Versioned kinds can live long (a new version is a new key);
@@ -320,6 +320,10 @@ class StatsService:
         """One kept result's equity curve and trades."""
         return await self._json("equity", self._run_stamp(run_id), (run_id, result_id),
                                 lambda: self.queries.equity(run_id, result_id))
+
+    async def walkforward(self, run_id: str) -> bytes:
+        """A walk-forward run's summary, folds and stitched out-of-sample equity."""
+        return await self._json("walkforward", self._run_stamp(run_id), (run_id,), lambda: self.queries.walkforward(run_id))
 
     async def symbol_stats(self, exchange: str | None = None, symbol: str | None = None, timeframe: str | None = None) -> bytes:
         """Per-symbol statistics across runs."""
