@@ -35,10 +35,10 @@ from typing import Any
 os.environ.setdefault("TRADPAL_LOG_LEVEL", "WARNING")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sweep import CONFIG, GRID, best_of, spread  # noqa: E402
+from sweep import CONFIG, GRID, best_of, spread
 
-from tradpal_ray.backtest import prepare_bars, strategy_combos, sweep  # noqa: E402
-from tradpal_ray.runs import (  # noqa: E402
+from tradpal_ray.backtest import prepare_bars, strategy_combos, sweep
+from tradpal_ray.runs import (
     SweepRequest,
     WalkForwardRequest,
     WalkForwardSpec,

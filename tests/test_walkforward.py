@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,16 +20,34 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pandas as pd
 import pytest
 from backtesting.test import EURUSD, GOOG
-from test_page import chromium  # noqa: F401  (the fixture)
+from http_server import Server
+from test_page import attribute, browse
 
-from tradpal_ray.backtest import BacktestConfig, get_strategy, objective, prepare_bars, run_signals, strategy_combos
+from tradpal_ray.backtest import (
+    BacktestConfig,
+    get_strategy,
+    objective,
+    prepare_bars,
+    run_signals,
+    strategy_combos,
+)
 from tradpal_ray.errors import ConfigError
-from tradpal_ray.runs import RunStore, SweepRequest, WalkForwardRequest, WalkForwardSpec, run_walkforward
+from tradpal_ray.report import build_report
+from tradpal_ray.runs import (
+    RunStore,
+    SweepRequest,
+    WalkForwardRequest,
+    WalkForwardSpec,
+    run_walkforward,
+)
 from tradpal_ray.runs._walkforward import cpcv_evaluate, grid_search
+from tradpal_ray.serve import build_app
+from tradpal_ray.stats import StatsService
 
 GRID = {"fast": list(range(5, 51, 5)), "slow": list(range(20, 201, 10))}
 DATASETS = {"GOOG": (GOOG, WalkForwardSpec("730d", "180d")), "EURUSD": (EURUSD, WalkForwardSpec("60d", "20d"))}
@@ -144,7 +164,10 @@ def test_a_killed_driver_is_resumed_to_identical_results(tmp_path: Path, run_cli
         "    return cross_above(f, s), cross_below(f, s)\n"
     )
     ref = f"{strategy_file}:walked_cross"
-    units = lambda: list(store.glob("runs/*/folds/*/chunk-*.parquet"))  # noqa: E731
+
+    def units() -> list[Path]:
+        return list(store.glob("runs/*/folds/*/chunk-*.parquet"))
+
     driver = subprocess.Popen([sys.executable, "-c", RUNNER, csv, str(store), ref],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -236,19 +259,18 @@ def test_cpcv_paths_match_a_reference_and_give_sharpe_quantiles(tmp_path: Path, 
     assert doc["path_sharpes"] == pytest.approx(list(report.path_sharpes))
 
 
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    """The chromium binary (a failure, not a skip, when missing: `make test` installs it)."""
+    path = shutil.which("chromium")
+    if path is None:
+        pytest.fail("chromium is not installed: `make test` installs it")
+    return path
+
+
 def test_runs_api_page_and_report_show_folds_wfe_and_the_stitched_curve(
     tmp_path: Path, redis_server: Any, chromium: str, run_cli: RunCli
 ) -> None:
-    import re
-
-    import httpx
-    from http_server import Server
-    from test_page import attribute, browse
-
-    from tradpal_ray.report import build_report
-    from tradpal_ray.serve import build_app
-    from tradpal_ray.stats import StatsService
-
     outcome = walk(tmp_path, "GOOG")
     store = tmp_path / "store"
     with Server(build_app(StatsService(store, redis_server.url), require_key=False)) as server:

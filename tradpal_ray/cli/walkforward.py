@@ -12,7 +12,15 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from tradpal_ray.cli.app import AddressOption, ExchangeOption, StoreOption, app, console, emit_json, settings_for
+from tradpal_ray.cli.app import (
+    AddressOption,
+    ExchangeOption,
+    StoreOption,
+    app,
+    console,
+    emit_json,
+    settings_for,
+)
 from tradpal_ray.cli.backtest import (
     CashOption,
     DataOption,
@@ -31,7 +39,13 @@ from tradpal_ray.cli.backtest import (
     UntilOption,
     backtest_config,
 )
-from tradpal_ray.cli.sweep import AllowChangedCodeOption, ExecutorOption, GridOption, ResumeOption, SymbolsOption
+from tradpal_ray.cli.sweep import (
+    AllowChangedCodeOption,
+    ExecutorOption,
+    GridOption,
+    ResumeOption,
+    SymbolsOption,
+)
 from tradpal_ray.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -85,7 +99,12 @@ def walkforward(
         raise ConfigError(f"--cv must be one of {', '.join(CV_METHODS)}, got {cv!r}")
     settings = settings_for(store=store, exchange=exchange)
     from tradpal_ray.cli.sweep import _request
-    from tradpal_ray.runs import EXECUTORS, WalkForwardRequest, WalkForwardSpec, run_walkforward
+    from tradpal_ray.runs import (
+        EXECUTORS,
+        WalkForwardRequest,
+        WalkForwardSpec,
+        run_walkforward,
+    )
 
     if executor not in EXECUTORS:
         raise ConfigError(f"--executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")

@@ -29,7 +29,12 @@ import pyarrow as pa
 
 from tradpal_ray.backtest._references import StrategyRef
 from tradpal_ray.backtest.data import Bars, slice_bars
-from tradpal_ray.backtest.engine import BacktestConfig, BacktestResult, daily_ratios, run_signals
+from tradpal_ray.backtest.engine import (
+    BacktestConfig,
+    BacktestResult,
+    daily_ratios,
+    run_signals,
+)
 from tradpal_ray.backtest.metrics import metric_names
 from tradpal_ray.backtest.objectives import Objective, objective
 from tradpal_ray.backtest.strategies import Strategy

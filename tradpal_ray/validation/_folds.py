@@ -135,7 +135,7 @@ def cpcv_groups(items: int, groups: int) -> tuple[Window, ...]:
     bounds = [0]
     for g in range(groups):
         bounds.append(bounds[-1] + size + (1 if g < extra else 0))
-    return tuple(Window(a, b) for a, b in zip(bounds, bounds[1:]))
+    return tuple(Window(a, b) for a, b in itertools.pairwise(bounds))
 
 
 def cpcv_splits(items: int, groups: int, test_groups: int, *, purge: int = 0, embargo: int = 0) -> list[CpcvSplit]:
