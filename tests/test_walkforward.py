@@ -10,7 +10,6 @@ from __future__ import annotations
 import itertools
 import json
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -26,7 +25,7 @@ import pandas as pd
 import pytest
 from backtesting.test import EURUSD, GOOG
 from http_server import Server
-from test_page import attribute, browse
+from test_page import attribute, browse, chromium  # noqa: F401  (chromium: the fixture)
 
 from tradpal_ray.backtest import (
     BacktestConfig,
@@ -259,17 +258,8 @@ def test_cpcv_paths_match_a_reference_and_give_sharpe_quantiles(tmp_path: Path, 
     assert doc["path_sharpes"] == pytest.approx(list(report.path_sharpes))
 
 
-@pytest.fixture(scope="module")
-def chromium() -> str:
-    """The chromium binary (a failure, not a skip, when missing: `make test` installs it)."""
-    path = shutil.which("chromium")
-    if path is None:
-        pytest.fail("chromium is not installed: `make test` installs it")
-    return path
-
-
 def test_runs_api_page_and_report_show_folds_wfe_and_the_stitched_curve(
-    tmp_path: Path, redis_server: Any, chromium: str, run_cli: RunCli
+    tmp_path: Path, redis_server: Any, chromium: str, run_cli: RunCli  # noqa: F811  (the fixture imported above)
 ) -> None:
     outcome = walk(tmp_path, "GOOG")
     store = tmp_path / "store"

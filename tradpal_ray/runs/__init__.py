@@ -54,8 +54,8 @@ EXECUTORS = ("auto", "local", "ray")
 
 
 @dataclass
-class SweepOutcome:
-    """A finished (or partly failed) run: its manifest, and its results read from the store on demand."""
+class RunOutcome:
+    """A finished run's manifest and the store its tables are read from, on demand."""
 
     manifest: RunManifest
     store: RunStore
@@ -64,6 +64,11 @@ class SweepOutcome:
     def run_id(self) -> str:
         """The run's id (``--resume`` takes it)."""
         return self.manifest.run_id
+
+
+@dataclass
+class SweepOutcome(RunOutcome):
+    """A finished (or partly failed) sweep: its manifest, and its results read from the store on demand."""
 
     @property
     def results(self) -> pd.DataFrame:
@@ -167,16 +172,8 @@ def run_sweep(
 
 
 @dataclass
-class WalkForwardOutcome:
+class WalkForwardOutcome(RunOutcome):
     """A finished walk-forward: its manifest (the summary is ``manifest.walkforward["summary"]``) and tables."""
-
-    manifest: RunManifest
-    store: RunStore
-
-    @property
-    def run_id(self) -> str:
-        """The run's id (``--resume`` takes it)."""
-        return self.manifest.run_id
 
     @property
     def summary(self) -> dict[str, Any]:
@@ -262,6 +259,7 @@ __all__ = [
     "BarsSource",
     "GridPlan",
     "RunManifest",
+    "RunOutcome",
     "RunStore",
     "SweepOutcome",
     "SweepRequest",

@@ -138,6 +138,9 @@ class RunStore:
         root = f"{self._run_dir(run_id)}/results"
         if symbol is not None:
             root = f"{root}/{encode_key(symbol)}"
+        return self._chunk_files_under(root)
+
+    def _chunk_files_under(self, root: str) -> list[pafs.FileInfo]:
         selector = pafs.FileSelector(root, recursive=True, allow_not_found=True)
         files = [i for i in self._fs.get_file_info(selector) if i.type == pafs.FileType.File and _CHUNK.match(i.base_name)]
         return sorted(files, key=lambda i: i.path)
@@ -226,10 +229,7 @@ class RunStore:
                             write_statistics=False, use_dictionary=list(ID_COLUMNS))
 
     def _fold_files(self, run_id: str, fold: int | None = None) -> list[pafs.FileInfo]:
-        root = f"{self._run_dir(run_id)}/folds" + ("" if fold is None else f"/fold-{fold:05d}")
-        selector = pafs.FileSelector(root, recursive=True, allow_not_found=True)
-        files = [i for i in self._fs.get_file_info(selector) if i.type == pafs.FileType.File and _CHUNK.match(i.base_name)]
-        return sorted(files, key=lambda i: i.path)
+        return self._chunk_files_under(f"{self._run_dir(run_id)}/folds" + ("" if fold is None else f"/fold-{fold:05d}"))
 
     def done_fold_chunks(self, run_id: str) -> set[tuple[int, int]]:
         """(fold, chunk) units of a walk-forward already written: what a resume skips."""

@@ -347,103 +347,6 @@ def trades_table(outcomes: Sequence[FoldOutcome]) -> pa.Table:
     return pa.Table.from_pandas(frame, schema=OOS_TRADES_SCHEMA, preserve_index=False)
 
 
-@dataclass
-class WalkForwardRun:
-    """The driver's state of one walk-forward run; executors feed it finished units."""
-
-    store: str
-    manifest: RunManifest
-    request: WalkForwardRequest
-    ref: StrategyRef
-    strat: Strategy
-    plan: GridPlan
-    goal: Objective
-    bars: Bars
-    folds: list[Fold]
-    warmup: int
-    sweep_run: SweepRun
-    """The sweep run's bookkeeping (manifest heartbeat, abort) shared with plain sweeps."""
-    done: set[tuple[int, int]] = field(default_factory=set)
-    on_progress: ProgressCallback | None = None
-    rows: dict[tuple[int, int], pd.DataFrame] = field(default_factory=dict)
-    """In-sample rows of the units this process ran (units of an earlier, resumed driver are read from the store)."""
-
-    @property
-    def run_id(self) -> str:
-        return self.manifest.run_id
-
-    @property
-    def total(self) -> int:
-        return len(self.folds) * self.manifest.chunks
-
-    def units(self) -> Iterator[WalkForwardUnit]:
-        """The units still to run, fold by fold."""
-        m = self.manifest
-        symbol = self.request.sweep.symbol_names()[0]
-        for fold in self.folds:
-            for number in range(m.chunks):
-                if (fold.number, number) not in self.done:
-                    yield WalkForwardUnit(m.run_id, self.store, symbol, fold, self.warmup, number, m.chunk_size,
-                                          self.ref, self.request.sweep.config_for(symbol), m.param_types)
-
-    def unit_done(self, unit: WalkForwardUnit, rows: pd.DataFrame) -> None:
-        """Record a finished unit (its rows are in the store too) and report progress."""
-        self.done.add((unit.fold.number, unit.number))
-        self.rows[(unit.fold.number, unit.number)] = rows
-        self.progress()
-
-    def in_sample(self, fold: Fold) -> pd.DataFrame:
-        """A fold's in-sample rows in chunk and grid order: from memory, or the store after a resume."""
-        keys = [(fold.number, number) for number in range(self.manifest.chunks)]
-        if all(key in self.rows for key in keys):
-            return pd.concat([self.rows[key] for key in keys], ignore_index=True)
-        return RunStore(self.store).fold_results(self.run_id, fold.number)
-
-    def progress(self) -> None:
-        """Report units done to the callback and refresh the manifest's heartbeat when due."""
-        if self.on_progress:
-            self.on_progress(len(self.done), self.total)
-        self.sweep_run.beat()
-
-    def outcomes(self) -> list[FoldOutcome]:
-        """Each fold's choice (from its chunk files) and out-of-sample backtest."""
-        config = self.request.sweep.config_for(self.request.sweep.symbol_names()[0])
-        names = self.manifest.param_names
-        out = []
-        for fold in self.folds:
-            choice = choose_in_sample(self.in_sample(fold), self.goal, names)
-            oos = window_backtest(self.bars, self.strat, choice.params if choice else None, config, fold.test,
-                                  self.warmup)
-            out.append(FoldOutcome(fold, choice, oos, self.goal.value(oos.stats)))
-        return out
-
-    def finish(self) -> RunManifest:
-        """Choose, test out of sample, stitch, write the tables and the summary; the manifest, complete."""
-        outcomes = self.outcomes()
-        config = self.request.sweep.config
-        curve = stitch(outcomes, config.cash)
-        day_end = np.concatenate([slice_bars(self.bars, f.test.start, f.test.end).day_end for f in self.folds])
-        summary = summarise(outcomes, curve, day_end, config)
-        RunStore(self.store).write_walkforward(
-            self.run_id, folds_table(outcomes, self.bars, self.manifest.param_types),
-            pa.Table.from_pandas(curve, schema=OOS_EQUITY_SCHEMA, preserve_index=False), trades_table(outcomes))
-        m = self.manifest
-        m.walkforward = {**m.walkforward, "summary": summary}
-        m.results = sum(o.choice.candidates for o in outcomes if o.choice)
-        m.status = "complete"
-        RunStore(self.store).write_manifest(m)
-        log.info("walkforward.done", run_id=self.run_id, folds=len(outcomes), wfe=summary["wfe"])
-        return m
-
-
-def resume_walkforward(store: str, run_id: str, *, allow_changed_code: bool = False) -> tuple[WalkForwardRequest, RunManifest]:
-    """The request and manifest of walk-forward run ``run_id``, to finish it (as :func:`resume_request`)."""
-    sweep_request, manifest = resume_request(store, run_id, allow_changed_code=allow_changed_code)
-    if manifest.kind != "walkforward":
-        raise ConfigError(f"run {run_id} is a {manifest.kind}, not a walk-forward: resume it with `tradpal-ray {manifest.kind}`")
-    return WalkForwardRequest(sweep_request, WalkForwardSpec(**manifest.walkforward["spec"])), manifest
-
-
 @dataclass(frozen=True)
 class WalkForwardPlan:
     """A checked request with its bars, warm-up and folds: everything a run needs before it starts."""
@@ -475,6 +378,96 @@ class WalkForwardPlan:
         return sum(len(f.train) + self.warmup for f in self.folds) * self.plan.total
 
 
+@dataclass
+class WalkForwardRun:
+    """The driver's state of one walk-forward run; executors feed it finished units."""
+
+    store: str
+    manifest: RunManifest
+    planned: WalkForwardPlan
+    sweep_run: SweepRun
+    """The sweep run's bookkeeping (manifest heartbeat, abort) shared with plain sweeps."""
+    done: set[tuple[int, int]] = field(default_factory=set)
+    on_progress: ProgressCallback | None = None
+    rows: dict[tuple[int, int], pd.DataFrame] = field(default_factory=dict)
+    """In-sample rows of the units this process ran (units of an earlier, resumed driver are read from the store)."""
+
+    @property
+    def run_id(self) -> str:
+        return self.manifest.run_id
+
+    @property
+    def total(self) -> int:
+        return len(self.planned.folds) * self.manifest.chunks
+
+    def units(self) -> Iterator[WalkForwardUnit]:
+        """The units still to run, fold by fold."""
+        m = self.manifest
+        symbol = self.planned.request.sweep.symbol_names()[0]
+        for fold in self.planned.folds:
+            for number in range(m.chunks):
+                if (fold.number, number) not in self.done:
+                    yield WalkForwardUnit(m.run_id, self.store, symbol, fold, self.planned.warmup, number, m.chunk_size,
+                                          self.planned.ref, self.planned.request.sweep.config_for(symbol), m.param_types)
+
+    def unit_done(self, unit: WalkForwardUnit, rows: pd.DataFrame) -> None:
+        """Record a finished unit (its rows are in the store too) and report progress."""
+        self.done.add((unit.fold.number, unit.number))
+        self.rows[(unit.fold.number, unit.number)] = rows
+        self.progress()
+
+    def in_sample(self, fold: Fold) -> pd.DataFrame:
+        """A fold's in-sample rows in chunk and grid order: from memory, or the store after a resume."""
+        keys = [(fold.number, number) for number in range(self.manifest.chunks)]
+        if all(key in self.rows for key in keys):
+            return pd.concat([self.rows[key] for key in keys], ignore_index=True)
+        return RunStore(self.store).fold_results(self.run_id, fold.number)
+
+    def progress(self) -> None:
+        """Report units done to the callback and refresh the manifest's heartbeat when due."""
+        if self.on_progress:
+            self.on_progress(len(self.done), self.total)
+        self.sweep_run.beat()
+
+    def outcomes(self) -> list[FoldOutcome]:
+        """Each fold's choice (from its chunk files) and out-of-sample backtest."""
+        config = self.planned.request.sweep.config_for(self.planned.request.sweep.symbol_names()[0])
+        names = self.manifest.param_names
+        out = []
+        for fold in self.planned.folds:
+            choice = choose_in_sample(self.in_sample(fold), self.planned.goal, names)
+            oos = window_backtest(self.planned.bars, self.planned.strat, choice.params if choice else None, config, fold.test,
+                                  self.planned.warmup)
+            out.append(FoldOutcome(fold, choice, oos, self.planned.goal.value(oos.stats)))
+        return out
+
+    def finish(self) -> RunManifest:
+        """Choose, test out of sample, stitch, write the tables and the summary; the manifest, complete."""
+        outcomes = self.outcomes()
+        config = self.planned.request.sweep.config
+        curve = stitch(outcomes, config.cash)
+        day_end = np.concatenate([slice_bars(self.planned.bars, f.test.start, f.test.end).day_end for f in self.planned.folds])
+        summary = summarise(outcomes, curve, day_end, config)
+        RunStore(self.store).write_walkforward(
+            self.run_id, folds_table(outcomes, self.planned.bars, self.manifest.param_types),
+            pa.Table.from_pandas(curve, schema=OOS_EQUITY_SCHEMA, preserve_index=False), trades_table(outcomes))
+        m = self.manifest
+        m.walkforward = {**m.walkforward, "summary": summary}
+        m.results = sum(o.choice.candidates for o in outcomes if o.choice)
+        m.status = "complete"
+        RunStore(self.store).write_manifest(m)
+        log.info("walkforward.done", run_id=self.run_id, folds=len(outcomes), wfe=summary["wfe"])
+        return m
+
+
+def resume_walkforward(store: str, run_id: str, *, allow_changed_code: bool = False) -> tuple[WalkForwardRequest, RunManifest]:
+    """The request and manifest of walk-forward run ``run_id``, to finish it (as :func:`resume_request`)."""
+    sweep_request, manifest = resume_request(store, run_id, allow_changed_code=allow_changed_code)
+    if manifest.kind != "walkforward":
+        raise ConfigError(f"run {run_id} is a {manifest.kind}, not a walk-forward: resume it with `tradpal-ray {manifest.kind}`")
+    return WalkForwardRequest(sweep_request, WalkForwardSpec(**manifest.walkforward["spec"])), manifest
+
+
 def start_walkforward(
     planned: WalkForwardPlan, *, store: str, manifest: RunManifest | None = None, chunk_size: int | None = None,
     cpus: float = 1.0, executor: str = "local", on_progress: ProgressCallback | None = None,
@@ -488,8 +481,8 @@ def start_walkforward(
         manifest.kind = "walkforward"
         manifest.walkforward = {"spec": asdict(p.request.spec), "warmup": p.warmup, "folds": len(p.folds)}
     sweep_run = start_run(p.request.sweep, (p.ref, p.strat, p.plan), store=store, manifest=manifest, executor=executor)
-    run = WalkForwardRun(store, sweep_run.manifest, p.request, p.ref, p.strat, p.plan, p.goal, p.bars, p.folds,
-                         p.warmup, sweep_run, RunStore(store).done_fold_chunks(sweep_run.run_id), on_progress)
+    run = WalkForwardRun(store, sweep_run.manifest, p, sweep_run, RunStore(store).done_fold_chunks(sweep_run.run_id),
+                         on_progress)
     run.progress()
     return run
 
@@ -497,7 +490,7 @@ def start_walkforward(
 def execute_local(run: WalkForwardRun) -> RunManifest:
     """Every missing unit in this process, then the finish step."""
     for unit in run.units():
-        run.unit_done(unit, run_unit(run.bars, run.plan, unit))
+        run.unit_done(unit, run_unit(run.planned.bars, run.planned.plan, unit))
     return run.finish()
 
 

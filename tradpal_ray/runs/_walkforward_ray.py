@@ -27,10 +27,10 @@ def execute_ray(run: WalkForwardRun) -> RunManifest:
     """Every missing unit as a Ray task on the connected cluster, then the finish step."""
     import ray
 
-    env = shipped_env(run.ref)
+    env = shipped_env(run.planned.ref)
     options: dict[str, Any] = {"runtime_env": env} if env else {}
     task = ray.remote(max_retries=3)(_unit_task)
-    bars, plan = ray.put(run.bars), ray.put(run.plan)
+    bars, plan = ray.put(run.planned.bars), ray.put(run.planned.plan)
     window = max(8, int(2 * TASKS_PER_CPU * ray.cluster_resources().get("CPU", 1)))
     units = run.units()
     pending: dict[Any, WalkForwardUnit] = {}
