@@ -285,3 +285,24 @@ def test_runs_api_page_and_report_show_folds_wfe_and_the_stitched_curve(
     code, _, err = run_cli("report", outcome.run_id, "--store", str(store), "--out", str(tmp_path / "wf.html"))
     assert code == 0, err
     assert (tmp_path / "wf.html").read_text() == page
+
+
+def test_a_store_series_walks_forward_like_its_file(tmp_path: Path, run_cli: RunCli) -> None:
+    from market_data import write_goog
+
+    write_goog(tmp_path, {"GOOGX/USD": 1.0})
+    grid = ("--grid", "fast=10,20", "--grid", "slow=50,100", "--train", "730d", "--test", "180d", "--json",
+            "--executor", "local", "--size-unit", "1")
+    code, out, err = run_cli("walkforward", "--store", str(tmp_path), "--exchange", "test", "--symbols", "GOOGX/USD",
+                             "--timeframe", "1d", *grid)
+    assert code == 0, err
+    from_store = json.loads(out)
+    code, out, err = run_cli("walkforward", "--store", str(tmp_path / "file"), "--data", write_csv(tmp_path, "GOOG", GOOG),
+                             *grid)
+    assert code == 0, err
+    from_file = json.loads(out)
+    assert from_store["summary"] == from_file["summary"] and len(from_store["folds"]) == len(from_file["folds"]) >= 5
+    assert [f["params"] for f in from_store["folds"]] == [f["params"] for f in from_file["folds"]]
+    code, _, err = run_cli("walkforward", "--store", str(tmp_path), "--exchange", "test", "--symbols", "NOPE/USD",
+                           "--timeframe", "1d", *grid)
+    assert code == 2 and "no test 1d candles for NOPE/USD" in err
