@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sweep import CONFIG, GRID, best_of, spread
 
 from tradpal_ray.backtest import prepare_bars, strategy_combos, sweep
+from tradpal_ray.backtest.data import slice_bars
 from tradpal_ray.runs import (
     SweepRequest,
     WalkForwardRequest,
@@ -45,9 +46,20 @@ from tradpal_ray.runs import (
     run_sweep,
     run_walkforward,
 )
+from tradpal_ray.runs._walkforward import WalkForwardPlan, grid_search, window_backtest
 
 TARGET = 0.8
 FOLDS = 12
+
+
+def bare_walkforward(planned: WalkForwardPlan) -> None:
+    """The walk-forward's backtests without a run: each fold's grid_search, then its test window."""
+    combos = strategy_combos(planned.strat, {k: list(v) for k, v in GRID.items()})
+    for fold in planned.folds:
+        window = slice_bars(planned.bars, fold.train.start - planned.warmup, fold.train.end)
+        choice = grid_search(window, planned.warmup, planned.strat, combos, CONFIG, planned.goal)
+        window_backtest(planned.bars, planned.strat, choice.params if choice else None, CONFIG, fold.test,
+                        planned.warmup)
 
 
 def bench(runs: int, repeat: int) -> dict[str, Any]:
@@ -66,9 +78,11 @@ def bench(runs: int, repeat: int) -> dict[str, Any]:
         assert len(folds) == FOLDS and (folds["candidates"] == len(combos)).all(), folds
         walk_work = int((folds["candidates"] * folds["train_bars"] + folds["test_bars"]).sum())
         sweep_work = len(combos) * len(bars)
+        planned = WalkForwardPlan.build(walk, root)
         calls: dict[str, tuple[Callable[[], Any], int]] = {
             "walkforward": (lambda: run_walkforward(walk, store=root, executor="local"), walk_work),
             "sweep": (lambda: run_sweep(plain, store=root, executor="local"), sweep_work),
+            "bare_walkforward_calls": (lambda: bare_walkforward(planned), walk_work),
             "bare_sweep_call": (lambda: sweep(bars, "sma_cross", combos, CONFIG), sweep_work),
         }
         seconds: dict[str, list[float]] = {name: [] for name in calls}
@@ -85,7 +99,11 @@ def bench(runs: int, repeat: int) -> dict[str, Any]:
                         "per_s": spread(rates["walkforward"], 0)},
         "sweep": {"bar_combinations": sweep_work, "seconds": spread(seconds["sweep"], 4),
                   "per_s": spread(rates["sweep"], 0)},
+        "bare_walkforward_calls": {"seconds": spread(seconds["bare_walkforward_calls"], 4),
+                                   "per_s": spread(rates["bare_walkforward_calls"], 0)},
         "bare_sweep_call": {"seconds": spread(seconds["bare_sweep_call"], 4), "per_s": spread(rates["bare_sweep_call"], 0)},
+        "bare_walkforward_over_bare_sweep": spread(
+            [w / s for w, s in zip(rates["bare_walkforward_calls"], rates["bare_sweep_call"])], 3),
         "walkforward_over_sweep": spread(ratios, 3),
         "target": TARGET,
         "meets_target_at_median": sorted(ratios)[len(ratios) // 2] >= TARGET,
