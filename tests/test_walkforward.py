@@ -256,6 +256,9 @@ def test_cpcv_paths_match_a_reference_and_give_sharpe_quantiles(tmp_path: Path, 
     doc = json.loads(out)
     assert doc["splits"] == 15 and doc["paths"] == 5
     assert doc["path_sharpes"] == pytest.approx(list(report.path_sharpes))
+    code, _, err = run_cli("walkforward", "--store", str(tmp_path), "--data", write_csv(tmp_path, name, data),
+                           "--grid", "fast=5,10", "--grid", "slow=20,30", "--cv", "cpcv", "--objective", "sqn")
+    assert code == 2 and "needs statistic 'sqn', which the results lack" in err  # CPCV chooses from daily returns
 
 
 def test_runs_api_page_and_report_show_folds_wfe_and_the_stitched_curve(

@@ -19,7 +19,7 @@ and does not carry over: the next test window starts flat with that equity (comp
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -201,11 +201,6 @@ class InSampleChoice:
     candidates: int
 
 
-InSampleSearch = Callable[[Bars, int, Sequence[Mapping[str, Any]]], "InSampleChoice | None"]
-"""The in-sample step's shape: ``(training bars with warm-up, warm-up bars, candidate combinations)
--> choice``. :func:`grid_search` is the grid's; a smarter optimiser plugs in here."""
-
-
 def choose_in_sample(frame: pd.DataFrame, goal: Objective, names: Sequence[str]) -> InSampleChoice | None:
     """The best row of a fold's in-sample results by ``goal`` (the first of ties, in grid order);
     None when no row has a defined objective."""
@@ -222,7 +217,9 @@ def grid_search(bars: Bars, warmup: int, strat: Strategy, combos: Sequence[Mappi
                 config: BacktestConfig, goal: Objective) -> InSampleChoice | None:
     """The grid's in-sample step in one call: every combination backtested, the best chosen.
 
-    A run splits it over (fold x chunk) units and chooses on the driver; the choice is the same.
+    Its shape, (training bars with ``warmup`` bars before them, candidate combinations) ->
+    choice, is what a smarter in-sample optimiser replaces. A run splits it over (fold x chunk)
+    units and chooses on the driver; the choice is the same.
     """
     frame = sweep(bars, strat, [c for c in combos if not strat.unfit(c, len(bars))], config, warmup=warmup)
     return choose_in_sample(frame, goal, list(strat.params))
@@ -394,10 +391,12 @@ class WalkForwardRun:
 
     @property
     def run_id(self) -> str:
+        """The run's id."""
         return self.manifest.run_id
 
     @property
     def total(self) -> int:
+        """Units of work in the whole run (folds x chunks per fold)."""
         return len(self.planned.folds) * self.manifest.chunks
 
     def units(self) -> Iterator[WalkForwardUnit]:

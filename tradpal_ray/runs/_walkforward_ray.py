@@ -12,6 +12,7 @@ from typing import Any
 import pandas as pd
 
 from tradpal_ray.backtest.data import Bars
+from tradpal_ray.errors import TradpalError
 from tradpal_ray.runs._manifest import RunManifest
 from tradpal_ray.runs._plan import GridPlan
 from tradpal_ray.runs._ray import shipped_env
@@ -42,7 +43,12 @@ def execute_ray(run: WalkForwardRun) -> RunManifest:
             break
         ready, _ = ray.wait(list(pending), num_returns=1, timeout=5.0)
         for ref in ready:
-            rows = ray.get(ref)  # a failed unit fails the run (the driver records why; --resume retries it)
+            try:
+                rows = ray.get(ref)
+            except ray.exceptions.RayTaskError as exc:  # the run fails (recorded by the driver; --resume retries)
+                if isinstance(exc.cause, TradpalError):
+                    raise exc.cause from None  # a user's mistake: one error line, not a task traceback
+                raise
             run.unit_done(pending.pop(ref), rows)
         if not ready:
             run.progress()
