@@ -60,10 +60,10 @@ def write_csv(tmp_path: Path, name: str, frame: pd.DataFrame) -> str:
 
 
 def walk(tmp_path: Path, name: str, spec: WalkForwardSpec | None = None, frame: pd.DataFrame | None = None,
-         store: str = "store", **options: object) -> object:
+         store: str = "store", strategy: str = "sma_cross", **options: object) -> object:
     data, default_spec = DATASETS[name]
     csv = write_csv(tmp_path, name, data if frame is None else frame)
-    request = WalkForwardRequest(SweepRequest("sma_cross", GRID, data_file=csv), spec or default_spec)
+    request = WalkForwardRequest(SweepRequest(strategy, GRID, data_file=csv), spec or default_spec)
     return run_walkforward(request, store=str(tmp_path / store), **{"executor": "local", **options})
 
 
@@ -110,18 +110,40 @@ def test_each_test_window_trades_as_a_flat_start_backtest_with_warm_up_bars_befo
     assert summary["wfe"] == pytest.approx(summary["oos"]["cagr_pct"] / folds["is_cagr_pct"].mean())
 
 
+PEEKING = """
+import numpy as np
+from tradpal_ray.backtest import cross_above, cross_below, sma
+
+def peeking(bars, fast=10, slow=30):
+    ahead = np.append(bars.close[fast:], np.full(fast, bars.close[-1]))  # the close `fast` bars later: look-ahead
+    f, s = sma(ahead, fast), sma(bars.close, slow)
+    return cross_above(f, s), cross_below(f, s)
+"""
+
+
 def test_bars_after_a_window_never_change_its_fold(tmp_path: Path) -> None:
-    """No look-ahead: rewrite every bar after fold 4's test window; folds 0-4 are unchanged, later ones not."""
-    honest = walk(tmp_path, "GOOG", store="a")
-    cut = honest.folds.loc[4, "test_to"]
+    """No look-ahead past a window, with a strategy that peeks up to 50 bars ahead (so a window's
+    results would change if its signals ever saw later bars): rewrite every bar after fold 4's
+    training window. Folds 0-3 and every in-sample row of fold 4 (190 combinations) are unchanged;
+    later results are not."""
+    (tmp_path / "peeking.py").write_text(PEEKING)
+    strategy = f"{tmp_path / 'peeking.py'}:peeking"
+    honest = walk(tmp_path, "GOOG", store="a", strategy=strategy)
+    cut = honest.folds.loc[4, "train_to"]
+    assert honest.folds.loc[3, "test_to"] <= cut
     altered = GOOG.copy()
     later = altered.index > cut.tz_localize(None)
-    altered.loc[later, ["Open", "High", "Low", "Close"]] = altered.loc[later, ["Open", "High", "Low", "Close"]].to_numpy()[::-1]
-    altered.loc[later, "High"] = altered.loc[later, ["Open", "High", "Low", "Close"]].max(axis=1)
-    altered.loc[later, "Low"] = altered.loc[later, ["Open", "High", "Low", "Close"]].min(axis=1)
-    changed = walk(tmp_path, "GOOG", frame=altered, store="b")
-    pd.testing.assert_frame_equal(honest.folds.iloc[:5], changed.folds.iloc[:5])
-    assert not honest.folds.iloc[5:].reset_index(drop=True).equals(changed.folds.iloc[5:].reset_index(drop=True))
+    prices = ["Open", "High", "Low", "Close"]
+    altered.loc[later, prices] = altered.loc[later, prices].to_numpy()[::-1]
+    altered.loc[later, "High"] = altered.loc[later, prices].max(axis=1)
+    altered.loc[later, "Low"] = altered.loc[later, prices].min(axis=1)
+    changed = walk(tmp_path, "GOOG", frame=altered, store="b", strategy=strategy)
+    pd.testing.assert_frame_equal(honest.folds.iloc[:4], changed.folds.iloc[:4])
+    in_sample = [RunStore(tmp_path / side).fold_results(o.run_id, 4).drop(columns="run_id")
+                 for side, o in (("a", honest), ("b", changed))]
+    assert len(in_sample[0]) == 190  # the whole grid: a plain function has no fast < slow rule
+    pd.testing.assert_frame_equal(*in_sample)
+    assert not honest.folds.iloc[4:].reset_index(drop=True).equals(changed.folds.iloc[4:].reset_index(drop=True))
 
 
 def test_anchored_folds_grow_and_ray_tasks_give_the_in_process_results(tmp_path: Path, ray_session: None) -> None:
