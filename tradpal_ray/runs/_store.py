@@ -21,6 +21,7 @@ import re
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
 
 import orjson
 import pandas as pd
@@ -132,18 +133,23 @@ class RunStore:
         self, run_id: str, symbol: str, chunk: int, table: pa.Table, skipped: Mapping[str, int] | None = None
     ) -> None:
         """Publish one chunk's rows (and what it skipped) atomically; writing it again replaces it."""
+        self._publish_chunk(self.chunk_path(run_id, symbol, chunk), table, skipped)
+
+    def _publish_chunk(self, path: str, table: pa.Table, skipped: Mapping[str, int] | None, **options: Any) -> None:
         meta = dict(table.schema.metadata or {})
         meta[_SKIPPED_KEY] = orjson.dumps(dict(skipped or {}))
         meta[b"tradpal.schema_version"] = str(SCHEMA_VERSION).encode()
         table = table.replace_schema_metadata(meta)
-        path = self.chunk_path(run_id, symbol, chunk)
         self._fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-        write_atomic(self._fs, path, lambda out: pq.write_table(table, out, compression="zstd"))
+        write_atomic(self._fs, path, lambda out: pq.write_table(table, out, **{"compression": "zstd", **options}))
 
     def _chunk_files(self, run_id: str, symbol: str | None = None) -> list[pafs.FileInfo]:
         root = f"{self._run_dir(run_id)}/results"
         if symbol is not None:
             root = f"{root}/{encode_key(symbol)}"
+        return self._chunk_files_under(root)
+
+    def _chunk_files_under(self, root: str) -> list[pafs.FileInfo]:
         selector = pafs.FileSelector(root, recursive=True, allow_not_found=True)
         files = [i for i in self._fs.get_file_info(selector) if i.type == pafs.FileType.File and _CHUNK.match(i.base_name)]
         return sorted(files, key=lambda i: i.path)
@@ -248,6 +254,59 @@ class RunStore:
             return pq.read_table(f"{self._run_dir(run_id)}/trials.parquet", filesystem=self._fs).to_pandas()
         except FileNotFoundError:
             raise ConfigError(f"run {run_id!r} has no trials table") from None
+
+    # --------------------------------------------------------- walk-forward
+    def fold_chunk_path(self, run_id: str, fold: int, chunk: int) -> str:
+        """Where the in-sample rows of one (fold, chunk) unit of a walk-forward live."""
+        return f"{self._run_dir(run_id)}/folds/fold-{fold:05d}/chunk-{chunk:05d}.parquet"
+
+    def write_fold_chunk(self, run_id: str, fold: int, chunk: int, table: pa.Table,
+                         skipped: Mapping[str, int] | None = None) -> None:
+        """Publish one walk-forward unit's in-sample rows atomically (idempotent, as :meth:`write_chunk`).
+
+        Written for speed (a fold's chunk is small and read whole: no compression, no column
+        statistics, dictionaries for the repeated id strings only): there is one per fold.
+        """
+        self._publish_chunk(self.fold_chunk_path(run_id, fold, chunk), table, skipped, compression="none",
+                            write_statistics=False, use_dictionary=list(ID_COLUMNS))
+
+    def _fold_files(self, run_id: str, fold: int | None = None) -> list[pafs.FileInfo]:
+        return self._chunk_files_under(f"{self._run_dir(run_id)}/folds" + ("" if fold is None else f"/fold-{fold:05d}"))
+
+    def done_fold_chunks(self, run_id: str) -> set[tuple[int, int]]:
+        """(fold, chunk) units of a walk-forward already written: what a resume skips."""
+        done = set()
+        for info in self._fold_files(run_id):
+            fold = info.path.rsplit("/", 2)[-2].removeprefix("fold-")
+            match = _CHUNK.match(info.base_name)
+            assert match is not None
+            done.add((int(fold), int(match.group(1))))
+        return done
+
+    def fold_results(self, run_id: str, fold: int) -> pd.DataFrame:
+        """One fold's in-sample rows (typed, derived metrics added), in chunk and grid order."""
+        tables = [_typed(self._read(run_id, info)) for info in self._fold_files(run_id, fold)]
+        if not tables:
+            return pd.DataFrame()
+        return _with_derived(pa.concat_tables(tables, promote_options="default")).to_pandas()
+
+    def write_walkforward(self, run_id: str, folds: pa.Table, equity: pa.Table, trades: pa.Table) -> None:
+        """Publish a walk-forward's per-fold table, stitched out-of-sample equity and trades."""
+        base = f"{self._run_dir(run_id)}/walkforward"
+        self._fs.create_dir(base, recursive=True)
+        for name, table in (("folds", folds), ("oos_equity", equity), ("oos_trades", trades)):
+            write_atomic(self._fs, f"{base}/{name}.parquet", lambda out, t=table: pq.write_table(t, out))
+
+    def walkforward(self, run_id: str) -> dict[str, pd.DataFrame]:
+        """``{"folds", "oos_equity", "oos_trades"}`` of a finished walk-forward; ConfigError if there is none."""
+        base = f"{self._run_dir(run_id)}/walkforward"
+        try:
+            return {name: pq.read_table(f"{base}/{name}.parquet", filesystem=self._fs).to_pandas()
+                    for name in ("folds", "oos_equity", "oos_trades")}
+        except FileNotFoundError:
+            raise ConfigError(f"run {run_id!r} has no finished walk-forward") from None
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise StoreError(f"corrupt walk-forward tables of run {run_id}: {exc}") from exc
 
     # -------------------------------------------------------------- details
     def write_detail(self, run_id: str, rid: str, trades: pd.DataFrame, equity: pd.Series) -> None:
