@@ -110,6 +110,39 @@ def test_each_test_window_trades_as_a_flat_start_backtest_with_warm_up_bars_befo
     assert summary["wfe"] == pytest.approx(summary["oos"]["cagr_pct"] / folds["is_cagr_pct"].mean())
 
 
+def test_a_sampler_can_be_the_in_sample_optimiser(tmp_path: Path, run_cli: RunCli) -> None:
+    """--search tpe --trials N: each fold searches the grid's ranges with N trials (seeded per fold), chooses
+    its best trial, and tests it out of sample exactly as a grid's choice; the same seed gives the same run."""
+    from tradpal_ray.runs._optimize import search_bars
+
+    spec = WalkForwardSpec("730d", "180d", search="tpe", trials=25, seed=7)
+    outcome = walk(tmp_path, "GOOG", spec)
+    bars, warmup, goal = prepare_bars(GOOG), outcome.manifest.walkforward["warmup"], objective("sharpe")
+    folds = outcome.folds
+    assert len(folds) >= 5 and folds["candidates"].between(10, 25).all()
+    assert folds["fast"].between(5, 50).all() and folds["slow"].between(20, 200).all()
+    assert folds[["fast", "slow"]].drop_duplicates().shape[0] > 1  # not a grid point picked every time by accident
+    for row in folds.to_dict("records")[:2]:
+        start, end = bars.index.get_loc(row["train_from"]), bars.index.get_loc(row["train_to"]) + 1
+        search = search_bars(prepare_bars(GOOG.iloc[start - warmup:end]), "sma_cross",
+                             ["fast=int:5:50", "slow=int:20:200"], 25, "tpe", "sharpe", BacktestConfig(), 7 + row["fold"],
+                             warmup=warmup)
+        best = search.best()[0]
+        assert best.params == {"fast": row["fast"], "slow": row["slow"]}
+        assert goal.value(best.stats) == pytest.approx(row["is_objective"])
+    again = walk(tmp_path, "GOOG", spec, store="again")
+    pd.testing.assert_frame_equal(folds.drop(columns=["run_id"], errors="ignore"),
+                                  again.folds.drop(columns=["run_id"], errors="ignore"))
+    code, _, err = run_cli("sweep", "--store", str(tmp_path / "store"), "--resume", outcome.manifest.run_id)
+    assert code == 2 and err.startswith(f"error: run {outcome.manifest.run_id} is a walkforward run: resume it with")
+    code, _, err = run_cli("walkforward", "--store", str(tmp_path), "--data", write_csv(tmp_path, "GOOG", GOOG),
+                           "--grid", "fast=5:50:5", "--search", "tpe")
+    assert code == 2 and err.startswith("error: --search tpe needs --trials N")
+    code, _, err = run_cli("walkforward", "--store", str(tmp_path), "--data", write_csv(tmp_path, "GOOG", GOOG),
+                           "--grid", "fast=5:50:5", "--search", "annealing", "--trials", "5")
+    assert code == 2 and err.startswith("error: --search must be grid or one of")
+
+
 PEEKING = """
 import numpy as np
 from tradpal_ray.backtest import cross_above, cross_below, sma

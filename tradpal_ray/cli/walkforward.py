@@ -72,6 +72,10 @@ def walkforward(
                                                                "profit_drawdown, sqn, a metric, or module:function.")] = "sharpe",
     warmup: Annotated[int | None, typer.Option("--warmup", help="Bars before every window for indicators "
                                                                 "(default: the grid's longest window).", show_default=False)] = None,
+    search: Annotated[str, typer.Option("--search", help="In-sample optimiser: grid (every combination), or an Optuna "
+                                                         "sampler (tpe, cmaes, random, nsga2) over the grid's ranges.")] = "grid",
+    trials: Annotated[int, typer.Option("--trials", help="Trials per fold with --search SAMPLER.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", help="Seeds --search's sampler (fold f uses seed + f).")] = 0,
     cv: Annotated[str, typer.Option("--cv", help="walkforward, or cpcv (combinatorial purged cross-validation).")] = "walkforward",
     groups: Annotated[int, typer.Option("--groups", help="CPCV: contiguous groups N of the days.")] = 6,
     test_groups: Annotated[int, typer.Option("--test-groups", help="CPCV: test groups k per split.")] = 2,
@@ -115,7 +119,7 @@ def walkforward(
                                  periods_per_year=periods_per_year)
         swept = _request(data, symbols, timeframe, strategy, grid or [], None, 0, "sharpe", since, until,
                          settings.exchange, config, 10_000_000)
-        request = WalkForwardRequest(swept, WalkForwardSpec(train, test, step, anchored, objective, warmup))
+        request = WalkForwardRequest(swept, WalkForwardSpec(train, test, step, anchored, objective, warmup, search, trials, seed))
         if cv == "cpcv":
             request.spec.check()
             request.sweep.check()

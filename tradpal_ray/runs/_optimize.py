@@ -306,11 +306,12 @@ class TrialOutcome:
 
 
 def evaluate_trials(bars: Bars, strategy: Strategy | StrategyRef, config: BacktestConfig,
-                    asked: Sequence[tuple[int, Mapping[str, Any]]]) -> list[TrialOutcome]:
+                    asked: Sequence[tuple[int, Mapping[str, Any]]], *, warmup: int = 0) -> list[TrialOutcome]:
     """Backtest a batch of ``(trial number, parameters)`` in one sweep call; outcomes in the same order.
 
     Parameters that break the strategy's rules, or windows that do not fit the bars, give a
-    failed outcome naming the problem instead of a backtest.
+    failed outcome naming the problem instead of a backtest. The first ``warmup`` bars only
+    warm the indicators up (as :func:`~tradpal_ray.backtest.sweep`'s ``warmup``).
     """
     strat = strategy.load() if isinstance(strategy, StrategyRef) else strategy
     n = len(bars)
@@ -327,7 +328,7 @@ def evaluate_trials(bars: Bars, strategy: Strategy | StrategyRef, config: Backte
             outcomes[number] = TrialOutcome(number, {}, problem)
         else:
             runnable.append((number, values))
-    frame = sweep(bars, strat, [values for _, values in runnable], config)
+    frame = sweep(bars, strat, [values for _, values in runnable], config, warmup=warmup)
     columns = {name: frame[name].to_numpy().tolist() for name in metric_names() if name in frame.columns}
     for row, (number, _) in enumerate(runnable):
         outcomes[number] = TrialOutcome(number, {name: _metric_value(name, float(column[row])) for name, column in columns.items()})
@@ -483,25 +484,24 @@ def create_study(storage: Any, name: str, objectives: Sequence[Objective], sampl
 
 
 def search_local(search: Search, bars: Bars, config: BacktestConfig, per_task: int,
-                 on_told: Callable[[], None] | None = None) -> None:
+                 on_told: Callable[[], None] | None = None, *, warmup: int = 0) -> None:
     """Ask, evaluate in this process and tell, ``per_task`` trials at a time, until the budget is told."""
     while asked := search.ask(per_task):
-        for outcome in evaluate_trials(bars, search.strat, config, asked):
+        for outcome in evaluate_trials(bars, search.strat, config, asked, warmup=warmup):
             search.tell(outcome)
             if on_told:
                 on_told()
 
 
-def optimize_bars(
+def search_bars(
     bars: pd.DataFrame | Bars, strategy: str | Strategy | StrategyRef, space: Mapping[str, str] | Sequence[str],
     trials: int, sampler: str = "tpe", objective: str | Objective = "sharpe", config: BacktestConfig | None = None,
-    seed: int = 0,
-) -> tuple[dict[str, Any], dict[str, float]]:
-    """The best parameters of ``strategy`` on ``bars`` after ``trials`` trials, and their statistics.
+    seed: int = 0, *, warmup: int = 0,
+) -> Search:
+    """``trials`` trials of ``strategy`` on ``bars``, searched in process (no Ray, no files); the finished search.
 
-    In process, no Ray, no files: an in-sample optimiser (e.g. for walk-forward folds),
-    deterministic for a seed (trials run one after the other). ``space`` is ``{"fast":
-    "int:5:200"}`` or ``["fast=int:5:200"]``. ConfigError when no trial has a defined objective.
+    Deterministic for a seed (trials run one after the other). ``space`` is ``{"fast":
+    "int:5:200"}`` or ``["fast=int:5:200"]``; the first ``warmup`` bars only warm indicators up.
     """
     optuna = _optuna()
     texts = [f"{k}={v}" for k, v in space.items()] if isinstance(space, Mapping) else list(space)
@@ -511,10 +511,22 @@ def optimize_bars(
         raise ConfigError(f"need a sampler in {', '.join(SAMPLERS)} and a positive number of trials")
     study = create_study(optuna.storages.InMemoryStorage(), "in-sample", [goal], sampler, seed, trials)
     search = Search(study, strat, bind_space(strat, parse_space(texts)), [goal], trials)
-    search_local(search, prepare_bars(bars), config or BacktestConfig(), 1)
+    search_local(search, prepare_bars(bars), config or BacktestConfig(), 1, warmup=warmup)
+    return search
+
+
+def optimize_bars(
+    bars: pd.DataFrame | Bars, strategy: str | Strategy | StrategyRef, space: Mapping[str, str] | Sequence[str],
+    trials: int, sampler: str = "tpe", objective: str | Objective = "sharpe", config: BacktestConfig | None = None,
+    seed: int = 0, *, warmup: int = 0,
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """The best parameters of ``strategy`` on ``bars`` after ``trials`` trials (:func:`search_bars`), and their
+    statistics: an in-sample optimiser (e.g. for walk-forward folds). ConfigError when no trial has a defined objective.
+    """
+    search = search_bars(bars, strategy, space, trials, sampler, objective, config, seed, warmup=warmup)
     best = search.best()
     if not best:
-        raise ConfigError(f"no trial of {strat.name} gave a defined {goal.name} in {trials} trials")
+        raise ConfigError(f"no trial of {search.strat.name} gave a defined {search.objectives[0].name} in {trials} trials")
     return best[0].params, best[0].stats
 
 
@@ -650,9 +662,7 @@ def run_optimize(
 
     manifest = None
     if resume:
-        _, manifest = resume_request(store, resume, allow_changed_code=allow_changed_code)
-        if manifest.kind != "optimize":
-            raise ConfigError(f"run {resume} is a {manifest.kind} run: resume it with `tradpal-ray {manifest.kind}`")
+        _, manifest = resume_request(store, resume, allow_changed_code=allow_changed_code, kind="optimize")
         request = OptimizeRequest.from_manifest(manifest, store)
     elif request is None:
         raise ConfigError("optimize needs a request or a run id to resume")

@@ -109,14 +109,26 @@ class WalkForwardSpec:
     objective: str = "sharpe"
     warmup: int | None = None
     """Bars before every window for indicators; default: the grid's longest window parameter."""
+    search: str = "grid"
+    """The in-sample optimiser: ``grid`` (every combination), or an Optuna sampler (``tpe``, ``cmaes``,
+    ``random``, ``nsga2``) searching the grid's ranges with ``trials`` trials per fold."""
+    trials: int = 0
+    seed: int = 0
+    """Seeds the sampler; fold ``f`` uses ``seed + f``, so a run is reproducible."""
 
     def check(self) -> Objective:
-        """The objective; ConfigError for a bad duration or objective."""
+        """The objective; ConfigError for a bad duration, objective or search."""
+        from tradpal_ray.runs._optimize import SAMPLERS
+
         for option, text in (("--train", self.train), ("--test", self.test), ("--step", self.step)):
             if text is not None:
                 parse_duration(text, option)
         if self.warmup is not None and self.warmup < 0:
             raise ConfigError(f"--warmup must be >= 0, got {self.warmup}")
+        if self.search != "grid" and self.search not in SAMPLERS:
+            raise ConfigError(f"--search must be grid or one of {', '.join(SAMPLERS)}, got {self.search!r}")
+        if self.search != "grid" and self.trials <= 0:
+            raise ConfigError(f"--search {self.search} needs --trials N (trials per fold), N > 0")
         return objective(self.objective)
 
     def folds(self, bars: Bars, warmup: int) -> list[Fold]:
@@ -168,14 +180,23 @@ class WalkForwardUnit:
     ref: StrategyRef
     config: BacktestConfig
     param_types: dict[str, str]
+    spec: WalkForwardSpec
 
 
 def run_unit(bars: Bars, plan: GridPlan, unit: WalkForwardUnit) -> pd.DataFrame:
     """Backtest one chunk's combinations on the fold's training window (after its warm-up) and
-    publish them as one chunk file; the rows (parameters and metrics), so the driver need not read them back."""
+    publish them as one chunk file; the rows (parameters and metrics), so the driver need not read them back.
+
+    With a sampler (``spec.search``) the fold is one unit: its trials, searched in the grid's ranges.
+    """
     strat = unit.ref.load()
     start = unit.fold.train.start - unit.warmup
     window = slice_bars(bars, start, unit.fold.train.end)
+    if unit.spec.search != "grid":
+        frame = searched_trials(window, unit.warmup, strat, plan, unit.config, unit.spec, unit.fold.number)
+        table = chunk_table(unit.run_id, unit.symbol, strat.name, frame, unit.param_types)
+        RunStore(unit.store).write_fold_chunk(unit.run_id, unit.fold.number, unit.number, table)
+        return frame
     fit, skipped = [], {}
     for combo in plan.chunk(unit.number, unit.size):
         if not strat.allows(combo):
@@ -223,6 +244,33 @@ def grid_search(bars: Bars, warmup: int, strat: Strategy, combos: Sequence[Mappi
     """
     frame = sweep(bars, strat, [c for c in combos if not strat.unfit(c, len(bars))], config, warmup=warmup)
     return choose_in_sample(frame, goal, list(strat.params))
+
+
+def grid_space(plan: GridPlan) -> list[str]:
+    """The search space a sampler explores instead of the grid: each axis's range (``int:lo:hi`` when
+    its values are integers, else ``float:lo:hi``), a one-value axis as that value."""
+    space = []
+    for name, axis in zip(plan.names, plan.axes):
+        if len(axis) == 1:
+            space.append(f"{name}=cat:{axis[0]}")
+        elif all(isinstance(v, (int, np.integer)) for v in axis):
+            space.append(f"{name}=int:{min(axis)}:{max(axis)}")
+        else:
+            space.append(f"{name}=float:{min(axis)}:{max(axis)}")
+    return space
+
+
+def searched_trials(bars: Bars, warmup: int, strat: Strategy, plan: GridPlan, config: BacktestConfig,
+                    spec: WalkForwardSpec, fold: int) -> pd.DataFrame:
+    """A sampler's in-sample step (``spec.search``, ``spec.trials``): the complete trials on the training
+    bars as rows of parameters and metrics, as a grid chunk's; the best is then chosen as among grid rows."""
+    from tradpal_ray.runs._optimize import search_bars
+
+    search = search_bars(bars, strat, grid_space(plan), spec.trials, spec.search, spec.objective, config,
+                         spec.seed + fold, warmup=warmup)
+    trials = search.trials_table().to_pandas()
+    trials = trials[trials["state"] == "complete"].reset_index(drop=True)
+    return trials[[*plan.names, *(name for name in metric_names() if name in trials.columns)]]
 
 
 def window_backtest(bars: Bars, strat: Strategy, params: Mapping[str, Any] | None, config: BacktestConfig,
@@ -372,7 +420,8 @@ class WalkForwardPlan:
     @property
     def work(self) -> int:
         """Bar x combination steps of the in-sample backtests (what sizes the executor)."""
-        return sum(len(f.train) + self.warmup for f in self.folds) * self.plan.total
+        per_fold = self.plan.total if self.request.spec.search == "grid" else self.request.spec.trials
+        return sum(len(f.train) + self.warmup for f in self.folds) * per_fold
 
 
 @dataclass
@@ -407,7 +456,8 @@ class WalkForwardRun:
             for number in range(m.chunks):
                 if (fold.number, number) not in self.done:
                     yield WalkForwardUnit(m.run_id, self.store, symbol, fold, self.planned.warmup, number, m.chunk_size,
-                                          self.planned.ref, self.planned.request.sweep.config_for(symbol), m.param_types)
+                                          self.planned.ref, self.planned.request.sweep.config_for(symbol), m.param_types,
+                                          self.planned.request.spec)
 
     def unit_done(self, unit: WalkForwardUnit, rows: pd.DataFrame) -> None:
         """Record a finished unit (its rows are in the store too) and report progress."""
@@ -461,9 +511,7 @@ class WalkForwardRun:
 
 def resume_walkforward(store: str, run_id: str, *, allow_changed_code: bool = False) -> tuple[WalkForwardRequest, RunManifest]:
     """The request and manifest of walk-forward run ``run_id``, to finish it (as :func:`resume_request`)."""
-    sweep_request, manifest = resume_request(store, run_id, allow_changed_code=allow_changed_code)
-    if manifest.kind != "walkforward":
-        raise ConfigError(f"run {run_id} is a {manifest.kind}, not a walk-forward: resume it with `tradpal-ray {manifest.kind}`")
+    sweep_request, manifest = resume_request(store, run_id, allow_changed_code=allow_changed_code, kind="walkforward")
     return WalkForwardRequest(sweep_request, WalkForwardSpec(**manifest.walkforward["spec"])), manifest
 
 
@@ -476,6 +524,8 @@ def start_walkforward(
     if manifest is None:
         longest = max(len(f.train) for f in p.folds) + p.warmup
         size = chunk_size or plan_chunk_size(p.plan.total, longest, len(p.folds), cpus)
+        if p.request.spec.search != "grid":
+            size = p.plan.total  # a sampler searches a fold in one unit
         manifest = p.request.sweep.manifest(new_run_id(p.strat.name), p.ref, p.strat, p.plan, size)
         manifest.kind = "walkforward"
         manifest.walkforward = {"spec": asdict(p.request.spec), "warmup": p.warmup, "folds": len(p.folds)}
