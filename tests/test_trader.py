@@ -1,0 +1,133 @@
+"""Proof that live equals backtest: candles fed one by one through a trader give backtest()'s trades.
+
+The pure part: :class:`PaperTrader` (TraderCore + PaperBroker) on backtesting.py's GOOG and
+EURUSD, every built-in strategy, long and longshort, with stop-loss and take-profit.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+from backtesting.test import EURUSD, GOOG
+
+from tradpal_ray.backtest import BacktestConfig, backtest, prepare_bars, strategies
+from tradpal_ray.trading._paper import Candle, trades_frame
+from tradpal_ray.trading._risk import RiskGuard, RiskLimits
+from tradpal_ray.trading._trader import PaperTrader, TraderCore
+
+BUILTINS = ("sma_cross", "ema_cross", "rsi_reversion", "bollinger_breakout", "macd")
+FRAMES = {"GOOG": GOOG.rename(columns=str.lower), "EURUSD": EURUSD.rename(columns=str.lower)}
+TIMEFRAMES = {"GOOG": "1d", "EURUSD": "1h"}
+
+
+def candles(frame: pd.DataFrame) -> list[Candle]:
+    times = frame.index.as_unit("ms").asi8
+    columns = (frame[k].to_numpy() for k in ("open", "high", "low", "close", "volume"))
+    return [Candle(int(t), o, h, lo, c, v) for t, o, h, lo, c, v in zip(times, *columns, strict=True)]
+
+
+def closed_trades(result_trades: pd.DataFrame) -> pd.DataFrame:
+    trades = result_trades[result_trades.exit_reason != "open"].drop(columns=["entry_bar", "exit_bar"])
+    trades = trades.reset_index(drop=True)
+    trades["exit_reason"] = trades["exit_reason"].astype(str)
+    return trades
+
+
+def feed(trader: PaperTrader, bars: list[Candle]) -> pd.DataFrame:
+    for candle in bars:
+        trader.on_candle(candle, now_ms=0)
+    got = trades_frame(trader.broker.trades)
+    got["exit_reason"] = got["exit_reason"].astype(str)
+    return got
+
+
+def test_the_builtins_are_all_covered() -> None:
+    assert set(BUILTINS) <= set(strategies())
+
+
+@pytest.mark.parametrize("data", ["GOOG", "EURUSD"])
+@pytest.mark.parametrize("direction", ["long", "longshort"])
+@pytest.mark.parametrize("strategy", BUILTINS)
+def test_candle_by_candle_equals_backtest(strategy: str, direction: str, data: str) -> None:
+    frame = FRAMES[data]
+    config = BacktestConfig(direction=direction, stop_loss=0.04, take_profit=0.08, fee=0.001, slippage_bps=2,
+                            size_unit=1.0 if data == "GOOG" else 0.01)
+    expected = backtest(frame, strategy, {}, config)
+    trader = PaperTrader.new(TraderCore("proof", "X/USDT", TIMEFRAMES[data], strategy, {}, config))
+    assert trader.core.window < len(frame)  # a bounded window, not the whole history
+    got = feed(trader, candles(frame))
+    want = closed_trades(expected.trades)
+    assert len(want) >= 3, "the case must trade"
+    pd.testing.assert_frame_equal(got, want, check_exact=True)
+    assert trader.broker.equity == expected.equity.iloc[-1]
+    held = expected.trades[expected.trades.exit_reason == "open"]
+    assert trader.broker.units == (held.units.iloc[0] if len(held) else 0.0)
+
+
+def test_a_repeated_candle_is_ignored() -> None:
+    bars = candles(FRAMES["GOOG"])
+    trader = PaperTrader.new(TraderCore("t", "X/USDT", "1d", "sma_cross", {}, BacktestConfig()))
+    once = feed(trader, bars[:600])
+    again = PaperTrader.new(TraderCore("t", "X/USDT", "1d", "sma_cross", {}, BacktestConfig()))
+    for candle in bars[:600]:
+        again.on_candle(candle, now_ms=0)
+        again.on_candle(candle, now_ms=0)
+    assert trades_frame(again.broker.trades).equals(trades_frame(trader.broker.trades)) and len(once) > 0
+
+
+def test_orders_have_deterministic_ids_for_the_fill_candle() -> None:
+    bars = candles(FRAMES["GOOG"])
+    ids = []
+    for _ in range(2):
+        trader = PaperTrader.new(TraderCore("det", "GOOG/USD", "1d", "sma_cross", {}, BacktestConfig()))
+        ids.append([out.order.client_order_id for c in bars[:400] if (out := trader.on_candle(c, now_ms=0)).order])
+    assert ids[0] == ids[1] and len(ids[0]) > 2 and len(set(ids[0])) == len(ids[0])
+    assert ids[0][0].startswith("det-GOOGUSD-")
+
+
+def test_warm_up_gives_signals_from_the_first_live_candle() -> None:
+    frame = FRAMES["GOOG"]
+    core = TraderCore("w", "X/USDT", "1d", "sma_cross", {"fast": 10, "slow": 30})
+    core.warm_up(frame.iloc[:1000])
+    entries, exits = strategies()["sma_cross"].signals(prepare_bars(frame), {"fast": 10, "slow": 30})
+    for i, candle in enumerate(candles(frame.iloc[1000:1300]), start=1000):
+        core.on_candle(candle, 0.0)
+        assert core.signal() == (bool(entries[i]), bool(exits[i]))
+
+
+def test_max_position_notional_halts_before_the_order() -> None:
+    trader = PaperTrader.new(TraderCore("r", "X/USDT", "1d", "sma_cross", {}, BacktestConfig()),
+                             RiskLimits(max_position_notional=5_000.0))
+    outcomes = [trader.on_candle(c, now_ms=0) for c in candles(FRAMES["GOOG"])]
+    halts = [o for o in outcomes if o.halt]
+    assert halts and halts[0].halt.startswith("max position notional")
+    assert trader.halted == halts[0].halt and not trader.broker.trades and trader.pending is None
+    assert all(o.order is None for o in outcomes)
+
+
+def test_max_daily_loss_halts_and_stops_ordering() -> None:
+    guard = RiskGuard(RiskLimits(max_daily_loss=100.0))
+    day = 86_400_000
+    assert guard.check_equity(0, 10_000.0) is None
+    assert guard.check_equity(60_000, 9_950.0) is None
+    breach = guard.check_equity(120_000, 9_899.0)
+    assert breach is not None and breach.startswith("max daily loss")
+    assert guard.check_equity(day, 9_850.0) is None  # a new day starts at the previous equity (9,899)
+    assert guard.check_equity(day + 60_000, 9_700.0) is not None
+
+
+def test_max_orders_per_minute() -> None:
+    guard = RiskGuard(RiskLimits(max_orders_per_minute=2))
+    assert guard.check_order(0, 10.0) is None and guard.check_order(1_000, 10.0) is None
+    assert (breach := guard.check_order(2_000, 10.0)) is not None and breach.startswith("max orders per minute")
+    assert guard.check_order(61_000, 10.0) is None  # the first two left the 60 s window
+
+
+def test_a_halted_trader_sends_nothing_more() -> None:
+    bars = candles(FRAMES["GOOG"])
+    trader = PaperTrader.new(TraderCore("h", "X/USDT", "1d", "sma_cross", {}, BacktestConfig()),
+                             RiskLimits(max_orders_per_minute=1))
+    outcomes = [trader.on_candle(c, now_ms=0) for c in bars]  # one wall-clock instant: the 2nd order breaches
+    orders = [o.order for o in outcomes if o.order]
+    assert len(orders) == 1 and trader.halted and trader.halted.startswith("max orders per minute")
+    assert trader.pending is None or trader.pending is orders[0]
