@@ -1,5 +1,5 @@
 # Two entry points for a fresh machine: `make demo` (the whole pipeline, laptop mode) and
-# `make test` (the suite). Both create .venv, install the package and a redis-server.
+# `make test` (the suite). Both create .venv, install the package, a redis-server and PostgreSQL.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?= -q
 ARGS   ?=
 
-.PHONY: install redis chromium demo test bench clean
+.PHONY: install redis postgresql chromium demo test bench clean
 
 install: $(STAMP)
 
@@ -25,13 +25,18 @@ APT_INSTALL = SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 redis:
 	@command -v redis-server >/dev/null 2>&1 || { echo "installing redis-server (apt-get)"; $(APT_INSTALL) redis-server >/dev/null; }
 
+# PostgreSQL for the trade ledger: the tests start private servers from its binaries, the
+# demo uses it when TRADPAL_DB_URL names one (else the store's SQLite file).
+postgresql:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { echo "installing postgresql (apt-get)"; $(APT_INSTALL) postgresql >/dev/null; }
+
 chromium:
 	@command -v chromium >/dev/null 2>&1 || { echo "installing chromium (apt-get)"; $(APT_INSTALL) chromium >/dev/null; }
 
-demo: install redis
+demo: install redis postgresql
 	$(BIN)/tradpal-ray demo $(ARGS)
 
-test: install redis chromium
+test: install redis postgresql chromium
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: install

@@ -1,9 +1,13 @@
-"""Servers the benchmarks run in their own processes: start, pace WebSocket frames, report the port."""
+"""Servers the benchmarks run in their own processes: start, pace WebSocket frames, report the port;
+and timing of HTTP requests against them (cache hit vs miss)."""
 
 from __future__ import annotations
 
 import asyncio
+import http.client
 import multiprocessing as mp
+import statistics
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
@@ -45,3 +49,32 @@ def spawn(target: Callable[..., None], *args: Any) -> tuple[Any, int]:
     proc = ctx.Process(target=target, args=(ports, *args), daemon=True)
     proc.start()
     return proc, ports.get(timeout=120)
+
+
+def timed_get(conn: http.client.HTTPConnection, path: str, headers: dict[str, str]) -> float:
+    """Milliseconds of one GET over a keep-alive connection, body read; AssertionError unless 200."""
+    started = time.perf_counter()
+    conn.request("GET", path, headers=headers)
+    response = conn.getresponse()
+    body = response.read()
+    elapsed = (time.perf_counter() - started) * 1000
+    assert response.status == 200, body[:300]
+    return elapsed
+
+
+def speedup(hits: list[float], misses: list[float]) -> dict[str, float]:
+    """Median hit and miss latencies (ms) and how many times faster the hit is."""
+    hit, miss = statistics.median(hits), statistics.median(misses)
+    return {"hit_p50_ms": round(hit, 3), "miss_p50_ms": round(miss, 3), "speedup": round(miss / hit, 1)}
+
+
+def stop_serve_and(procs: Iterable[Any]) -> None:
+    """Shut Serve and Ray down, then terminate and reap ``procs`` (redis-server, peers)."""
+    import ray
+    from ray import serve
+
+    serve.shutdown()
+    ray.shutdown()
+    for proc in procs:
+        proc.terminate()
+        proc.wait(timeout=10)

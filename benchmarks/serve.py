@@ -20,12 +20,13 @@ import json
 import os
 import re
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _serving import speedup, stop_serve_and, timed_get
 
 from tradpal_ray.stats.local_redis import free_port
 
@@ -102,13 +103,7 @@ def hit_vs_miss_http(host: str, port: int, redis_port: int) -> dict[str, float]:
     conn = http.client.HTTPConnection(host, port, timeout=30)
 
     def timed(path: str) -> float:
-        started = time.perf_counter()
-        conn.request("GET", path, headers={"X-API-Key": API_KEY})
-        response = conn.getresponse()
-        body = response.read()
-        elapsed = (time.perf_counter() - started) * 1000
-        assert response.status == 200, body[:200]
-        return elapsed
+        return timed_get(conn, path, {"X-API-Key": API_KEY})
 
     misses = []
     for k in range(15):
@@ -117,7 +112,7 @@ def hit_vs_miss_http(host: str, port: int, redis_port: int) -> dict[str, float]:
     timed(f"/runs/{RUN_ID}/leaderboard?top=10&metric=sortino")
     hits = [timed(f"/runs/{RUN_ID}/leaderboard?top=10&metric=sortino") for _ in range(500)]
     conn.close()
-    return _ratio(hits, misses)
+    return speedup(hits, misses)
 
 
 def hit_vs_miss_service(store: Path, redis_url: str, redis_port: int) -> dict[str, float]:
@@ -146,14 +141,9 @@ def hit_vs_miss_service(store: Path, redis_url: str, redis_port: int) -> dict[st
         await timed(10)
         hits = [await timed(10) for _ in range(500)]
         await service.close()
-        return _ratio(hits, misses)
+        return speedup(hits, misses)
 
     return asyncio.run(measure())
-
-
-def _ratio(hits: list[float], misses: list[float]) -> dict[str, float]:
-    hit, miss = statistics.median(hits), statistics.median(misses)
-    return {"hit_p50_ms": round(hit, 3), "miss_p50_ms": round(miss, 3), "speedup": round(miss / hit, 1)}
 
 
 def peer(port: int, store: str, redis_url: str) -> None:
@@ -231,11 +221,7 @@ def main() -> None:
             },
         }
     finally:
-        serve.shutdown()
-        ray.shutdown()
-        for proc in procs:
-            proc.terminate()
-            proc.wait(timeout=10)
+        stop_serve_and(procs)
         shutil.rmtree(workdir, ignore_errors=True)
     print(json.dumps(result))  # after Ray's shutdown chatter, so it is the last line of stdout
 

@@ -16,7 +16,7 @@ import pytest
 
 os.environ.setdefault("TRADPAL_LOG_LEVEL", "WARNING")
 
-pytest_plugins = ["redis_fixtures"]
+pytest_plugins = ["redis_fixtures", "pg_server"]
 
 
 def _start_local_ray() -> None:

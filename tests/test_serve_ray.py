@@ -75,6 +75,20 @@ def test_cache_hits_and_a_new_run_through_serve(client: httpx.Client, store: Pat
     assert time.monotonic() - landed < 1.5  # 1 s budget plus HTTP round trips on a busy CI box
 
 
+def test_the_live_ledger_through_serve(client: httpx.Client, store: Path, redis_server: RedisProcess) -> None:
+    """The replica reads the store's SQLite ledger; a writer's fill shows on the next request."""
+    from tradpal_ray.stats._live import LiveCacheNotifier
+    from tradpal_ray.trading import Fill, open_ledger
+
+    assert client.get("/live/trades/count").json()["count"] == 0
+    ledger = open_ledger(None, store)
+    ledger.on_change = LiveCacheNotifier(redis_server.url, ledger.identity)
+    ledger.record_fill(Fill("t1", "o1", "o1:0", "BTC/USDT", "buy", 1.0, 100.0, 0.1, 1))
+    assert client.get("/live/trades/count").json() == {"status": "all", "trader": None, "count": 1, "all": 1, "open": 1,
+                                                       "closed": 0}
+    ledger.close()
+
+
 def test_a_sweep_run_by_ray_is_served(client: httpx.Client, store: Path, tmp_path: Path) -> None:
     from tradpal_ray.runs import SweepRequest, run_sweep
 

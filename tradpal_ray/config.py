@@ -25,6 +25,9 @@ class Settings(BaseSettings):
     A local path is made absolute where the settings are made (the driver), never in a worker."""
     redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
     """Redis for the stats cache; may hold a password, hence secret."""
+    db_url: SecretStr = SecretStr("")
+    """The trade ledger's database (``postgresql://user:pass@host/db``); empty: ``<store>/ledger.sqlite``.
+    May hold a password, hence secret."""
     exchange: str = "binance"
     exchange_url: str | None = None
     """Override of the exchange's REST/WS base URL, e.g. the local simulator."""

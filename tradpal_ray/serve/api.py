@@ -26,6 +26,7 @@ from tradpal_ray.market.schema import TIMEFRAMES
 from tradpal_ray.runs import RESULT_ID_PATTERN, RUN_ID_PATTERN
 from tradpal_ray.serve.page import page_response
 from tradpal_ray.stats import NotFound, StatsService
+from tradpal_ray.trading import TRADER_NAME
 
 log = get_logger(__name__)
 
@@ -38,6 +39,8 @@ TradeStatus = Literal["all", "open", "closed"]
 RunId = Annotated[str, Path(pattern=RUN_ID_PATTERN, description="A run id, as listed by /runs.")]
 ResultId = Annotated[str, Path(pattern=RESULT_ID_PATTERN, description="A result id, as listed by a leaderboard.")]
 Text = Annotated[str | None, Query(min_length=1, max_length=64)]
+TraderName = Annotated[str | None, Query(pattern=TRADER_NAME.pattern, description="Only this trader.")]
+Day = Annotated[str | None, Query(pattern=r"^\d{4}-\d{2}-\d{2}$", description="One UTC day, YYYY-MM-DD; default every day.")]
 
 
 def _json(payload: bytes, status_code: int = 200) -> Response:
@@ -59,6 +62,27 @@ def api_key_guard(keys: Sequence[str]) -> Any:
             raise _Unauthorized
 
     return Depends(check)
+
+
+def add_live_routes(api: APIRouter, service: StatsService) -> None:
+    """The live statistics over the trade ledger (cached, fresh on every ledger change)."""
+
+    @api.get("/live/trades/count", tags=["live"], summary="Round trips in the trade ledger: all, open or closed.")
+    async def live_trade_count(status: TradeStatus = "all", trader: TraderName = None) -> Response:
+        return _json(await service.live_trade_counts(status, trader))
+
+    @api.get("/live/stats", tags=["live"], summary="Per UTC day: trades, win rate, PnL, fees, best and worst trade.")
+    async def live_stats(day: Day = None, trader: TraderName = None) -> Response:
+        return _json(await service.live_stats(day, trader))
+
+    @api.get("/live/traders", tags=["live"],
+             summary="Every trader: status, positions, equity, last decision and its latency; the recent fills.")
+    async def live_traders() -> Response:
+        return _json(await service.live_traders())
+
+    @api.get("/live/traders/{name}/equity", tags=["live"], summary="One trader's equity snapshots.")
+    async def live_trader_equity(name: Annotated[str, Path(pattern=TRADER_NAME.pattern)]) -> Response:
+        return _json(await service.live_trader_equity(name))
 
 
 def build_app(
@@ -184,6 +208,8 @@ def build_app(
     @api.get("/trades/stats", tags=["trades"], summary="Win rate, PnL and profit factor of the recorded trades.")
     async def trade_stats() -> Response:
         return _json(await service.trade_stats())
+
+    add_live_routes(api, service)
 
     @api.get("/cache/stats", tags=["health"], summary="Cache hits, misses, errors and latencies of this replica.")
     async def cache_stats() -> Response:

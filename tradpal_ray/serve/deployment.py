@@ -102,7 +102,8 @@ class StatsDeployment:
         bound = await serve_bind_host()
         require_key = api_key_required(host, bound)
         self.service = StatsService(
-            settings.store, settings.redis_url.get_secret_value() or None, timeout=api.cache_timeout_ms / 1000
+            settings.store, settings.redis_url.get_secret_value() or None, timeout=api.cache_timeout_ms / 1000,
+            db_url=settings.db_url.get_secret_value() or None,
         )
         self.app = build_app(self.service, require_key=require_key, api_keys=api.keys(),
                              cors_origins=api.origins(), manage_service=False)

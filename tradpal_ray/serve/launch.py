@@ -65,6 +65,8 @@ def prepare_environment(settings: Settings, options: ServeOptions) -> ServeOptio
         raise ConfigError("serving off loopback (or fast mode, which binds all interfaces) needs TRADPAL_API_KEYS")
     os.environ["TRADPAL_STORE"] = settings.store
     os.environ["TRADPAL_REDIS_URL"] = settings.redis_url.get_secret_value()
+    if settings.db_url.get_secret_value():
+        os.environ["TRADPAL_DB_URL"] = settings.db_url.get_secret_value()  # the trade ledger of /live/*
     if fast:
         os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
         os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"

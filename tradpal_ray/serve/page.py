@@ -1,4 +1,5 @@
-"""The read-only HTML page served at ``/``: run selector, leaderboard, equity chart, live feed status.
+"""The read-only HTML page served at ``/``: run selector, leaderboard, equity chart, live feed status,
+live traders (positions, PnL, recent fills, divergence from the backtest).
 
 One self-contained document (inline CSS and vanilla JS, the chart drawn as inline SVG): it
 loads nothing from elsewhere, which its Content-Security-Policy enforces, and reads the data
@@ -9,7 +10,8 @@ proxy (or a browser extension) that adds the header in front of the browser.
 Query parameters: ``?run=ID`` selects a run (default: the newest), ``&result=ID`` a result
 to chart (default: the leaderboard's first row). Stable hooks for tests and scripts:
 ``#leaderboard[data-run]`` with ``tbody tr[data-result-id]``, ``#equity[data-result-id]``
-with ``svg[data-points] path``, ``#equity-message``, ``#feeds[data-refreshes]``.
+with ``svg[data-points] path``, ``#equity-message``, ``#feeds[data-refreshes]``,
+``#traders[data-refreshes]`` with ``tbody tr[data-trader]``, ``#fills tbody tr[data-fill-id]``.
 """
 
 from __future__ import annotations
@@ -77,6 +79,15 @@ PAGE_HTML = """<!doctype html>
     <table id="feeds" data-refreshes="0"><thead><tr><th>name</th><th>exchange</th><th>mode</th><th>connected</th>
       <th>streams</th><th>messages</th><th>max lag</th><th>reconnects</th><th>last snapshot</th></tr></thead>
       <tbody></tbody></table>
+  </section>
+  <section class="wide">
+    <h2>Traders <span id="traders-updated" class="muted"></span></h2>
+    <table id="traders" data-refreshes="0"><thead><tr><th>name</th><th>status</th><th>positions</th><th>realized PnL</th>
+      <th>equity</th><th>trades (closed/open)</th><th>last decision</th><th>latency</th><th>divergence</th></tr></thead>
+      <tbody></tbody></table>
+    <h2>Recent fills</h2>
+    <table id="fills"><thead><tr><th>time</th><th>trader</th><th>symbol</th><th>side</th><th>units</th><th>price</th>
+      <th>fee</th></tr></thead><tbody></tbody></table>
   </section>
 </main>
 <script>
@@ -207,8 +218,36 @@ async function refreshFeeds() {
   setTimeout(refreshFeeds, FEEDS_MS);
 }
 
+const fmtPosition = (p) => `${p.symbol} ${fmt(p.units)} @ ${fmt(p.entry_price)}`;
+const fmtDivergence = (d) => !d ? "\\u2013" : Object.entries(d).filter(([k]) => k !== "time_ms").map(([k, v]) => `${k} ${fmt(v)}`).join(", ");
+
+async function refreshTraders() {
+  const table = $("traders"), fills = $("fills");
+  try {
+    const view = await api("live/traders");
+    table.tBodies[0].replaceChildren(...(view.traders.length ? view.traders.map((t) => el("tr", { "data-trader": t.name },
+      el("td", {}, t.name), el("td", { class: t.status === "halted" ? "bad" : "", title: t.reason || "" }, fmt(t.status)),
+      el("td", {}, t.positions.filter((p) => p.units).map(fmtPosition).join(", ") || "flat"),
+      el("td", { class: t.realized_pnl < 0 ? "bad" : "good" }, fmt(t.realized_pnl)),
+      el("td", {}, t.equity ? fmt(t.equity.equity) : "\\u2013"), el("td", {}, `${t.trades.closed}/${t.trades.open}`),
+      el("td", {}, t.last_decision ? fmtTime(t.last_decision.time_ms) : "\\u2013"),
+      el("td", {}, t.last_decision && t.last_decision.latency_ms !== null ? `${fmt(t.last_decision.latency_ms)} ms` : "\\u2013"),
+      el("td", {}, fmtDivergence(t.divergence))))
+      : [el("tr", {}, el("td", { colspan: 9, class: "muted" }, "no traders in the ledger yet"))]));
+    fills.tBodies[0].replaceChildren(...view.recent_fills.map((f) => el("tr", { "data-fill-id": f.fill_id },
+      el("td", {}, fmtTime(f.time_ms)), el("td", {}, f.trader), el("td", {}, f.symbol), el("td", {}, f.side),
+      el("td", {}, fmt(f.units)), el("td", {}, fmt(f.price)), el("td", {}, fmt(f.fee)))));
+    $("traders-updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
+  } catch (error) {  // no ledger here (e.g. a remote store without TRADPAL_DB_URL): say so in place
+    table.tBodies[0].replaceChildren(el("tr", {}, el("td", { colspan: 9, class: "muted" }, String(error.message || error))));
+  }
+  table.dataset.refreshes = Number(table.dataset.refreshes) + 1;
+  setTimeout(refreshTraders, FEEDS_MS);
+}
+
 loadRuns().catch(showError);
 refreshFeeds();
+refreshTraders();
 </script>
 </body>
 </html>

@@ -13,6 +13,11 @@ versioned and rely on their (short) TTL. Tables the cache shares between queries
 run's result rows, the recorded trades) are stored as Arrow IPC streams, conformed to the
 schema the query layer declares; a cached table that does not fit it is a miss.
 Errors meant for clients go through :meth:`StatsService.public_message` (no filesystem paths).
+
+The live statistics (``live_*``) read the trade ledger (:mod:`tradpal_ray.stats._live`) and
+are cached under ``tradpal:live:<digest of the ledger>:<kind>:<generation>:<digest of the
+arguments>``: the ledger's writer bumps the generation on every change, so a new fill is
+visible on the next request.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import functools
 import math
 import os
 import re
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
@@ -30,22 +36,26 @@ from typing import Any
 import orjson
 import pyarrow as pa
 
-from tradpal_ray.errors import StoreError
+from tradpal_ray.errors import ConfigError, StoreError
 from tradpal_ray.log import get_logger
+from tradpal_ray.stats import _live
 from tradpal_ray.stats.cache import RedisCache
 from tradpal_ray.stats.metrics import CacheMetrics
 from tradpal_ray.stats.queries import TRADES_SCHEMA, StatsQueries
 from tradpal_ray.stats.versions import RunVersions, digest
 from tradpal_ray.storage import open_filesystem
+from tradpal_ray.trading import Ledger, ledger_exists, ledger_identity, open_ledger
 
 log = get_logger(__name__)
 
 DEFAULT_TTLS: dict[str, float] = {
     "runs": 60, "run": 600, "results": 600, "leaderboard": 600, "equity": 3600, "symbols": 300,
     "trades": 300, "trade_counts": 300, "trade_stats": 300, "coverage": 30, "feeds": 2,
+    "live_counts": 60, "live_stats": 60, "live_traders": 60, "live_equity": 60,
 }
 """Seconds per query kind. Versioned kinds can live long (a new version is a new key);
-coverage and feeds have no version, so their TTL is how stale they may get."""
+coverage and feeds have no version, so their TTL is how stale they may get. The live kinds
+carry the ledger's generation; their TTL bounds staleness only if a writer could not reach Redis."""
 
 JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 
@@ -153,6 +163,7 @@ class StatsService:
         warm_up: bool = True,
         warm_runs: int = 3,
         metrics: CacheMetrics | None = None,
+        db_url: str | None = None,
     ) -> None:
         self.queries = StatsQueries(store)
         self.metrics = metrics or CacheMetrics()
@@ -174,6 +185,17 @@ class StatsService:
         """(when, lines) of the last listing of damaged candle series (it reads every footer: cached)."""
         self._tasks: list[asyncio.Task[None]] = []
         self._warming: asyncio.Task[None] | None = None
+        self._store, self._db_url = root, db_url
+        self._ledger: Ledger | None = None
+        self._ledger_lock = threading.Lock()
+        try:
+            live_prefix = _live.live_prefix(ledger_identity(db_url, root))
+        except ConfigError as exc:  # no ledger here (a remote store, no TRADPAL_DB_URL): live_* answer that
+            live_prefix, self._ledger_problem = "tradpal:live:-:", exc
+        else:
+            self._ledger_problem = None
+        self.live_cache = RedisCache(redis_url, prefix=live_prefix, timeout=timeout, retry_after=retry_after,
+                                     metrics=self.metrics)
 
     # ------------------------------------------------------------- lifecycle
     async def start(self) -> None:
@@ -191,6 +213,9 @@ class StatsService:
                     await task
         self._tasks.clear()
         await self.cache.close()
+        await self.live_cache.close()
+        if self._ledger is not None:
+            self._ledger.close()
 
     async def _rescan(self) -> bool:
         """Refresh the versions; True if the global one changed."""
@@ -227,6 +252,8 @@ class StatsService:
             newest = []
         jobs = [self.coverage(), self.feeds(), self.trade_stats(), self.symbol_stats()]
         jobs += [job for run_id in newest for job in (self.run(run_id), self.leaderboard(run_id))]
+        if self._ledger_problem is None and ledger_exists(self._db_url, self._store):  # never create one to warm it
+            jobs += [self.live_trade_counts(), self.live_stats(), self.live_traders()]
         outcomes = await asyncio.gather(*jobs, return_exceptions=True)
         failed = [type(o).__name__ for o in outcomes if isinstance(o, BaseException)]
         log.info("stats.warm_up", keys=len(jobs) + 1, failed=failed, seconds=round(time.perf_counter() - started, 3))
@@ -342,6 +369,44 @@ class StatsService:
     async def trade_stats(self) -> bytes:
         """Win rate, PnL and profit factor over the recorded trades."""
         return await self._json_over("trade_stats", self._global, (), self._trades, self.queries.trade_stats)
+
+    # ------------------------------------------------------------ live (ledger)
+    def ledger(self) -> Ledger:
+        """The trade ledger (opened on first use, from a worker thread)."""
+        if self._ledger_problem is not None:
+            raise StoreError(f"no trade ledger: {self._ledger_problem}")
+        with self._ledger_lock:
+            if self._ledger is None:
+                self._ledger = open_ledger(self._db_url, self._store, retry_s=1.0)
+            return self._ledger
+
+    async def _live(self, kind: str, topic: str, args: tuple[Any, ...], compute: Callable[[Ledger], Any]) -> bytes:
+        """Cached JSON of ``compute(ledger)``, keyed by the topic's generation (0 if absent or Redis is down)."""
+        generation = await self.live_cache.get(_live.generation_key(topic))
+        stamp = generation.decode() if generation else "0"
+
+        async def encoded() -> bytes:
+            return encode_json(await asyncio.to_thread(lambda: compute(self.ledger())))
+
+        return await self.live_cache.get_or_compute(kind, self._key(kind, stamp, *args), self.ttls[kind], encoded,
+                                                    valid_json)
+
+    async def live_trade_counts(self, status: str = "all", trader: str | None = None) -> bytes:
+        """Round trips in the ledger: all, open or closed (of one trader)."""
+        return await self._live("live_counts", "trades", (status, trader),
+                                lambda ledger: _live.trade_counts(ledger, status, trader))
+
+    async def live_stats(self, day: str | None = None, trader: str | None = None) -> bytes:
+        """Per UTC day: trades, win rate, PnL, fees, best and worst."""
+        return await self._live("live_stats", "trades", (day, trader), lambda ledger: _live.daily_stats(ledger, day, trader))
+
+    async def live_traders(self) -> bytes:
+        """Every trader's status, positions, equity, last decision; the recent fills."""
+        return await self._live("live_traders", "traders", (), _live.traders_view)
+
+    async def live_trader_equity(self, name: str) -> bytes:
+        """One trader's equity snapshots (NotFound if unknown)."""
+        return await self._live("live_equity", "traders", (name,), lambda ledger: _live.trader_equity(ledger, name))
 
     def public_message(self, exc: BaseException) -> str:
         """The first line of an error as clients may see it: no filesystem path (see :func:`hide_paths`)."""
