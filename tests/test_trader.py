@@ -6,12 +6,17 @@ EURUSD, every built-in strategy, long and longshort, with stop-loss and take-pro
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 from backtesting.test import EURUSD, GOOG
 
 from tradpal_ray.backtest import BacktestConfig, backtest, prepare_bars, strategies
+from tradpal_ray.market import CandleStore, candles_table
+from tradpal_ray.trading import Ledger, open_ledger
 from tradpal_ray.trading._paper import Candle, trades_frame
+from tradpal_ray.trading._session import TraderSession, TraderSpec
 from tradpal_ray.trading._risk import RiskGuard, RiskLimits
 from tradpal_ray.trading._trader import PaperTrader, TraderCore
 
@@ -131,3 +136,98 @@ def test_a_halted_trader_sends_nothing_more() -> None:
     orders = [o.order for o in outcomes if o.order]
     assert len(orders) == 1 and trader.halted and trader.halted.startswith("max orders per minute")
     assert trader.pending is None or trader.pending is orders[0]
+
+
+# ---------------------------------------------------------------- the session: books in the ledger (SQLite)
+SESSION_CONFIG = BacktestConfig(direction="longshort", stop_loss=0.04, take_profit=0.08, slippage_bps=2)
+
+
+def session_spec(root: str, name: str = "s1", **overrides: object) -> TraderSpec:
+    values: dict[str, object] = {"name": name, "strategy": "sma_cross", "symbols": ("GOOG/USD",), "timeframe": "1d",
+                                 "store": root, "params": {"fast": 10, "slow": 30}, "config": SESSION_CONFIG,
+                                 "exchange": "test"}
+    values.update(overrides)
+    return TraderSpec(**values)  # type: ignore[arg-type]
+
+
+def ledger_trades(ledger: Ledger, name: str) -> pd.DataFrame:
+    got = ledger.closed_trades(name).drop(columns=["symbol"])
+    got["exit_reason"] = got["exit_reason"].astype(str)
+    return got
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> str:
+    """An empty candle store (and its SQLite ledger): a fresh trader has no warm-up, it trades every candle."""
+    return str(tmp_path / "store")
+
+
+def store_candles(root: str, frame: pd.DataFrame) -> None:
+    CandleStore(root).write(candles_table(frame, exchange="test", symbol="GOOG/USD", timeframe="1d"))
+
+
+def test_session_books_in_the_ledger_equal_backtest(store: str) -> None:
+    ledger = open_ledger(None, store)
+    spec = session_spec(store)
+    session = TraderSession(spec, ledger)
+    session.start()
+    bars = candles(FRAMES["GOOG"])
+    session.on_candles("GOOG/USD", bars)
+    want = closed_trades(backtest(FRAMES["GOOG"], "sma_cross", spec.params, SESSION_CONFIG).trades)
+    got = ledger_trades(ledger, "s1")
+    assert len(want) > 20
+    pd.testing.assert_frame_equal(got, want, check_exact=False, rtol=1e-12, check_dtype=False)
+    assert ledger.fill_count("s1") == 2 * len(want) + int(session.traders["GOOG/USD"].broker.units != 0)
+    assert ledger.equity("s1").iloc[-1] == session.traders["GOOG/USD"].broker.equity
+
+
+def test_a_warm_started_trader_trades_only_new_candles(store: str) -> None:
+    store_candles(store, FRAMES["GOOG"].iloc[:1000])
+    session = TraderSession(session_spec(store, "w1"), open_ledger(None, store))
+    session.start()
+    assert session.candles == 0 and session.on_candles("GOOG/USD", candles(FRAMES["GOOG"].iloc[990:1010])) == 10
+
+
+def test_a_restarted_session_resumes_from_the_ledger_and_trades_the_missed_candles(store: str) -> None:
+    spec = session_spec(store, "r1")
+    bars = candles(FRAMES["GOOG"])
+    ledger = open_ledger(None, store)
+    crashed = TraderSession(spec, ledger)
+    crashed.start()
+    crashed.on_candles("GOOG/USD", bars[:1200])
+    store_candles(store, FRAMES["GOOG"].iloc[:1500])  # the feed kept storing while the trader was down
+    restarted = TraderSession(spec, open_ledger(None, store))
+    restarted.start()  # rebuilt from the ledger and the store; the 300 candles stored meanwhile are traded now
+    assert restarted.candles == 300
+    restarted.on_candles("GOOG/USD", bars[1200:])  # the first 300 of these are repeats: skipped
+    assert restarted.candles == len(bars) - 1200
+    want = closed_trades(backtest(FRAMES["GOOG"], "sma_cross", spec.params, SESSION_CONFIG).trades)
+    pd.testing.assert_frame_equal(ledger_trades(ledger, "r1"), want, check_exact=False, rtol=1e-12, check_dtype=False)
+
+
+def test_a_risk_breach_halts_with_the_reason_in_the_ledger(store: str) -> None:
+    ledger = open_ledger(None, store)
+    spec = session_spec(store, "h1", limits=RiskLimits(max_position_notional=5_000.0))
+    session = TraderSession(spec, ledger)
+    session.start()
+    session.on_candles("GOOG/USD", candles(FRAMES["GOOG"]))
+    record = {t.name: t for t in ledger.traders()}["h1"]
+    assert record.status == "halted" and record.reason.startswith("max position notional")
+    assert session.report()["status"] == "halted" and ledger.fill_count("h1") == 0
+    assert ledger.events("h1", kind="halt")[0].detail["reason"] == record.reason
+
+
+def test_stop_flatten_closes_at_the_last_close(store: str) -> None:
+    ledger = open_ledger(None, store)
+    spec = session_spec(store, "f1", config=BacktestConfig(fee=0.001))
+    session = TraderSession(spec, ledger)
+    session.start()
+    bars = candles(FRAMES["GOOG"])
+    held_at = next(i for i in range(100, len(bars)) if session.on_candles("GOOG/USD", [bars[i]]) and
+                   session.traders["GOOG/USD"].broker.units)
+    units = session.traders["GOOG/USD"].broker.units
+    session.stop(flatten=True)
+    last = ledger_trades(ledger, "f1").iloc[-1]
+    assert last.exit_price == bars[held_at].close and last.exit_reason == "flatten" and last.units == units
+    assert ledger.position("f1", "GOOG/USD").units == 0
+    assert {t.name: t for t in ledger.traders()}["f1"].status == "stopped"

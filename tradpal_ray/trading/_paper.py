@@ -27,6 +27,7 @@ from tradpal_ray.backtest.engine import (
     ST_UNFILLED,
     TRADE_RECORD,
     BacktestConfig,
+    close_position,
     new_accumulators,
     new_state,
     step_bar,
@@ -156,20 +157,36 @@ class PaperBroker:
 
     def on_candle(self, target: int, candle: Candle) -> list[Execution]:
         """Fill ``target`` at the candle's open, then stops inside it, then mark to its close (see the class)."""
+        self._prepare_rows()
+        self.equity = float(step_bar(self.state, target, 0, candle.open, candle.high, candle.low, candle.close,
+                                     self._fee, self._unit, self._frac, self._notional, self._slip, self._sl,
+                                     self._tp, self._rows, self.acc))
+        return self._executions(candle.time_ms, int(self.state[ST_ROWS]))
+
+    def flatten(self, candle: Candle) -> list[Execution]:
+        """Close the position at ``candle``'s close, slippage against and the exit fee as any fill (``stop --flatten``)."""
+        units = self.units
+        if not units:
+            return []
+        self._prepare_rows()
+        px = candle.close * (1.0 - self._slip) if units > 0 else candle.close * (1.0 + self._slip)
+        close_position(self.state, 0, px, EXIT_REASONS.index("signal"), self._fee, self._rows, self.acc)
+        self.equity = self.cash
+        executions = self._executions(candle.time_ms, 1, reason="flatten")
+        return executions
+
+    def _prepare_rows(self) -> None:
+        """Scratch trade rows for one step: row 0 is the open trade while a position is held, as in the kernel."""
         rows = self._rows
         rows[:] = math.nan
         held = self.state[ST_POS]
-        if held:  # the open trade is row 0, as in the kernel while a position is held
+        if held:
             rows[0, _ENTRY_PX] = self.state[ST_ENTRY_PX]
             rows[0, _UNITS] = held
             rows[0, _ENTRY_FEE] = self.state[ST_ENTRY_FEE]
         self.state[ST_ROWS] = 1.0 if held else 0.0
-        self.equity = float(step_bar(self.state, target, 0, candle.open, candle.high, candle.low, candle.close,
-                                     self._fee, self._unit, self._frac, self._notional, self._slip, self._sl,
-                                     self._tp, rows, self.acc))
-        return self._executions(candle.time_ms, int(self.state[ST_ROWS]))
 
-    def _executions(self, time_ms: int, used: int) -> list[Execution]:
+    def _executions(self, time_ms: int, used: int, reason: str | None = None) -> list[Execution]:
         out: list[Execution] = []
         for row in self._rows[:used]:
             units = float(row[_UNITS])
@@ -178,7 +195,7 @@ class PaperBroker:
                 out.append(Execution(time_ms, "buy" if units > 0 else "sell", abs(units), float(row[_ENTRY_PX]),
                                      float(row[_ENTRY_FEE]), "signal", True))
             if row[_EXIT_BAR] == 0:
-                reason = EXIT_REASONS[int(row[_REASON])]
+                reason = reason or EXIT_REASONS[int(row[_REASON])]
                 out.append(Execution(time_ms, "sell" if units > 0 else "buy", abs(units), float(row[_EXIT_PX]),
                                      float(row[_EXIT_FEE]), reason, False))
                 self.trades.append(PaperTrade(self._entry_time_ms, time_ms, float(row[_ENTRY_PX]), float(row[_EXIT_PX]),

@@ -127,6 +127,10 @@ class TraderCore:
             return NO_CHANGE  # already seen: exactly once, even if a source repeats it
         self._append(np.array([candle.time_ms], dtype=np.int64),
                      np.array([[candle.open], [candle.high], [candle.low], [candle.close], [candle.volume]]))
+        return self.target(units)
+
+    def target(self, units: float) -> int:
+        """The position target the newest candle's signal asks for, holding ``units`` (the engine's rule)."""
         entry, exit_ = self.signal()
         return int(next_target(float(units), entry, exit_, self._direction))
 
