@@ -195,12 +195,12 @@ class PaperBroker:
                 out.append(Execution(time_ms, "buy" if units > 0 else "sell", abs(units), float(row[_ENTRY_PX]),
                                      float(row[_ENTRY_FEE]), "signal", True))
             if row[_EXIT_BAR] == 0:
-                reason = reason or EXIT_REASONS[int(row[_REASON])]
+                why = reason or EXIT_REASONS[int(row[_REASON])]
                 out.append(Execution(time_ms, "sell" if units > 0 else "buy", abs(units), float(row[_EXIT_PX]),
-                                     float(row[_EXIT_FEE]), reason, False))
+                                     float(row[_EXIT_FEE]), why, False))
                 self.trades.append(PaperTrade(self._entry_time_ms, time_ms, float(row[_ENTRY_PX]), float(row[_EXIT_PX]),
                                               units, float(row[_ENTRY_FEE]), float(row[_EXIT_FEE]), float(row[_PNL]),
-                                              reason))
+                                              why))
         return out
 
 
@@ -219,5 +219,5 @@ def trades_frame(trades: list[PaperTrade]) -> pd.DataFrame:
         }
     )
     frame["return_pct"] = frame["pnl"] / (frame["units"].abs() * frame["entry_price"]) * 100.0
-    frame["exit_reason"] = pd.Categorical([t.exit_reason for t in trades], categories=EXIT_REASONS)
+    frame["exit_reason"] = pd.Categorical([t.exit_reason for t in trades], categories=[*EXIT_REASONS, "flatten"])
     return frame
