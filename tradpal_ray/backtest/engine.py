@@ -168,21 +168,26 @@ class BacktestResult:
             "warnings": list(self.warnings),
         }
         if trades:
-            out["trades"] = [
-                {
-                    "entry_time": row.entry_time.isoformat(),
-                    "exit_time": None if pd.isna(row.exit_time) else row.exit_time.isoformat(),
-                    "entry_price": _json_number(row.entry_price),
-                    "exit_price": _json_number(row.exit_price),
-                    "units": _json_number(row.units),
-                    "fees": _json_number(row.entry_fee + row.exit_fee),
-                    "pnl": _json_number(row.pnl),
-                    "return_pct": _json_number(row.return_pct),
-                    "exit_reason": row.exit_reason,
-                }
-                for row in self.trades.itertuples(index=False)
-            ]
+            out["trades"] = trade_records(self.trades)
         return out
+
+
+def trade_records(trades: pd.DataFrame) -> list[dict[str, Any]]:
+    """Trades (the columns of :attr:`BacktestResult.trades`) as the JSON rows of ``backtest --json --trades``."""
+    return [
+        {
+            "entry_time": row.entry_time.isoformat(),
+            "exit_time": None if pd.isna(row.exit_time) else row.exit_time.isoformat(),
+            "entry_price": _json_number(row.entry_price),
+            "exit_price": _json_number(row.exit_price),
+            "units": _json_number(row.units),
+            "fees": _json_number(row.entry_fee + row.exit_fee),
+            "pnl": _json_number(row.pnl),
+            "return_pct": _json_number(row.return_pct),
+            "exit_reason": str(row.exit_reason),
+        }
+        for row in trades.itertuples(index=False)
+    ]
 
 
 def _json_number(value: Any) -> float | int | None:

@@ -50,6 +50,8 @@ class TraderSpec:
     params: Mapping[str, Any] = field(default_factory=dict)
     config: BacktestConfig = field(default_factory=BacktestConfig)
     """Cash, fee, sizing, slippage, direction, stops: the backtest's, per symbol (each symbol its own book)."""
+    size_units: Mapping[str, float] = field(default_factory=dict)
+    """Per-symbol tradable increments replacing ``config.size_unit`` (the markets' lot steps)."""
     limits: RiskLimits = field(default_factory=RiskLimits)
     broker: str = "paper"
     exchange: str = "binance"
@@ -69,6 +71,12 @@ class TraderSpec:
             raise ConfigError(f"unknown broker {self.broker!r}; valid: {', '.join(BROKERS)}")
         object.__setattr__(self, "symbols", tuple(self.symbols))
         object.__setattr__(self, "params", dict(self.params))
+        object.__setattr__(self, "size_units", dict(self.size_units))
+
+    def symbol_config(self, symbol: str) -> BacktestConfig:
+        """The config of ``symbol``'s book: :attr:`config` with the symbol's size unit."""
+        unit = self.size_units.get(symbol)
+        return self.config if unit is None else dataclasses.replace(self.config, size_unit=unit)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (the ledger's trader configuration)."""
@@ -111,8 +119,8 @@ class TraderSession:
             self._rebuild(symbol, processed.get(symbol))
         log.info("trader.started", trader=self.spec.name, symbols=list(self.spec.symbols), status=self.status,
                  resumed={s: processed[s]["time_ms"] for s in processed})
-        for symbol, detail in processed.items():  # the candles closed while it was down
-            self.on_candles(symbol, self._stored(symbol, start=int(detail["time_ms"]) + 1))
+        for symbol in processed:  # the candles closed while it was down
+            self.catch_up(symbol)
 
     def _processed(self) -> dict[str, dict[str, Any]]:
         """The newest ``candle`` event per symbol: the restart point."""
@@ -121,13 +129,17 @@ class TraderSession:
             newest.setdefault(event.detail["symbol"], event.detail)
         return newest
 
-    def _stored(self, symbol: str, start: int | None = None, end: int | None = None) -> list[Candle]:
-        frame = self.store.read(self.spec.exchange, symbol, self.spec.timeframe, start=start, end=end)
-        return candles_of(frame)
+    def catch_up(self, symbol: str) -> int:
+        """Trade the candles of ``symbol`` stored after the last one processed; how many."""
+        last = self.last_candle.get(symbol)
+        frame = self.store.read(self.spec.exchange, symbol, self.spec.timeframe,
+                                start=None if last is None else last.time_ms + 1)
+        return self.on_candles(symbol, candles_of(frame))
 
     def _rebuild(self, symbol: str, processed: Mapping[str, Any] | None) -> None:
         spec = self.spec
-        core = TraderCore(spec.name, symbol, spec.timeframe, spec.strategy, spec.params, spec.config, window=spec.window)
+        config = spec.symbol_config(symbol)
+        core = TraderCore(spec.name, symbol, spec.timeframe, spec.strategy, spec.params, config, window=spec.window)
         trader = PaperTrader.new(core, spec.limits)
         trader.halted = self.reason if self.status == HALTED else None
         last = None if processed is None else int(processed["time_ms"])
@@ -142,7 +154,7 @@ class TraderSession:
             return
         self.first_ms[symbol] = int(processed.get("first_ms", last))
         position = self.ledger.position(spec.name, symbol)
-        trader.broker = PaperBroker.resume(spec.config, units=position.units, entry_price=position.entry_price,
+        trader.broker = PaperBroker.resume(config, units=position.units, entry_price=position.entry_price,
                                            entry_fee=position.entry_fee, entry_time_ms=position.updated_ms,
                                            realized_pnl=position.realized_pnl)
         trader.broker.equity = float(processed["equity"])
@@ -183,7 +195,7 @@ class TraderSession:
 
     def _order(self, symbol: str, intent: OrderIntent, reason: str, units: float | None = None) -> Order:
         return Order(trader=self.spec.name, client_order_id=intent.client_order_id, symbol=symbol, side=intent.side,
-                     units=units if units is not None else max(intent.estimated_units, self.spec.config.size_unit),
+                     units=units if units is not None else max(intent.estimated_units, self.spec.symbol_config(symbol).size_unit),
                      bar_time_ms=intent.bar_time_ms, reason=reason, created_ms=_now_ms())
 
     def _record_fills(self, symbol: str, outcome: CandleOutcome) -> None:

@@ -1,0 +1,140 @@
+"""``tradpal-ray trade``: live equals backtest end to end, restarts, and clean errors.
+
+The simulator replays a recorded series (backtesting.py's GOOG prices as 1-minute candles)
+into a feed actor; a paper trader actor follows it; its closed trades in the ledger are
+exactly those of ``tradpal-ray backtest --json --trades`` on the candles the store holds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from backtesting.test import GOOG
+
+from tradpal_ray.market import CandleStore
+
+SYMBOL = "GOOG/USDT"
+STRATEGY_ARGS = ("--strategy", "sma_cross", "--param", "fast=5", "--param", "slow=20")
+COST_ARGS = ("--direction", "longshort", "--stop-loss", "0.03", "--take-profit", "0.06", "--fee", "0.001",
+             "--slippage-bps", "2")
+
+
+def replay_frame() -> pd.DataFrame:
+    """GOOG's daily OHLCV as consecutive 1-minute candles of GOOG/USDT (a recorded, real-shaped series)."""
+    frame = GOOG.rename(columns=str.lower).reset_index(drop=True)
+    frame.insert(0, "open_time", pd.date_range("2024-03-01", periods=len(frame), freq="1min", tz="UTC"))
+    frame.insert(0, "timeframe", "1m")
+    frame.insert(0, "symbol", SYMBOL)
+    return frame
+
+
+@pytest.fixture
+def replay_sim(make_simulator: Any) -> Any:
+    from tradpal_ray.sim import ReplaySource
+
+    return make_simulator(None, source=ReplaySource(replay_frame()), speed=600.0)  # 10 candles a second
+
+
+def run_trade(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    """``tradpal-ray trade ARGS`` in a subprocess with its own private Ray."""
+    env = {**os.environ, "TRADPAL_LOG_LEVEL": "WARNING"}
+    env.pop("RAY_ADDRESS", None)
+    return subprocess.run([sys.executable, "-m", "tradpal_ray.cli", "trade", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env, check=False)
+
+
+def closed_backtest_trades(run_cli: Any, store_root: Path) -> list[dict[str, Any]]:
+    code, out, err = run_cli("backtest", "--store", str(store_root), "--symbol", SYMBOL, "--timeframe", "1m",
+                             *STRATEGY_ARGS, *COST_ARGS, "--json", "--trades")
+    assert code == 0, err
+    return [t for t in json.loads(out)["trades"] if t["exit_reason"] != "open"]
+
+
+def assert_same_trades(got: list[dict[str, Any]], want: list[dict[str, Any]]) -> None:
+    """Same trades: times, reasons and units exactly; prices, fees, PnL to 1e-12 (the ledger sums in SQL)."""
+    assert len(want) >= 3, "the replay must trade"
+    assert len(got) == len(want)
+    exact = ("entry_time", "exit_time", "exit_reason", "units")
+    for live, test in zip(got, want, strict=True):
+        assert {k: live[k] for k in exact} == {k: test[k] for k in exact}
+        assert {k: live[k] for k in test if k not in exact} == pytest.approx(
+            {k: test[k] for k in test if k not in exact}, rel=1e-12)
+
+
+def test_trader_on_a_replayed_feed_equals_backtest_on_the_stored_candles(replay_sim: Any, store_root: Path,
+                                                                         run_cli: Any) -> None:
+    done = run_trade("start", "--name", "e2e", *STRATEGY_ARGS, *COST_ARGS, "--symbols", SYMBOL, "--timeframe", "1m",
+                     "--exchange-url", replay_sim.url, "--store", str(store_root), "--duration", "25", "--json")
+    assert done.returncode == 0, done.stderr[-3000:]
+    final = json.loads(done.stdout)[0]
+    stored = CandleStore(store_root).read("binance", SYMBOL, "1m")
+    assert final["status"] == "stopped" and final["candles"] == len(stored) > 100
+    code, out, err = run_cli("trade", "export", "e2e", "--store", str(store_root), "--json")
+    assert code == 0, err
+    assert_same_trades(json.loads(out)["trades"], closed_backtest_trades(run_cli, store_root))
+    code, out, _ = run_cli("trade", "list", "--store", str(store_root), "--json")
+    listed = {row["name"]: row for row in json.loads(out)}
+    assert listed["e2e"]["status"] == "stopped" and listed["e2e"]["closed_trades"] >= 3
+
+
+def test_a_killed_trader_actor_restarts_and_rebuilds_from_the_ledger(ray_session: None, replay_sim: Any,
+                                                                    store_root: Path, run_cli: Any) -> None:
+    import ray
+
+    from tradpal_ray.backtest import BacktestConfig
+    from tradpal_ray.trading._session import TraderSpec
+    from tradpal_ray.trading.actor import ensure_feed, start_trader, stop_trader
+
+    spec = TraderSpec(name="phoenix", strategy="sma_cross", symbols=(SYMBOL,), timeframe="1m", store=str(store_root),
+                      params={"fast": 5, "slow": 20}, exchange_url=replay_sim.url,
+                      config=BacktestConfig(direction="longshort", stop_loss=0.03, take_profit=0.06, slippage_bps=2))
+    instance = "t-restart"
+    handle = start_trader(spec, instance=instance)
+    ray.get(handle.ready.remote())
+    feed = ensure_feed(spec, instance)
+
+    def candles_at_least(n: int, timeout: float = 60.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                status = ray.get(handle.status.remote(), timeout=10)
+            except ray.exceptions.RayActorError:  # restarting
+                status = {"candles": -1}
+            if status["candles"] >= n:
+                return status
+            time.sleep(0.2)  # polling the actor's status until the condition holds
+        raise AssertionError(f"trader saw fewer than {n} candles within {timeout} s")
+
+    candles_at_least(40)
+    ray.kill(handle, no_restart=False)  # a crash: Ray restarts it, __init__ rebuilds from the ledger and store
+    after = candles_at_least(20)  # counted since the restart
+    assert after["status"] == "running"
+    ray.get(feed.stop.remote())
+    ray.kill(feed)
+    final = stop_trader(instance, "phoenix", flatten=False)
+    assert final["status"] == "stopped"
+    code, out, err = run_cli("trade", "export", "phoenix", "--store", str(store_root), "--json")
+    assert code == 0, err
+    assert_same_trades(json.loads(out)["trades"], closed_backtest_trades(run_cli, store_root))
+
+
+def test_user_mistakes_are_one_error_line(run_cli: Any, store_root: Path) -> None:
+    code, _, err = run_cli("trade", "start", "--name", "x", "--store", str(store_root))
+    assert code == 2 and err.strip() == "error: --symbols is empty; give e.g. --symbols BTC/USDT"
+    code, _, err = run_cli("trade", "start", "--name", "bad name", "--symbols", SYMBOL, "--store", str(store_root))
+    assert code == 2 and err.startswith("error: trader name 'bad name'") and len(err.strip().splitlines()) == 1
+    code, _, err = run_cli("trade", "start", "--name", "x", "--symbols", SYMBOL, "--broker", "moon", "--store",
+                           str(store_root))
+    assert code == 2 and "unknown broker 'moon'; valid: paper" in err
+    code, _, err = run_cli("trade", "export", "nobody", "--store", str(store_root), "--json")
+    assert code == 2 and err.startswith("error: no ledger in")
+    code, _, err = run_cli("trade", "start", "--from-run", "nope", "--store", str(store_root))
+    assert code == 2 and err.startswith("error: unknown run 'nope'")
