@@ -101,21 +101,22 @@ def test_a_killed_trader_actor_restarts_and_rebuilds_from_the_ledger(ray_session
     ray.get(handle.ready.remote())
     feed = ensure_feed(spec, instance)
 
-    def candles_at_least(n: int, timeout: float = 60.0) -> dict[str, Any]:
+    def wait_status(done: Any, timeout: float = 60.0) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
                 status = ray.get(handle.status.remote(), timeout=10)
-            except ray.exceptions.RayActorError:  # restarting
-                status = {"candles": -1}
-            if status["candles"] >= n:
+            except ray.exceptions.RayActorError:  # between the crash and the restart
+                continue
+            if done(status):
                 return status
             time.sleep(0.2)  # polling the actor's status until the condition holds
-        raise AssertionError(f"trader saw fewer than {n} candles within {timeout} s")
+        raise AssertionError(f"no such trader status within {timeout} s")
 
-    candles_at_least(40)
+    before = wait_status(lambda s: s["candles"] >= 40)
+    assert not before["restarted"]
     ray.kill(handle, no_restart=False)  # a crash: Ray restarts it, __init__ rebuilds from the ledger and store
-    after = candles_at_least(20)  # counted since the restart
+    after = wait_status(lambda s: s["restarted"] and s["candles"] >= 20)  # candles counted since the restart
     assert after["status"] == "running"
     ray.get(feed.stop.remote())
     ray.kill(feed)

@@ -250,8 +250,8 @@ class TraderSession:
                      "first_candle_ms": self.first_ms.get(symbol)}
             for symbol, t in self.traders.items()
         }
-        start_cash = self.spec.config.cash * len(self.traders)
-        equity = sum(s["equity"] for s in symbols.values())
+        start_cash = self.spec.config.cash * len(self.spec.symbols)
+        equity = sum(s["equity"] for s in symbols.values()) + self.spec.config.cash * (len(self.spec.symbols) - len(symbols))
         out: dict[str, Any] = {
             "name": self.spec.name, "status": self.status, "reason": self.reason, "strategy": self.spec.strategy,
             "params": dict(self.spec.params), "timeframe": self.spec.timeframe, "broker": self.spec.broker,

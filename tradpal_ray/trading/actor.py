@@ -64,9 +64,9 @@ class TraderActor:
         self.session = TraderSession(spec, open_ledger(ledger_url, spec.store))
         self._lock = asyncio.Lock()
         self._follows: list[asyncio.Task[None]] = []
+        self.restarted = ray.get_runtime_context().was_current_actor_reconstructed
         self._start = asyncio.get_running_loop().create_task(self._boot())
-        log.info("trader.actor_up", trader=spec.name, feed=feed_name,
-                 restarted=ray.get_runtime_context().was_current_actor_reconstructed)
+        log.info("trader.actor_up", trader=spec.name, feed=feed_name, restarted=self.restarted)
 
     async def _boot(self) -> None:
         await asyncio.to_thread(self.session.start)
@@ -93,11 +93,11 @@ class TraderActor:
     async def ready(self) -> dict[str, Any]:
         """Wait until the books are rebuilt (raises the session's ConfigError/DataError); the status."""
         await asyncio.shield(self._start)
-        return self.session.report()
+        return await self.status()
 
     async def status(self) -> dict[str, Any]:
-        """See :meth:`TraderSession.report`."""
-        return self.session.report()
+        """See :meth:`TraderSession.report`; ``restarted``: this actor was restarted by Ray after a crash."""
+        return {**self.session.report(), "restarted": self.restarted}
 
     async def stop(self, flatten: bool = False) -> dict[str, Any]:
         """Stop following, trade the candles stored but not seen yet, then stop (``flatten``: close positions).
@@ -112,7 +112,7 @@ class TraderActor:
             for symbol in self.spec.symbols:
                 await asyncio.to_thread(self.session.catch_up, symbol)
             await asyncio.to_thread(self.session.stop, flatten=flatten)
-        return self.session.report()
+        return await self.status()
 
 
 def ensure_feed(spec: TraderSpec, instance: str, *, detached: bool = False) -> ray.actor.ActorHandle:
