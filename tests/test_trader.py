@@ -6,6 +6,8 @@ EURUSD, every built-in strategy, long and longshort, with stop-loss and take-pro
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -231,3 +233,29 @@ def test_stop_flatten_closes_at_the_last_close(store: str) -> None:
     assert last.exit_price == bars[held_at].close and last.exit_reason == "flatten" and last.units == units
     assert ledger.position("f1", "GOOG/USD").units == 0
     assert {t.name: t for t in ledger.traders()}["f1"].status == "stopped"
+
+
+def test_incubator_specs_carry_the_best_results_and_their_backtest_figures(tmp_path: Path, run_cli: object) -> None:
+    from market_data import write_goog
+
+    from tradpal_ray.runs import RunStore
+    from tradpal_ray.trading._incubator import incubate
+
+    root = write_goog(tmp_path / "inc", {"GOOG/USD": 1.0}, exchange="test")
+    code, out, err = run_cli("sweep", "--store", root, "--exchange", "test", "--symbols", "GOOG/USD", "--timeframe", "1d",
+                             "--grid", "fast=5,10,15", "--grid", "slow=20,30", "--metric", "return_pct", "--json",
+                             "--executor", "local")
+    assert code == 0, err
+    run_id = json.loads(out)["run_id"]
+    specs = incubate(root, run_id, 2, limits=RiskLimits(), exchange="test", prefix="inc")
+    best = RunStore(root).top(run_id, "return_pct", 2)
+    assert [s.name for s in specs] == [f"inc-{run_id[-6:]}-1", f"inc-{run_id[-6:]}-2"]
+    assert [s.params for s in specs] == [{"fast": int(r.fast), "slow": int(r.slow)} for r in best.itertuples()]
+    assert specs[0].backtest["return_pct"] == best.return_pct.iloc[0] and specs[0].backtest["rank"] == 1
+    # live on the candles the run backtested: no divergence at all
+    session = TraderSession(dataclasses.replace(specs[0], store=str(tmp_path / "live")), open_ledger(None, str(tmp_path / "live")))
+    session.start()
+    session.on_candles("GOOG/USD", candles(FRAMES["GOOG"]))
+    report = session.report()
+    assert report["backtest"]["trades"] == best.trades.iloc[0]
+    assert report["divergence"]["trades"] == 0 and abs(report["divergence"]["return_pct"]) < 1e-9

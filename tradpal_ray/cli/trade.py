@@ -35,6 +35,7 @@ from tradpal_ray.cli.backtest import (
     SizeUnitOption,
     SlippageOption,
     StopLossOption,
+    StrategyOption,
     TakeProfitOption,
     backtest_config,
 )
@@ -62,9 +63,11 @@ def _db_url(settings: Settings, flag: str | None) -> str | None:
     return flag or settings.db_url.get_secret_value() or None
 
 
-def _ledger(settings: Settings, db_url: str | None) -> Ledger:
+def _ledger(store: str | None, db_url: str | None) -> Ledger:
+    """The ledger of the store (or at ``--db-url`` / TRADPAL_DB_URL); ConfigError when no trader ever ran there."""
     from tradpal_ray.trading._ledger import ledger_exists, open_ledger
 
+    settings = settings_for(store=store)
     url = _db_url(settings, db_url)
     if url is None and not ledger_exists(None, settings.store):
         raise ConfigError(f"no ledger in {settings.store}: no trader has run with this store (see `tradpal-ray trade start`)")
@@ -75,7 +78,7 @@ def _ledger(settings: Settings, db_url: str | None) -> Ledger:
 def start(
     name: Annotated[str | None, typer.Option("--name", help="The trader's name (ledger rows, actor name).",
                                              show_default=False)] = None,
-    strategy: Annotated[str, typer.Option("--strategy", help="Strategy reference: name, module:function or file.py:function.")] = "sma_cross",
+    strategy: StrategyOption = "sma_cross",
     param: Annotated[list[str] | None, typer.Option("--param", help="Strategy parameter k=v (repeatable).", show_default=False)] = None,
     symbols: Annotated[str | None, typer.Option("--symbols", help="Comma-separated symbols, e.g. BTC/USDT,ETH/USDT.",
                                                 show_default=False)] = None,
@@ -218,8 +221,7 @@ def list_traders(
     """The traders in the ledger: status (and why), strategy, symbols, position, closed trades."""
     from rich.table import Table
 
-    settings = settings_for(store=store)
-    ledger = _ledger(settings, db_url)
+    ledger = _ledger(store, db_url)
     rows = []
     for record in ledger.traders():
         positions = {p.symbol: p.units for p in ledger.positions(record.name)}
@@ -267,8 +269,7 @@ def export(
     """A trader's closed trades, as ``backtest --json --trades`` lists them (plus the symbol)."""
     from tradpal_ray.backtest.engine import trade_records
 
-    settings = settings_for(store=store)
-    ledger = _ledger(settings, db_url)
+    ledger = _ledger(store, db_url)
     if name not in {t.name for t in ledger.traders()}:
         raise ConfigError(f"no trader {name!r} in the ledger; see `tradpal-ray trade list`")
     trades = ledger.closed_trades(name)
