@@ -259,3 +259,4 @@ def test_incubator_specs_carry_the_best_results_and_their_backtest_figures(tmp_p
     report = session.report()
     assert report["backtest"]["trades"] == best.trades.iloc[0]
     assert report["divergence"]["trades"] == 0 and abs(report["divergence"]["return_pct"]) < 1e-9
+    assert session.ledger.events(specs[0].name, kind="divergence")[0].detail["trades"] <= 0

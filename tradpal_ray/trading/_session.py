@@ -2,9 +2,10 @@
 
 :class:`TraderSession` is what the trader actor runs. It writes one ledger row per decided
 order, one per fill (idempotent by client order id and fill id), an equity snapshot and a
-``candle`` event per processed candle (the restart point), and the trader's status with the
-reason of a halt. :meth:`TraderSession.start` rebuilds everything after a restart from the
-ledger (position, realized PnL, last processed candle) and the candle store (the signal
+``decision`` event per processed candle (with its latency; the restart point), and the trader's status with the
+reason of a halt; a trader with backtest figures (the incubator's) a ``divergence`` event
+per closed trade. :meth:`TraderSession.start` rebuilds everything after a restart from the
+ledger (position, realized PnL, last processed candle: the newest ``decision`` event) and the candle store (the signal
 window, and the candles closed while the trader was down, which it then trades).
 """
 
@@ -23,6 +24,7 @@ from tradpal_ray.backtest.engine import BacktestConfig
 from tradpal_ray.errors import ConfigError
 from tradpal_ray.log import get_logger
 from tradpal_ray.market.store import CandleStore
+from tradpal_ray.stats._live import DECISION_EVENT, DIVERGENCE_EVENT
 from tradpal_ray.trading._ledger import Ledger
 from tradpal_ray.trading._models import TRADER_NAME, Fill, Order, client_order_id
 from tradpal_ray.trading._paper import Candle, PaperBroker
@@ -123,9 +125,9 @@ class TraderSession:
             self.catch_up(symbol)
 
     def _processed(self) -> dict[str, dict[str, Any]]:
-        """The newest ``candle`` event per symbol: the restart point."""
+        """The newest ``decision`` event per symbol: the restart point."""
         newest: dict[str, dict[str, Any]] = {}
-        for event in self.ledger.events(self.spec.name, kind="candle", limit=64 * len(self.spec.symbols)):
+        for event in self.ledger.events(self.spec.name, kind=DECISION_EVENT, limit=64 * len(self.spec.symbols)):
             newest.setdefault(event.detail["symbol"], event.detail)
         return newest
 
@@ -187,9 +189,11 @@ class TraderSession:
         equity = sum(t.broker.equity for t in self.traders.values())
         cash = sum(t.broker.cash for t in self.traders.values())
         self.ledger.record_equity(self.spec.name, candle.time_ms, equity, cash)
-        self.ledger.record_event(self.spec.name, "candle", {
+        self.ledger.record_event(self.spec.name, DECISION_EVENT, {
             "symbol": symbol, "time_ms": candle.time_ms, "first_ms": self.first_ms[symbol],
             "equity": trader.broker.equity, "latency_ms": round((time.perf_counter() - started) * 1000, 3)})
+        if self.spec.backtest is not None and any(not e.opens for e in outcome.executions):
+            self.ledger.record_event(self.spec.name, DIVERGENCE_EVENT, self.report()["divergence"])
         if outcome.halt and self.status != HALTED:
             self.halt(outcome.halt)
 
