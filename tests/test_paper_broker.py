@@ -10,6 +10,7 @@ from backtesting.test import GOOG
 from tradpal_ray.backtest import BacktestConfig, run_signals
 from tradpal_ray.backtest.engine import NO_CHANGE, next_target
 from tradpal_ray.trading._paper import Candle, PaperBroker, trades_frame
+from tradpal_ray.trading._session import candles_of
 
 FRAME = GOOG.rename(columns=str.lower)
 CONFIGS = {
@@ -17,12 +18,6 @@ CONFIGS = {
     "longshort_stops": BacktestConfig(direction="longshort", stop_loss=0.03, take_profit=0.06, slippage_bps=5),
     "notional_units": BacktestConfig(size_notional=2_500.0, size_unit=0.01, fee=0.002, stop_loss=0.02),
 }
-
-
-def candles(frame: pd.DataFrame) -> list[Candle]:
-    times = frame.index.as_unit("ms").asi8
-    return [Candle(int(t), o, h, lo, c, v) for t, o, h, lo, c, v in
-            zip(times, *(frame[k].to_numpy() for k in ("open", "high", "low", "close", "volume")), strict=True)]
 
 
 def run_broker(broker: PaperBroker, bars: list[Candle], entries: np.ndarray, exits: np.ndarray,
@@ -47,7 +42,7 @@ def test_broker_fills_random_signals_as_the_kernel(name: str) -> None:
     n = len(FRAME)
     entries, exits = rng.random(n) < 0.05, rng.random(n) < 0.05
     expected = run_signals(FRAME, entries, exits, config)
-    broker = run_broker(PaperBroker(config), candles(FRAME), entries, exits, int(config.direction == "longshort"))
+    broker = run_broker(PaperBroker(config), candles_of(FRAME), entries, exits, int(config.direction == "longshort"))
     got = trades_frame(broker.trades)
     got["exit_reason"] = got["exit_reason"].astype(str)
     want = closed(expected.trades)
@@ -77,7 +72,7 @@ def test_reversal_closes_then_opens() -> None:
 
 def test_resumed_broker_continues_as_the_one_that_never_stopped() -> None:
     config = CONFIGS["longshort_stops"]
-    bars = candles(FRAME)
+    bars = candles_of(FRAME)
     rng = np.random.default_rng(3)
     entries, exits = rng.random(len(bars)) < 0.05, rng.random(len(bars)) < 0.05
     whole = run_broker(PaperBroker(config), bars, entries, exits, 1)

@@ -1,7 +1,9 @@
 """Proof that live equals backtest: candles fed one by one through a trader give backtest()'s trades.
 
 The pure part: :class:`PaperTrader` (TraderCore + PaperBroker) on backtesting.py's GOOG and
-EURUSD, every built-in strategy, long and longshort, with stop-loss and take-profit.
+EURUSD, every built-in strategy, long and longshort, with stop-loss and take-profit; then the
+:class:`TraderSession` with its books in a real (SQLite) ledger: restart, risk halts, flatten,
+the incubator. The Ray end to end is in ``test_trade_cli.py``.
 """
 
 from __future__ import annotations
@@ -13,24 +15,19 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from backtesting.test import EURUSD, GOOG
+from market_data import write_goog
 
 from tradpal_ray.backtest import BacktestConfig, backtest, prepare_bars, strategies
 from tradpal_ray.market import CandleStore, candles_table
 from tradpal_ray.trading import Ledger, open_ledger
 from tradpal_ray.trading._paper import Candle, trades_frame
-from tradpal_ray.trading._session import TraderSession, TraderSpec
 from tradpal_ray.trading._risk import RiskGuard, RiskLimits
+from tradpal_ray.trading._session import TraderSession, TraderSpec, candles_of
 from tradpal_ray.trading._trader import PaperTrader, TraderCore
 
 BUILTINS = ("sma_cross", "ema_cross", "rsi_reversion", "bollinger_breakout", "macd")
 FRAMES = {"GOOG": GOOG.rename(columns=str.lower), "EURUSD": EURUSD.rename(columns=str.lower)}
 TIMEFRAMES = {"GOOG": "1d", "EURUSD": "1h"}
-
-
-def candles(frame: pd.DataFrame) -> list[Candle]:
-    times = frame.index.as_unit("ms").asi8
-    columns = (frame[k].to_numpy() for k in ("open", "high", "low", "close", "volume"))
-    return [Candle(int(t), o, h, lo, c, v) for t, o, h, lo, c, v in zip(times, *columns, strict=True)]
 
 
 def closed_trades(result_trades: pd.DataFrame) -> pd.DataFrame:
@@ -62,7 +59,7 @@ def test_candle_by_candle_equals_backtest(strategy: str, direction: str, data: s
     expected = backtest(frame, strategy, {}, config)
     trader = PaperTrader.new(TraderCore("proof", "X/USDT", TIMEFRAMES[data], strategy, {}, config))
     assert trader.core.window < len(frame)  # a bounded window, not the whole history
-    got = feed(trader, candles(frame))
+    got = feed(trader, candles_of(frame))
     want = closed_trades(expected.trades)
     assert len(want) >= 3, "the case must trade"
     pd.testing.assert_frame_equal(got, want, check_exact=True)
@@ -72,7 +69,7 @@ def test_candle_by_candle_equals_backtest(strategy: str, direction: str, data: s
 
 
 def test_a_repeated_candle_is_ignored() -> None:
-    bars = candles(FRAMES["GOOG"])
+    bars = candles_of(FRAMES["GOOG"])
     trader = PaperTrader.new(TraderCore("t", "X/USDT", "1d", "sma_cross", {}, BacktestConfig()))
     once = feed(trader, bars[:600])
     again = PaperTrader.new(TraderCore("t", "X/USDT", "1d", "sma_cross", {}, BacktestConfig()))
@@ -83,7 +80,7 @@ def test_a_repeated_candle_is_ignored() -> None:
 
 
 def test_orders_have_deterministic_ids_for_the_fill_candle() -> None:
-    bars = candles(FRAMES["GOOG"])
+    bars = candles_of(FRAMES["GOOG"])
     ids = []
     for _ in range(2):
         trader = PaperTrader.new(TraderCore("det", "GOOG/USD", "1d", "sma_cross", {}, BacktestConfig()))
@@ -97,7 +94,7 @@ def test_warm_up_gives_signals_from_the_first_live_candle() -> None:
     core = TraderCore("w", "X/USDT", "1d", "sma_cross", {"fast": 10, "slow": 30})
     core.warm_up(frame.iloc[:1000])
     entries, exits = strategies()["sma_cross"].signals(prepare_bars(frame), {"fast": 10, "slow": 30})
-    for i, candle in enumerate(candles(frame.iloc[1000:1300]), start=1000):
+    for i, candle in enumerate(candles_of(frame.iloc[1000:1300]), start=1000):
         core.on_candle(candle, 0.0)
         assert core.signal() == (bool(entries[i]), bool(exits[i]))
 
@@ -105,7 +102,7 @@ def test_warm_up_gives_signals_from_the_first_live_candle() -> None:
 def test_max_position_notional_halts_before_the_order() -> None:
     trader = PaperTrader.new(TraderCore("r", "X/USDT", "1d", "sma_cross", {}, BacktestConfig()),
                              RiskLimits(max_position_notional=5_000.0))
-    outcomes = [trader.on_candle(c, now_ms=0) for c in candles(FRAMES["GOOG"])]
+    outcomes = [trader.on_candle(c, now_ms=0) for c in candles_of(FRAMES["GOOG"])]
     halts = [o for o in outcomes if o.halt]
     assert halts and halts[0].halt.startswith("max position notional")
     assert trader.halted == halts[0].halt and not trader.broker.trades and trader.pending is None
@@ -131,7 +128,7 @@ def test_max_orders_per_minute() -> None:
 
 
 def test_a_halted_trader_sends_nothing_more() -> None:
-    bars = candles(FRAMES["GOOG"])
+    bars = candles_of(FRAMES["GOOG"])
     trader = PaperTrader.new(TraderCore("h", "X/USDT", "1d", "sma_cross", {}, BacktestConfig()),
                              RiskLimits(max_orders_per_minute=1))
     outcomes = [trader.on_candle(c, now_ms=0) for c in bars]  # one wall-clock instant: the 2nd order breaches
@@ -173,7 +170,7 @@ def test_session_books_in_the_ledger_equal_backtest(store: str) -> None:
     spec = session_spec(store)
     session = TraderSession(spec, ledger)
     session.start()
-    bars = candles(FRAMES["GOOG"])
+    bars = candles_of(FRAMES["GOOG"])
     session.on_candles("GOOG/USD", bars)
     want = closed_trades(backtest(FRAMES["GOOG"], "sma_cross", spec.params, SESSION_CONFIG).trades)
     got = ledger_trades(ledger, "s1")
@@ -187,12 +184,12 @@ def test_a_warm_started_trader_trades_only_new_candles(store: str) -> None:
     store_candles(store, FRAMES["GOOG"].iloc[:1000])
     session = TraderSession(session_spec(store, "w1"), open_ledger(None, store))
     session.start()
-    assert session.candles == 0 and session.on_candles("GOOG/USD", candles(FRAMES["GOOG"].iloc[990:1010])) == 10
+    assert session.candles == 0 and session.on_candles("GOOG/USD", candles_of(FRAMES["GOOG"].iloc[990:1010])) == 10
 
 
 def test_a_restarted_session_resumes_from_the_ledger_and_trades_the_missed_candles(store: str) -> None:
     spec = session_spec(store, "r1")
-    bars = candles(FRAMES["GOOG"])
+    bars = candles_of(FRAMES["GOOG"])
     ledger = open_ledger(None, store)
     crashed = TraderSession(spec, ledger)
     crashed.start()
@@ -212,7 +209,7 @@ def test_a_risk_breach_halts_with_the_reason_in_the_ledger(store: str) -> None:
     spec = session_spec(store, "h1", limits=RiskLimits(max_position_notional=5_000.0))
     session = TraderSession(spec, ledger)
     session.start()
-    session.on_candles("GOOG/USD", candles(FRAMES["GOOG"]))
+    session.on_candles("GOOG/USD", candles_of(FRAMES["GOOG"]))
     record = {t.name: t for t in ledger.traders()}["h1"]
     assert record.status == "halted" and record.reason.startswith("max position notional")
     assert session.report()["status"] == "halted" and ledger.fill_count("h1") == 0
@@ -224,7 +221,7 @@ def test_stop_flatten_closes_at_the_last_close(store: str) -> None:
     spec = session_spec(store, "f1", config=BacktestConfig(fee=0.001))
     session = TraderSession(spec, ledger)
     session.start()
-    bars = candles(FRAMES["GOOG"])
+    bars = candles_of(FRAMES["GOOG"])
     held_at = next(i for i in range(100, len(bars)) if session.on_candles("GOOG/USD", [bars[i]]) and
                    session.traders["GOOG/USD"].broker.units)
     units = session.traders["GOOG/USD"].broker.units
@@ -236,8 +233,6 @@ def test_stop_flatten_closes_at_the_last_close(store: str) -> None:
 
 
 def test_incubator_specs_carry_the_best_results_and_their_backtest_figures(tmp_path: Path, run_cli: object) -> None:
-    from market_data import write_goog
-
     from tradpal_ray.runs import RunStore
     from tradpal_ray.trading._incubator import incubate
 
@@ -255,7 +250,7 @@ def test_incubator_specs_carry_the_best_results_and_their_backtest_figures(tmp_p
     # live on the candles the run backtested: no divergence at all
     session = TraderSession(dataclasses.replace(specs[0], store=str(tmp_path / "live")), open_ledger(None, str(tmp_path / "live")))
     session.start()
-    session.on_candles("GOOG/USD", candles(FRAMES["GOOG"]))
+    session.on_candles("GOOG/USD", candles_of(FRAMES["GOOG"]))
     report = session.report()
     assert report["backtest"]["trades"] == best.trades.iloc[0]
     assert report["divergence"]["trades"] == 0 and abs(report["divergence"]["return_pct"]) < 1e-9

@@ -26,6 +26,7 @@ from tradpal_ray.backtest.data import Bars
 from tradpal_ray.backtest.engine import NO_CHANGE, BacktestConfig, next_target
 from tradpal_ray.backtest.strategies import Strategy, get_strategy
 from tradpal_ray.market.schema import timeframe_ms
+from tradpal_ray.trading._models import client_order_id
 from tradpal_ray.trading._paper import Candle, Execution, PaperBroker
 from tradpal_ray.trading._risk import RiskGuard, RiskLimits
 
@@ -44,17 +45,6 @@ def signal_window(strat: Strategy, values: Mapping[str, Any]) -> int:
     """
     longest = max((int(values[name]) for name, p in strat.params.items() if p.window), default=1)
     return max(WINDOW_FACTOR * longest, MIN_WINDOW)
-
-
-def order_id(trader: str, symbol: str, bar_time_ms: int, side: str) -> str:
-    """Deterministic client order id ``<trader>-<symbol>-<bar>-<b|s>`` (a digest when over 36 characters).
-
-    Binance's charset; the same trader, symbol, fill candle and side give the same id after
-    a restart, so an order is never sent or recorded twice.
-    """
-    from tradpal_ray.trading._models import client_order_id
-
-    return client_order_id(trader, symbol, bar_time_ms, side)
 
 
 @dataclass(frozen=True)
@@ -135,13 +125,17 @@ class TraderCore:
         return int(next_target(float(units), entry, exit_, self._direction))
 
     def order(self, target: int, candle: Candle, units: float, cash: float) -> OrderIntent | None:
-        """The order that moves ``units`` to ``target`` at the next candle's open, or None when there is none."""
+        """The order that moves ``units`` to ``target`` at the next candle's open, or None when there is none.
+
+        Its client order id is deterministic (trader, symbol, the candle it fills in, side), so
+        a restarted trader decides the same order under the same id and it is recorded once.
+        """
         if target == NO_CHANGE:
             return None
         side = _SIDE_OF_TARGET.get(target) or ("sell" if units > 0 else "buy")
         opening = 0.0 if target == 0 else _estimate_units(self.config, cash, candle.close)
         fill_time = candle.time_ms + self.step_ms
-        return OrderIntent(order_id(self.name, self.symbol, fill_time, side), self.symbol, side, target, fill_time,
+        return OrderIntent(client_order_id(self.name, self.symbol, fill_time, side), self.symbol, side, target, fill_time,
                            abs(units) + opening)
 
 

@@ -123,7 +123,8 @@ def ensure_feed(spec: TraderSpec, instance: str, *, detached: bool = False) -> r
         handle = ray.get_actor(name, namespace=NAMESPACE)
         try:
             status = ray.get(handle.status.remote(), timeout=10)
-        except Exception:  # noqa: BLE001 - a feed that does not answer serves nobody
+        except Exception as exc:  # noqa: BLE001 - a feed that does not answer serves nobody
+            log.info("trader.feed_unresponsive", feed=name, error=type(exc).__name__)
             continue
         served = {(row["symbol"], row["stream"]) for row in status.get("streams", [])}
         if status.get("exchange") == spec.exchange and all((s, f"kline_{spec.timeframe}") in served for s in spec.symbols):
