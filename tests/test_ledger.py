@@ -21,8 +21,7 @@ from redis_fixtures import synthetic_bars
 from tradpal_ray.backtest import BacktestConfig, backtest
 from tradpal_ray.errors import ConfigError, DataError, StoreError
 from tradpal_ray.stats.local_redis import wait_for
-from tradpal_ray.trading import Fill, Ledger, Order, Position, apply_fill, client_order_id, open_ledger
-from tradpal_ray.trading import _ledger
+from tradpal_ray.trading import Fill, Ledger, Order, Position, _ledger, apply_fill, client_order_id, open_ledger
 
 SYMBOL = "BTC/USDT"
 MakeLedger = Callable[..., Ledger]

@@ -165,7 +165,7 @@ def test_no_5xx_for_any_generated_input(api: str) -> None:
     """schemathesis: cases generated from /openapi.json for every operation, sent over HTTP."""
     schema = schemathesis.openapi.from_url(f"{api}/openapi.json")
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) == 16  # 12 + the 4 /live/* routes
+    assert len(operations) == 17  # 12 + the 4 /live/* routes + GET /runs/{run_id}/walkforward
     for operation in operations:
 
         @given(case=operation.as_strategy())

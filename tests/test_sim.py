@@ -35,9 +35,10 @@ def run(coro_fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
     return asyncio.run(coro_fn(*args))
 
 
-async def with_exchange(url: str, body: Callable[[Any], Awaitable[Any]]) -> Any:
-    """Create a ccxt.pro client (REST and WS) in this loop, run ``body(exchange)``, always close it."""
-    exchange = create_exchange("binance", url=url, pro=True)
+async def with_exchange(url: str, body: Callable[[Any], Awaitable[Any]], **client: Any) -> Any:
+    """Create a ccxt.pro client (REST and WS) in this loop, run ``body(exchange)``, always close it.
+    ``client`` goes to ``create_exchange`` (e.g. ``api_key=..., secret=...`` to trade)."""
+    exchange = create_exchange("binance", url=url, pro=True, **client)
     try:
         return await body(exchange)
     finally:

@@ -58,6 +58,19 @@ class Bars:
         return len(self.close)
 
 
+def slice_bars(bars: Bars, start: int, end: int | None = None) -> Bars:
+    """Bars ``[start, end)`` as their own series: what :func:`prepare_bars` gives for those rows
+    alone (the last bar ends its day, so the slice's last day counts in its daily returns)."""
+    stop = len(bars) if end is None else end
+    if not 0 <= start < stop <= len(bars):
+        raise DataError(f"no bars in [{start}, {stop}) of {len(bars)}")
+    day_end = bars.day_end[start:stop].copy()
+    day_end[-1] = True
+    cut = slice(start, stop)
+    return Bars(index=bars.index[cut], open=bars.open[cut], high=bars.high[cut], low=bars.low[cut],
+                close=bars.close[cut], volume=bars.volume[cut], day_end=day_end)
+
+
 def prepare_bars(data: pd.DataFrame | Bars, *, drop_bad: bool = False, label: str = "") -> Bars:
     """Validate an OHLCV frame (columns in any case; DatetimeIndex or a time column) into Bars.
 

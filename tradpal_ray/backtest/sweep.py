@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tradpal_ray.backtest.data import Bars, prepare_bars
+from tradpal_ray.backtest.data import Bars, prepare_bars, slice_bars
 from tradpal_ray.backtest.engine import BacktestConfig, day_index, simulate_many
 from tradpal_ray.backtest.grid import strategy_combos
 from tradpal_ray.backtest.indicators import indicator_cache
@@ -36,15 +36,18 @@ def sweep(
     *,
     rank_by: str | None = None,
     drop_bad: bool = False,
+    warmup: int = 0,
 ) -> pd.DataFrame:
     """Backtest ``strategy`` for every combination; one row each: parameters then every metric.
 
     ``grid`` is a spec (name -> values, expanded with the strategy's rules by
     :func:`~tradpal_ray.backtest.grid.strategy_combos`) or an explicit list of parameter
     dicts (each validated; a bad one is a ConfigError). Rows keep the combination order
-    unless ``rank_by`` names a statistic to sort by (best first).
+    unless ``rank_by`` names a statistic to sort by (best first). The first ``warmup`` bars
+    only warm the indicators up: trading starts flat at bar ``warmup`` and the statistics
+    cover the bars from there (a walk-forward window with its look-back before it).
     """
-    frame, _ = _sweep(bars, strategy, grid, config, drop_bad=drop_bad, daily_returns=False)
+    frame, _ = _sweep(bars, strategy, grid, config, drop_bad=drop_bad, daily_returns=False, warmup=warmup)
     return rank(frame, rank_by) if rank_by else frame
 
 
@@ -72,6 +75,7 @@ def _sweep(
     *,
     drop_bad: bool,
     daily_returns: bool,
+    warmup: int = 0,
 ) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     bars = prepare_bars(bars, drop_bad=drop_bad)
     strat = get_strategy(strategy)
@@ -84,7 +88,8 @@ def _sweep(
     resolved = [strat.resolve(c, n_bars=n) for c in combos]
     params = {name: np.array([values[name] for values in resolved]) for name in strat.params}
     stats = np.empty((len(resolved), len(KERNEL_STATS)))
-    days = day_index(bars) if daily_returns else None
+    traded = slice_bars(bars, warmup) if warmup else bars
+    days = day_index(traded) if daily_returns else None
     returns = np.zeros((len(resolved), len(days))) if days is not None else np.empty((0, 0))
     chunk = max(1, SIGNAL_BYTES // (2 * n))
     with indicator_cache(bars.open, bars.high, bars.low, bars.close, bars.volume):
@@ -95,8 +100,10 @@ def _sweep(
                 entries, exits = _batch_signals(strat.name, strat.batch, bars, part, stop - start)
             else:
                 entries, exits = _each_signals(strat, bars, resolved[start:stop])
+            if warmup:
+                entries, exits = np.ascontiguousarray(entries[:, warmup:]), np.ascontiguousarray(exits[:, warmup:])
             stats[start:stop] = simulate_many(
-                bars.open, bars.high, bars.low, bars.close, bars.day_end, entries, exits, *config.kernel_args(),
+                traded.open, traded.high, traded.low, traded.close, traded.day_end, entries, exits, *config.kernel_args(),
                 returns[start:stop] if days is not None else returns,
             )
     columns: dict[str, Any] = dict(params)

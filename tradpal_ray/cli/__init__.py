@@ -10,7 +10,21 @@ from __future__ import annotations
 import sys
 
 # Each module registers its command(s) on ``app`` when imported.
-from tradpal_ray.cli import backtest, check, data, demo, report, serve, sim, strategies, stream, sweep, trade  # noqa: F401
+from tradpal_ray.cli import (  # noqa: F401
+    backtest,
+    check,
+    data,
+    demo,
+    optimize,
+    report,
+    serve,
+    sim,
+    strategies,
+    stream,
+    sweep,
+    trade,
+    walkforward,
+)
 from tradpal_ray.cli.app import app, console
 from tradpal_ray.errors import TradpalError
 

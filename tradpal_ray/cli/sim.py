@@ -46,6 +46,23 @@ def sim(
             help="Candle file (.parquet/.csv), store root, or 'store' (the --store) to replay; repeatable.",
         ),
     ] = None,
+    balance: Annotated[
+        str | None,
+        typer.Option("--balance", help="Starting balances of the simulated account, e.g. USDT=10000,BTC=0 "
+                     "(default USDT=10000)."),
+    ] = None,
+    fee: Annotated[
+        str | None,
+        typer.Option("--fee", help="Fee per fill as a fraction of the notional, charged in the quote asset "
+                     "(default 0.001)."),
+    ] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option("--api-key", help="API key the simulated account accepts (default: the test key in the README)."),
+    ] = None,
+    api_secret: Annotated[
+        str | None, typer.Option("--api-secret", help="Its secret (default: the test secret in the README).")
+    ] = None,
     store: StoreOption = None,
     log_level: LogLevelOption = None,
 ) -> None:
@@ -68,6 +85,10 @@ def sim(
         host=host,
         port=port,
         source=source,
+        balances=balance,
+        fee_rate=fee,
+        api_key=api_key,
+        api_secret=api_secret,
     ) as handle:
         console.print(
             f"simulator at {handle.url} for {', '.join(handle.symbols)} (speed {speed:g}x); Ctrl-C stops it\n"

@@ -39,18 +39,27 @@ if TYPE_CHECKING:
     from tradpal_ray.runs import RunManifest, SweepOutcome, SweepRequest
 
 
+SymbolsOption = Annotated[str | None, typer.Option("--symbols", help="Comma-separated symbols in the store.", show_default=False)]
+GridOption = Annotated[
+    list[str] | None,
+    typer.Option("--grid", help="NAME=START:STOP:STEP (stop included) or NAME=A,B,C; repeatable.", show_default=False),
+]
+ExecutorOption = Annotated[str, typer.Option("--executor", help="auto (in process when the work is small and no cluster is "
+                                                                "given, else Ray), local, or ray.")]
+ResumeOption = Annotated[str | None, typer.Option("--resume", help="Finish run RUN_ID: only its missing chunks run.", show_default=False)]
+AllowChangedCodeOption = Annotated[bool, typer.Option("--allow-changed-code", help="With --resume: go on although the strategy's source changed.")]
+"""Options ``sweep`` shares with ``walkforward``."""
+
+
 @app.command()
 def sweep(
     data: DataOption = None,
     store: StoreOption = None,
     exchange: ExchangeOption = None,
-    symbols: Annotated[str | None, typer.Option("--symbols", help="Comma-separated symbols in the store.", show_default=False)] = None,
+    symbols: SymbolsOption = None,
     timeframe: TimeframeOption = None,
     strategy: StrategyOption = "sma_cross",
-    grid: Annotated[
-        list[str] | None,
-        typer.Option("--grid", help="NAME=START:STOP:STEP (stop included) or NAME=A,B,C; repeatable.", show_default=False),
-    ] = None,
+    grid: GridOption = None,
     samples: Annotated[int | None, typer.Option("--samples", help="Random sample of N combinations instead of the full grid.", show_default=False)] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of --samples.")] = 0,
     metric: Annotated[str, typer.Option("--metric", help="Rank by this metric (see `tradpal-ray metrics`).")] = "sharpe",
@@ -66,11 +75,10 @@ def sweep(
     periods_per_year: PeriodsOption = 365.0,
     since: SinceOption = None,
     until: UntilOption = None,
-    executor: Annotated[str, typer.Option("--executor", help="auto (in process when the work is small and no cluster is "
-                                                             "given, else Ray), local, or ray.")] = "auto",
+    executor: ExecutorOption = "auto",
     max_combos: Annotated[int, typer.Option("--max-combos", help="Refuse grids with more combinations than this.")] = 10_000_000,
-    resume: Annotated[str | None, typer.Option("--resume", help="Finish run RUN_ID: only its missing chunks run.", show_default=False)] = None,
-    allow_changed_code: Annotated[bool, typer.Option("--allow-changed-code", help="With --resume: go on although the strategy's source changed.")] = False,
+    resume: ResumeOption = None,
+    allow_changed_code: AllowChangedCodeOption = False,
     address: AddressOption = None,
     json_output: JsonOption = False,
 ) -> None:

@@ -44,6 +44,8 @@ def build_report(results: RunStore, run_id: str, *, top: int = 5, metric: str | 
     heatmap and ranks the tables.
     """
     manifest = results.manifest(run_id)
+    if manifest.kind == "walkforward":
+        return _document(manifest.run_id, walkforward_sections(results, manifest))
     metric = find_metric(metric or manifest.metric).name
     if top < 0:
         raise ConfigError("--top must be >= 0")
@@ -61,11 +63,62 @@ def build_report(results: RunStore, run_id: str, *, top: int = 5, metric: str | 
         ]
     else:
         sections.append('<p class="note">This run has no results.</p>')
-    title = f"tradpal-ray report: {manifest.run_id}"
+    return _document(manifest.run_id, sections)
+
+
+def _document(run_id: str, sections: list[str]) -> str:
+    title = f"tradpal-ray report: {run_id}"
     return (
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
         f"<style>{CSS}</style></head><body>{''.join(sections)}</body></html>\n"
     )
+
+
+def walkforward_sections(results: RunStore, manifest: RunManifest) -> list[str]:
+    """A walk-forward run's report: settings, stitched out-of-sample summary and curve, the folds table."""
+    wf = manifest.walkforward
+    spec, summary = wf["spec"], wf.get("summary", {})
+    goal = spec["objective"]
+    windows = (f"train {spec['train']}, test {spec['test']}, step {spec['step'] or spec['test']}"
+               + (", anchored" if spec["anchored"] else ", rolling"))
+    grid = "; ".join(f"{name} = {_values(values)}" for name, values in manifest.grid.items())
+    facts = [("strategy", manifest.strategy), ("status", manifest.status), ("objective", goal), ("windows", windows),
+             ("warm-up bars", wf.get("warmup")), ("folds", wf.get("folds")), ("grid", grid),
+             ("data", manifest.source if manifest.source != "store" else f"{manifest.exchange} {manifest.timeframe}"),
+             ("created", manifest.created_at), ("code", manifest.code_version)]
+    meta = "".join(f"<div><b>{escape(name)}</b>: {escape(str(value))}</div>" for name, value in facts)
+    sections = [f'<h1>Walk-forward {escape(manifest.run_id)}</h1><div class="meta">{meta}</div>']
+    try:
+        tables = results.walkforward(manifest.run_id)
+    except ConfigError:
+        return [*sections, '<p class="note">This walk-forward has not finished: no folds yet.</p>']
+    oos = summary.get("oos", {})
+    figures = [("return %", oos.get("return_pct")), ("CAGR %", oos.get("cagr_pct")), ("Sharpe", oos.get("sharpe")),
+               ("Sortino", oos.get("sortino")), ("max drawdown %", oos.get("max_drawdown_pct")),
+               ("trades", oos.get("trades")), ("walk-forward efficiency", summary.get("wfe")),
+               (f"{goal} OOS / IS", summary.get("objective_ratio"))]
+    cells = "".join(f"<tr><th class=\"l\">{escape(name)}</th><td class=\"wf\">{_number(value)}</td></tr>" for name, value in figures)
+    curve = tables["oos_equity"]
+    x = pd.to_datetime(curve["time"], utc=True).to_numpy(dtype="datetime64[ms]").astype(np.int64).astype(float)
+    sections.append(
+        "<h2>Stitched out-of-sample equity</h2>"
+        + line_chart([Line("out of sample, compounded across folds", x, curve["equity"].to_numpy(dtype=float))],
+                     y_label="equity")
+        + f'<table id="wf-summary">{cells}</table><p class="note">Walk-forward efficiency: the stitched '
+        "out-of-sample CAGR over the mean in-sample CAGR of the chosen parameters (Pardo).</p>")
+    head = "".join(f"<th>{escape(h)}</th>" for h in ("fold", "train", "test", "params", f"IS {goal}", f"OOS {goal}",
+                                                       "IS return %", "OOS return %", "OOS trades"))
+    rows = "".join(
+        f'<tr class="fold" data-fold="{row["fold"]}"><td>{row["fold"]}</td>'
+        f'<td class="l">{row["train_from"]:%Y-%m-%d} .. {row["train_to"]:%Y-%m-%d}</td>'
+        f'<td class="l">{row["test_from"]:%Y-%m-%d} .. {row["test_to"]:%Y-%m-%d}</td>'
+        f'<td class="l">{escape(_label(row, manifest) if row["candidates"] else "none fits")}</td>'
+        + "".join(f"<td>{_number(row[c])}</td>" for c in ("is_objective", "oos_objective", "is_return_pct",
+                                                            "oos_return_pct", "oos_trades")) + "</tr>"
+        for _, row in tables["folds"].iterrows()
+    )
+    sections.append(f"<h2>Folds</h2><table><tr>{head}</tr>{rows}</table>")
+    return sections
 
 
 def _header(manifest: RunManifest, metric: str, results: int) -> str:

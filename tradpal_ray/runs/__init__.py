@@ -9,11 +9,15 @@ Ray executor, which is loaded only when a run goes to a cluster. A run lives und
     outcome = run_sweep(SweepRequest("my_signals.py:golden_cross", {"fast": range(5, 50, 5)},
                                      data_file="btc.csv"), store="./tradpal-data")
     outcome.top(10)
+
+An optimize run (kind ``optimize``, :func:`run_optimize`) searches a strategy's parameters
+with Optuna's samplers instead of a grid; :func:`optimize_bars` is its in-process form.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import pandas as pd
 
@@ -25,6 +29,13 @@ from tradpal_ray.runs._manifest import (
     RUN_STATUSES,
     RunManifest,
     new_run_id,
+)
+from tradpal_ray.runs._optimize import (
+    SAMPLERS,
+    OptimizeRequest,
+    optimize_bars,
+    run_optimize,
+    trials_schema,
 )
 from tradpal_ray.runs._plan import DEFAULT_MAX_COMBOS, GridPlan
 from tradpal_ray.runs._request import BarsSource, SweepRequest
@@ -47,13 +58,14 @@ from tradpal_ray.runs._schema import (
     results_schema,
 )
 from tradpal_ray.runs._store import RunStore, check_result_id, check_run_id, result_id
+from tradpal_ray.runs._walkforward import WalkForwardRequest, WalkForwardSpec
 
 EXECUTORS = ("auto", "local", "ray")
 
 
 @dataclass
-class SweepOutcome:
-    """A finished (or partly failed) run: its manifest, and its results read from the store on demand."""
+class RunOutcome:
+    """A finished run's manifest and the store its tables are read from, on demand."""
 
     manifest: RunManifest
     store: RunStore
@@ -62,6 +74,11 @@ class SweepOutcome:
     def run_id(self) -> str:
         """The run's id (``--resume`` takes it)."""
         return self.manifest.run_id
+
+
+@dataclass
+class SweepOutcome(RunOutcome):
+    """A finished (or partly failed) sweep: its manifest, and its results read from the store on demand."""
 
     @property
     def results(self) -> pd.DataFrame:
@@ -89,6 +106,20 @@ class SweepOutcome:
         table = frame.groupby(names, sort=False)[metric].agg(["median", "min", "count"])
         table = table.rename(columns={"median": metric, "min": f"min_{metric}", "count": "symbols"}).reset_index()
         return rank(table, metric)
+
+
+class OptimizeOutcome(SweepOutcome):
+    """A finished optimize run: a sweep's outcome (its complete trials are its results) plus its trials and best."""
+
+    @property
+    def trials(self) -> pd.DataFrame:
+        """One row per counted trial, complete or failed (see :func:`trials_schema`)."""
+        return self.store.trials(self.run_id)
+
+    @property
+    def best(self) -> list[dict[str, Any]]:
+        """The best trial, or the Pareto front: ``{"trial", "params", "values", "stats"}`` each."""
+        return self.manifest.best
 
 
 def choose_executor(executor: str, work: int, *, address: str | None = None) -> str:
@@ -164,6 +195,82 @@ def run_sweep(
     return SweepOutcome(manifest, store_obj)
 
 
+@dataclass
+class WalkForwardOutcome(RunOutcome):
+    """A finished walk-forward: its manifest (the summary is ``manifest.walkforward["summary"]``) and tables."""
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        """Stitched out-of-sample statistics, walk-forward efficiency and the objective's OOS/IS ratio."""
+        return dict(self.manifest.walkforward.get("summary", {}))
+
+    @property
+    def folds(self) -> pd.DataFrame:
+        """One row per fold: windows, chosen parameters, in-sample and out-of-sample statistics."""
+        return self.store.walkforward(self.run_id)["folds"]
+
+    @property
+    def equity(self) -> pd.DataFrame:
+        """The stitched out-of-sample equity (``time``, ``fold``, ``equity``)."""
+        return self.store.walkforward(self.run_id)["oos_equity"]
+
+    @property
+    def trades(self) -> pd.DataFrame:
+        """Every out-of-sample trade with its fold."""
+        return self.store.walkforward(self.run_id)["oos_trades"]
+
+
+def run_walkforward(
+    request: WalkForwardRequest | None = None,
+    *,
+    store: str,
+    resume: str | None = None,
+    executor: str = "auto",
+    address: str | None = None,
+    chunk_size: int | None = None,
+    allow_changed_code: bool = False,
+    on_progress: ProgressCallback | None = None,
+) -> WalkForwardOutcome:
+    """Run (or resume) a walk-forward and return its outcome (executors as :func:`run_sweep`'s).
+
+    Each fold's grid runs as (fold x chunk) units, in process or as Ray tasks; ``resume``
+    takes a run id and runs only the missing units. ConfigError for bad requests.
+    """
+    from tradpal_ray.runs._walkforward import WalkForwardPlan, execute_local, resume_walkforward, start_walkforward
+
+    manifest = None
+    if resume:
+        request, manifest = resume_walkforward(store, resume, allow_changed_code=allow_changed_code)
+    elif request is None:
+        raise ConfigError("a walk-forward needs a request or a run id to resume")
+    planned = WalkForwardPlan.build(request, store)
+    chosen = choose_executor(executor, planned.work, address=address)
+    cpus = _connect(address) if chosen == "ray" else 1.0
+    run = start_walkforward(planned, store=store, manifest=manifest, chunk_size=chunk_size, cpus=cpus,
+                            executor=chosen, on_progress=on_progress)
+    try:
+        if chosen == "ray":
+            from tradpal_ray.runs._walkforward_ray import execute_ray
+
+            manifest = execute_ray(run)
+        else:
+            manifest = execute_local(run)
+    except BaseException as exc:  # Ctrl-C, a lost cluster, a bug: never leave the run "running"
+        run.sweep_run.abort(exc)
+        raise
+    return WalkForwardOutcome(manifest, RunStore(store))
+
+
+def _connect(address: str | None) -> float:
+    """Connect to Ray (a private local one unless ``address``); the cluster's CPUs."""
+    import ray
+
+    from tradpal_ray.cluster import connect
+
+    connect(address)
+    return float(ray.cluster_resources().get("CPU", 1.0))
+
+
 __all__ = [
     "DEFAULT_MAX_COMBOS",
     "EQUITY_SCHEMA",
@@ -172,24 +279,35 @@ __all__ = [
     "RUN_ID_PATTERN",
     "RUN_KINDS",
     "RUN_STATUSES",
+    "SAMPLERS",
     "TRADES_SCHEMA",
     "BarsSource",
     "GridPlan",
+    "OptimizeOutcome",
+    "OptimizeRequest",
     "RunManifest",
+    "RunOutcome",
     "RunStore",
     "SweepOutcome",
     "SweepRequest",
     "SweepRun",
+    "WalkForwardOutcome",
+    "WalkForwardRequest",
+    "WalkForwardSpec",
     "check_result_id",
     "check_run_id",
-    "chunk_table",
     "choose_executor",
+    "chunk_table",
     "new_run_id",
+    "optimize_bars",
     "params_label",
     "params_of",
     "plan_chunk_size",
     "result_id",
     "result_warnings",
     "results_schema",
+    "run_optimize",
     "run_sweep",
+    "trials_schema",
+    "run_walkforward",
 ]

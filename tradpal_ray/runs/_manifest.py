@@ -23,7 +23,9 @@ import tradpal_ray
 RUN_STATUSES = ("running", "complete", "partial", "failed", "interrupted")
 """``partial``: some symbols failed, the others' results stand. ``interrupted``: the driver
 died (or was stopped) before the end; ``--resume`` finishes it."""
-RUN_KINDS = ("sweep",)
+RUN_KINDS = ("sweep", "optimize", "walkforward")
+"""``sweep``: a grid of parameters; ``optimize``: trials chosen by a sampler (see :mod:`tradpal_ray.runs._optimize`);
+``walkforward``: folds optimised in sample and tested out of sample (:mod:`tradpal_ray.runs._walkforward`)."""
 LEGACY_METRICS = (
     "trades", "final_equity", "return_pct", "max_drawdown_pct", "win_rate_pct", "profit_factor", "expectancy",
     "sharpe", "sortino", "exposure_pct", "fees", "best_trade_pct", "worst_trade_pct",
@@ -87,6 +89,21 @@ class RunManifest:
     kept: dict[str, str] = field(default_factory=dict)
     """Result ids whose trades and equity curve were kept, with their symbol."""
     warnings: list[str] = field(default_factory=list)
+    space: dict[str, str] = field(default_factory=dict)
+    """Optimize runs: each searched parameter's range as given (``int:5:200``, ``float:0.5:3:log``, ``cat:a,b``)."""
+    objectives: list[str] = field(default_factory=list)
+    """Optimize runs: the objective references, in the order of the trials' ``objective_<i>`` columns."""
+    directions: list[str] = field(default_factory=list)
+    """Optimize runs: ``maximize`` or ``minimize`` per objective."""
+    sampler: str = ""
+    trials: int = 0
+    """Optimize runs: trials asked for (the run ends when exactly this many were evaluated)."""
+    trials_per_task: int = 0
+    best: list[dict[str, Any]] = field(default_factory=list)
+    """Optimize runs: the best trial, or the Pareto front of several objectives
+    (``{"trial", "params", "values", "stats"}`` each)."""
+    walkforward: dict[str, Any] = field(default_factory=dict)
+    """Kind ``walkforward``: ``{"spec": the walk-forward settings, "warmup", "folds", "summary"}``."""
     driver: dict[str, Any] = field(default_factory=dict)
     """``{"host", "pid"}`` of the process running the run."""
     heartbeat: str | None = None

@@ -241,13 +241,16 @@ def run_warnings(manifest: RunManifest) -> list[str]:
     return [f"{count:,} combination(s) skipped: {reason}" for reason, count in sorted(manifest.skipped.items())]
 
 
-def resume_request(store: str, run_id: str, *, allow_changed_code: bool = False) -> tuple[SweepRequest, RunManifest]:
-    """The request and manifest of run ``run_id``, to finish it.
+def resume_request(store: str, run_id: str, *, allow_changed_code: bool = False,
+                   kind: str = "sweep") -> tuple[SweepRequest, RunManifest]:
+    """The request and manifest of run ``run_id`` (a run of ``kind``), to finish it.
 
-    ConfigError when the run is still running, or when its strategy's source changed since
-    it started (unless ``allow_changed_code``: the run then goes on with the new source).
+    ConfigError when the run is of another kind, still running, or when its strategy's source
+    changed since it started (unless ``allow_changed_code``: the run then goes on with the new source).
     """
     manifest = RunStore(store).manifest(run_id)
+    if manifest.kind != kind:
+        raise ConfigError(f"run {run_id} is a {manifest.kind} run: resume it with `tradpal-ray {manifest.kind}`")
     if manifest.current_status() == "running":
         raise ConfigError(f"run {run_id} is still running (driver {manifest.driver.get('host')} pid {manifest.driver.get('pid')})")
     if manifest.status == "complete":

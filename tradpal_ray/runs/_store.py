@@ -5,6 +5,7 @@
     runs/<run_id>/manifest.json                         what was asked and how it went
     runs/<run_id>/results/<symbol>/chunk-00007.parquet  one file per (symbol, chunk of combinations)
     runs/<run_id>/detail/<result_id>/{trades,equity}.parquet   kept results in full
+    runs/<run_id>/trials.parquet, study.journal          optimize runs: trials table, Optuna journal
 
 Chunk files have deterministic names and are published atomically, so a retried task or a
 resumed run rewrites the same file with the same rows: never a duplicate, never a loss.
@@ -17,8 +18,10 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
 
 import orjson
 import pandas as pd
@@ -30,7 +33,14 @@ from tradpal_ray.backtest.metrics import derive_metrics, metric_names
 from tradpal_ray.backtest.sweep import rank
 from tradpal_ray.errors import ConfigError, StoreError
 from tradpal_ray.market.store import encode_key
-from tradpal_ray.runs._manifest import RESULT_ID_PATTERN, RUN_ID_PATTERN, RUN_STATUSES, RunManifest, now
+from tradpal_ray.runs._manifest import (
+    HEARTBEAT_SECONDS,
+    RESULT_ID_PATTERN,
+    RUN_ID_PATTERN,
+    RUN_STATUSES,
+    RunManifest,
+    now,
+)
 from tradpal_ray.runs._schema import (
     EQUITY_SCHEMA,
     ID_COLUMNS,
@@ -123,18 +133,23 @@ class RunStore:
         self, run_id: str, symbol: str, chunk: int, table: pa.Table, skipped: Mapping[str, int] | None = None
     ) -> None:
         """Publish one chunk's rows (and what it skipped) atomically; writing it again replaces it."""
+        self._publish_chunk(self.chunk_path(run_id, symbol, chunk), table, skipped)
+
+    def _publish_chunk(self, path: str, table: pa.Table, skipped: Mapping[str, int] | None, **options: Any) -> None:
         meta = dict(table.schema.metadata or {})
         meta[_SKIPPED_KEY] = orjson.dumps(dict(skipped or {}))
         meta[b"tradpal.schema_version"] = str(SCHEMA_VERSION).encode()
         table = table.replace_schema_metadata(meta)
-        path = self.chunk_path(run_id, symbol, chunk)
         self._fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-        write_atomic(self._fs, path, lambda out: pq.write_table(table, out, compression="zstd"))
+        write_atomic(self._fs, path, lambda out: pq.write_table(table, out, **{"compression": "zstd", **options}))
 
     def _chunk_files(self, run_id: str, symbol: str | None = None) -> list[pafs.FileInfo]:
         root = f"{self._run_dir(run_id)}/results"
         if symbol is not None:
             root = f"{root}/{encode_key(symbol)}"
+        return self._chunk_files_under(root)
+
+    def _chunk_files_under(self, root: str) -> list[pafs.FileInfo]:
         selector = pafs.FileSelector(root, recursive=True, allow_not_found=True)
         files = [i for i in self._fs.get_file_info(selector) if i.type == pafs.FileType.File and _CHUNK.match(i.base_name)]
         return sorted(files, key=lambda i: i.path)
@@ -206,6 +221,92 @@ class RunStore:
     def results(self, run_id: str, symbol: str | None = None) -> pd.DataFrame:
         """:meth:`results_table` as pandas (int64 and float64 columns keep their types)."""
         return self.results_table(run_id, symbol).to_pandas()
+
+    # ------------------------------------------------------- optimize runs
+    def heartbeat(self, manifest: RunManifest, last: float) -> float:
+        """Write ``manifest`` with a fresh heartbeat if the last one (``time.monotonic()``) is due; the time of the latest."""
+        now = time.monotonic()
+        if now - last < HEARTBEAT_SECONDS:
+            return last
+        manifest.beat()
+        self.write_manifest(manifest)
+        return now
+
+    def local_path(self, run_id: str, name: str) -> str:
+        """The local path of file ``name`` in a run's folder (created); ConfigError for a store that is not a local path.
+
+        An optimize run keeps its Optuna journal there, which needs file locks and appends.
+        """
+        if not isinstance(self._fs, pafs.LocalFileSystem):
+            raise ConfigError(f"optimize keeps its study in the run folder and needs a local store path, not {self.root!r}")
+        run_dir = self._run_dir(run_id)
+        self._fs.create_dir(run_dir, recursive=True)
+        return f"{run_dir}/{name}"
+
+    def write_trials(self, run_id: str, table: pa.Table) -> None:
+        """Publish an optimize run's trials table (``trials.parquet``) atomically."""
+        path = f"{self._run_dir(run_id)}/trials.parquet"
+        write_atomic(self._fs, path, lambda out: pq.write_table(table, out, compression="zstd"))
+
+    def trials(self, run_id: str) -> pd.DataFrame:
+        """An optimize run's trials (one row per evaluated trial); ConfigError when it has none yet."""
+        try:
+            return pq.read_table(f"{self._run_dir(run_id)}/trials.parquet", filesystem=self._fs).to_pandas()
+        except FileNotFoundError:
+            raise ConfigError(f"run {run_id!r} has no trials table") from None
+
+    # --------------------------------------------------------- walk-forward
+    def fold_chunk_path(self, run_id: str, fold: int, chunk: int) -> str:
+        """Where the in-sample rows of one (fold, chunk) unit of a walk-forward live."""
+        return f"{self._run_dir(run_id)}/folds/fold-{fold:05d}/chunk-{chunk:05d}.parquet"
+
+    def write_fold_chunk(self, run_id: str, fold: int, chunk: int, table: pa.Table,
+                         skipped: Mapping[str, int] | None = None) -> None:
+        """Publish one walk-forward unit's in-sample rows atomically (idempotent, as :meth:`write_chunk`).
+
+        Written for speed (a fold's chunk is small and read whole: no compression, no column
+        statistics, dictionaries for the repeated id strings only): there is one per fold.
+        """
+        self._publish_chunk(self.fold_chunk_path(run_id, fold, chunk), table, skipped, compression="none",
+                            write_statistics=False, use_dictionary=list(ID_COLUMNS))
+
+    def _fold_files(self, run_id: str, fold: int | None = None) -> list[pafs.FileInfo]:
+        return self._chunk_files_under(f"{self._run_dir(run_id)}/folds" + ("" if fold is None else f"/fold-{fold:05d}"))
+
+    def done_fold_chunks(self, run_id: str) -> set[tuple[int, int]]:
+        """(fold, chunk) units of a walk-forward already written: what a resume skips."""
+        done = set()
+        for info in self._fold_files(run_id):
+            fold = info.path.rsplit("/", 2)[-2].removeprefix("fold-")
+            match = _CHUNK.match(info.base_name)
+            assert match is not None
+            done.add((int(fold), int(match.group(1))))
+        return done
+
+    def fold_results(self, run_id: str, fold: int) -> pd.DataFrame:
+        """One fold's in-sample rows (typed, derived metrics added), in chunk and grid order."""
+        tables = [_typed(self._read(run_id, info)) for info in self._fold_files(run_id, fold)]
+        if not tables:
+            return pd.DataFrame()
+        return _with_derived(pa.concat_tables(tables, promote_options="default")).to_pandas()
+
+    def write_walkforward(self, run_id: str, folds: pa.Table, equity: pa.Table, trades: pa.Table) -> None:
+        """Publish a walk-forward's per-fold table, stitched out-of-sample equity and trades."""
+        base = f"{self._run_dir(run_id)}/walkforward"
+        self._fs.create_dir(base, recursive=True)
+        for name, table in (("folds", folds), ("oos_equity", equity), ("oos_trades", trades)):
+            write_atomic(self._fs, f"{base}/{name}.parquet", lambda out, t=table: pq.write_table(t, out))
+
+    def walkforward(self, run_id: str) -> dict[str, pd.DataFrame]:
+        """``{"folds", "oos_equity", "oos_trades"}`` of a finished walk-forward; ConfigError if there is none."""
+        base = f"{self._run_dir(run_id)}/walkforward"
+        try:
+            return {name: pq.read_table(f"{base}/{name}.parquet", filesystem=self._fs).to_pandas()
+                    for name in ("folds", "oos_equity", "oos_trades")}
+        except FileNotFoundError:
+            raise ConfigError(f"run {run_id!r} has no finished walk-forward") from None
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise StoreError(f"corrupt walk-forward tables of run {run_id}: {exc}") from exc
 
     # -------------------------------------------------------------- details
     def write_detail(self, run_id: str, rid: str, trades: pd.DataFrame, equity: pd.Series) -> None:

@@ -165,7 +165,7 @@ def build_app(
         state = await service.readiness()
         return JSONResponse(state, status_code=200 if state["ready"] else 503)
 
-    @api.get("/runs", tags=["runs"], summary="Every sweep run, newest first.")
+    @api.get("/runs", tags=["runs"], summary="Every run (sweeps and walk-forwards, see `kind`), newest first.")
     async def runs() -> Response:
         return _json(await service.runs())
 
@@ -188,6 +188,11 @@ def build_app(
              summary="Equity curve and trades of one kept result (the best few per symbol).")
     async def equity(run_id: RunId, result_id: ResultId) -> Response:
         return _json(await service.equity(run_id, result_id))
+
+    @api.get("/runs/{run_id}/walkforward", tags=["runs"],
+             summary="A walk-forward run: per-fold windows, choices and IS/OOS statistics, stitched OOS equity, WFE.")
+    async def walkforward(run_id: RunId) -> Response:
+        return _json(await service.walkforward(run_id))
 
     @api.get("/symbols/stats", tags=["symbols"], summary="Per-symbol statistics across runs.")
     async def symbol_stats(exchange: Text = None, symbol: Text = None, timeframe: Timeframe | None = None) -> Response:

@@ -11,7 +11,9 @@ Query parameters: ``?run=ID`` selects a run (default: the newest), ``&result=ID`
 to chart (default: the leaderboard's first row). Stable hooks for tests and scripts:
 ``#leaderboard[data-run]`` with ``tbody tr[data-result-id]``, ``#equity[data-result-id]``
 with ``svg[data-points] path``, ``#equity-message``, ``#feeds[data-refreshes]``,
-``#traders[data-refreshes]`` with ``tbody tr[data-trader]``, ``#fills tbody tr[data-fill-id]``.
+``#traders[data-refreshes]`` with ``tbody tr[data-trader]``, ``#fills tbody tr[data-fill-id]``. A
+walk-forward run (``#leaderboard[data-kind="walkforward"]``) shows its folds (``tbody tr[data-fold]``)
+and the stitched out-of-sample equity in ``#equity`` instead.
 """
 
 from __future__ import annotations
@@ -133,8 +135,35 @@ async function loadRuns() {
   if (!runs.length) { $("leaderboard-caption").textContent = "no runs in the store yet"; return; }
   const wanted = params.get("run");
   select.value = runs.some((r) => r.run_id === wanted) ? wanted : runs[0].run_id;
-  select.onchange = () => loadLeaderboard(select.value, null).catch(showError);
-  await loadLeaderboard(select.value, params.get("result"));
+  const kinds = Object.fromEntries(runs.map((r) => [r.run_id, r.kind]));
+  const show = (runId, resultId) => {
+    $("leaderboard").dataset.kind = kinds[runId];
+    return kinds[runId] === "walkforward" ? loadWalkForward(runId) : loadLeaderboard(runId, resultId);
+  };
+  select.onchange = () => show(select.value, null).catch(showError);
+  await show(select.value, params.get("result"));
+}
+
+async function loadWalkForward(runId) {
+  const doc = await api(`runs/${encodeURIComponent(runId)}/walkforward`);
+  const table = $("leaderboard"), summary = doc.summary || {}, oos = summary.oos || {}, goal = doc.objective;
+  table.dataset.run = runId;
+  table.dataset.metric = goal;
+  $("run-info").textContent = `${doc.strategy} \u00b7 walk-forward \u00b7 ${doc.folds.length} folds \u00b7 ` +
+    `WFE ${fmt(summary.wfe)} \u00b7 ${goal} OOS/IS ${fmt(summary.objective_ratio)}`;
+  $("leaderboard-caption").textContent = `folds: parameters chosen by ${goal} in sample, tested out of sample`;
+  const day = (ms) => fmtTime(ms).slice(0, 10);
+  table.tHead.replaceChildren(el("tr", {}, ...["fold", "train", "test", "params", `IS ${goal}`, `OOS ${goal}`,
+    "OOS return %", "OOS trades"].map((c) => el("th", {}, c))));
+  table.tBodies[0].replaceChildren(...doc.folds.map((f) => el("tr", { "data-fold": f.fold }, el("td", {}, f.fold),
+    el("td", {}, `${day(f.train_from)} \u2013 ${day(f.train_to)}`), el("td", {}, `${day(f.test_from)} \u2013 ${day(f.test_to)}`),
+    el("td", {}, f.candidates ? fmtParams(f.params) : "none fits"), el("td", { class: "metric" }, fmt(f.is_objective)),
+    el("td", {}, fmt(f.oos_objective)), el("td", {}, fmt(f.oos_return_pct)), el("td", {}, fmt(f.oos_trades)))));
+  const box = $("equity");
+  box.dataset.resultId = "";
+  $("equity-title").textContent = `stitched out-of-sample equity \u00b7 return ${fmt(oos.return_pct)} % \u00b7 ` +
+    `Sharpe ${fmt(oos.sharpe)} \u00b7 max DD ${fmt(oos.max_drawdown_pct)} %`;
+  box.replaceChildren(chart(doc.equity.time, doc.equity.equity));
 }
 
 async function loadLeaderboard(runId, resultId) {

@@ -12,6 +12,7 @@ from typing import Any
 import pyarrow as pa
 import ray
 
+from tradpal_ray.sim._trading import AccountSnapshot
 from tradpal_ray.sim.server import ExchangeSimulator
 
 
@@ -41,6 +42,10 @@ class SimulatorActor:
     async def stats(self) -> dict[str, Any]:
         """Simulator statistics."""
         return self._sim.stats()
+
+    async def account(self) -> AccountSnapshot:
+        """The simulator's record of the account: balances, orders and fills."""
+        return self._sim.account()
 
     async def now_ms(self) -> int:
         """Current simulated time in ms."""

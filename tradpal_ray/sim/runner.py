@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import pyarrow as pa
 
+from tradpal_ray.sim._trading import AccountSnapshot
 from tradpal_ray.sim.server import ExchangeSimulator
 
 T = TypeVar("T")
@@ -66,6 +67,10 @@ class SimulatorThread:
     def now_ms(self) -> int:
         """Current simulated time in ms."""
         return self.simulator.now_ms()
+
+    def account(self) -> AccountSnapshot:
+        """See :meth:`ExchangeSimulator.account`."""
+        return self.call(self.simulator.account)
 
     def closed_candles(
         self, symbol: str, timeframe: str, start_ms: int | str, end_ms: int | str

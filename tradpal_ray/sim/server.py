@@ -1,6 +1,7 @@
 """The simulator's aiohttp server: Binance spot REST + combined WebSocket stream on one port.
 
-Also serves the control endpoints ``POST/DELETE /__sim/fault`` and ``GET /__sim/stats``.
+Also serves the control endpoints ``POST/DELETE /__sim/fault``, ``GET /__sim/stats`` and
+``GET /__sim/account``, and one simulated spot account (see :mod:`tradpal_ray.sim._trading`).
 """
 
 from __future__ import annotations
@@ -8,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from decimal import Decimal
 from typing import Any, Self
 
 import orjson
@@ -19,7 +21,11 @@ from tradpal_ray.errors import ConfigError
 from tradpal_ray.log import get_logger
 from tradpal_ray.market.schema import TIMEFRAMES, to_ms
 from tradpal_ray.sim import wire
-from tradpal_ray.sim.faults import Fault, FaultState, parse_fault
+from tradpal_ray.sim._account import DEFAULT_FEE_RATE, Account, parse_balances
+from tradpal_ray.sim._errors import ApiError
+from tradpal_ray.sim._signing import DEFAULT_API_KEY, DEFAULT_API_SECRET, Credentials
+from tradpal_ray.sim._trading import AccountSnapshot, TradingApi
+from tradpal_ray.sim.faults import FAULT_PARAMS, Fault, FaultState, parse_fault
 from tradpal_ray.sim.market import (
     MarketSource,
     MarketView,
@@ -32,6 +38,8 @@ from tradpal_ray.sim.synthetic import SyntheticSource, WalkParams
 
 log = get_logger(__name__)
 
+FAULT_CONNECTION_KINDS = frozenset(k for k, params in FAULT_PARAMS.items() if "connection" in params)
+"""Fault kinds aimed at WebSocket connections."""
 MAX_LIMIT = 1000
 DEFAULT_LIMIT = 500
 _REST_ERROR_BODIES = {
@@ -49,13 +57,11 @@ _REST_ERROR_BODIES = {
 }
 
 
-class BadRequest(Exception):
+class BadRequest(ApiError):
     """A REST call Binance would answer with HTTP 400 and ``{"code": code, "msg": msg}``."""
 
     def __init__(self, code: int, msg: str) -> None:
-        super().__init__(msg)
-        self.code = code
-        self.msg = msg
+        super().__init__(code, msg, status=400)
 
 
 def _json(
@@ -76,6 +82,9 @@ class ExchangeSimulator:
     deterministic synthetic walk seeded by ``seed``). The clock starts at ``start`` (default:
     early enough to run an hour at ``speed``; a replay starts at its first candle) and runs
     ``speed`` times real time, never ahead of the wall clock. Call :meth:`start` / :meth:`stop` in one loop.
+    The account starts with ``balances`` (``"USDT=10000,BTC=0"`` or a mapping; default 10000
+    USDT), pays ``fee_rate`` (default 0.001) of the notional per fill, and accepts the ``api_key`` /
+    ``api_secret`` pair (default: :data:`~tradpal_ray.sim._signing.DEFAULT_API_KEY` and its secret).
     """
 
     def __init__(
@@ -92,6 +101,10 @@ class ExchangeSimulator:
         genesis: int | str | None = None,
         trades_per_minute: float = 30.0,
         emit_interval: float = 0.05,
+        balances: str | Mapping[str, object] | None = None,
+        fee_rate: float | str | Decimal | None = None,
+        api_key: str | None = None,
+        api_secret: str | None = None,
     ) -> None:
         if not speed > 0:
             raise ConfigError(f"speed must be positive, got {speed!r}")
@@ -133,10 +146,20 @@ class ExchangeSimulator:
             ping_interval=ping_interval,
             emit_interval=emit_interval,
         )
+        api_key = DEFAULT_API_KEY if api_key is None else api_key
+        api_secret = DEFAULT_API_SECRET if api_secret is None else api_secret
+        if not api_key or not api_secret:
+            raise ConfigError("the simulator's API key and secret must not be empty")
+        self.trading = TradingApi(
+            self.hub,
+            Account(self.view.specs.values(), parse_balances(balances), DEFAULT_FEE_RATE if fee_rate is None else fee_rate),
+            Credentials(api_key, api_secret),
+        )
         self.host, self.port = host, port
         self.rest_requests: Counter[str] = Counter()
         self._runner: web.AppRunner | None = None
         self._emitter: asyncio.Task | None = None
+        self._matcher: asyncio.Task | None = None
         self._background: set[asyncio.Task] = set()
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -166,6 +189,7 @@ class ExchangeSimulator:
         app.router.add_post("/__sim/fault", self._post_fault)
         app.router.add_delete("/__sim/fault", self._delete_fault)
         app.router.add_get("/__sim/stats", self._stats)
+        self.trading.add_routes(app)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
@@ -176,6 +200,8 @@ class ExchangeSimulator:
         self.clock.start()
         self.hub.cursor = dict.fromkeys(self.hub.cursor, self.clock.now_ms())
         self._emitter = asyncio.create_task(self.hub.run())
+        self.trading.start()
+        self._matcher = asyncio.create_task(self.trading.run())
         log.info(
             "sim.started",
             url=self.url,
@@ -186,10 +212,11 @@ class ExchangeSimulator:
 
     async def stop(self) -> None:
         """Close every connection and release the port."""
-        if self._emitter is not None:
-            self._emitter.cancel()
-            await asyncio.gather(self._emitter, return_exceptions=True)
-            self._emitter = None
+        for task in (self._emitter, self._matcher):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        self._emitter = self._matcher = None
         await self.hub.close_all()
         if self._runner is not None:
             await self._runner.cleanup()
@@ -219,6 +246,10 @@ class ExchangeSimulator:
         bars = self.view.closed_candles(symbol, timeframe, start, end, self.now_ms())
         return self.view.table(symbol, timeframe, bars)
 
+    def account(self) -> AccountSnapshot:
+        """The simulator's record of the account: balances, orders and fills."""
+        return self.trading.snapshot()
+
     def inject(self, kind: str, **params: Any) -> dict[str, Any]:
         """Inject a fault (see :mod:`tradpal_ray.sim.faults`); returns what it was applied to."""
         fault = parse_fault({"kind": kind, **params})
@@ -231,8 +262,12 @@ class ExchangeSimulator:
                 conn.duplicates = conn.reorders = 0
             return {"kind": "clear"}
         self.faults.arm(fault)
+        if fault.kind == "user_stream_drop":
+            dropped = self.trading.drop_user_streams()
+            log.info("sim.fault", kind=fault.kind, connections=dropped)
+            return {"kind": fault.kind, "connections": dropped}
         targets = (
-            self.hub.targets(fault.connection) if fault.kind != "rest_error" else []
+            self.hub.targets(fault.connection) if fault.kind in FAULT_CONNECTION_KINDS else []
         )
         for conn in targets:
             if fault.kind == "close":
@@ -299,11 +334,12 @@ class ExchangeSimulator:
             )
         try:
             return await handler(request)
-        except BadRequest as exc:
+        except ApiError as exc:
             return web.Response(
                 body=wire.error_body(exc.code, exc.msg),
-                status=400,
+                status=exc.status,
                 content_type="application/json",
+                headers=None if exc.retry_after is None else {"Retry-After": str(exc.retry_after)},
             )
         except ConfigError as exc:
             return web.Response(

@@ -14,7 +14,7 @@ import socket
 import struct
 import time
 from collections import Counter, deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -239,6 +239,10 @@ class StreamHub:
         self.total_connections = 0
         self.sent: Counter[str] = Counter()
         self.cursor = {symbol: clock.now_ms() for symbol in view.specs}
+        # Set by the server: WebSocket API requests (dotted methods such as
+        # ``userDataStream.subscribe.signature``) and a hook on every new connection.
+        self.api_handler: Callable[[Connection, dict[str, Any]], None] | None = None
+        self.on_open: Callable[[Connection, web.Request], None] | None = None
 
     # -- connections -------------------------------------------------------------------------
 
@@ -249,6 +253,8 @@ class StreamHub:
         self.total_connections += 1
         conn = Connection(self.total_connections, ws, request, self)
         self.connections[conn.id] = conn
+        if self.on_open is not None:
+            self.on_open(conn, request)
         tasks = [
             asyncio.create_task(conn.write_loop()),
             asyncio.create_task(self._ping_loop(conn)),
@@ -331,6 +337,9 @@ class StreamHub:
             request.get("method"),
             request.get("params", []),
         )
+        if self.api_handler is not None and isinstance(method, str) and "." in method:
+            self.api_handler(conn, request)
+            return
         if method == "LIST_SUBSCRIPTIONS":
             conn.send("result", [wire.ws_result(request_id, sorted(conn.streams))])
             return

@@ -188,6 +188,25 @@ class StatsQueries:
             ],
         }
 
+    def walkforward(self, run_id: str) -> dict[str, Any]:
+        """A walk-forward run's summary (stitched OOS statistics, WFE), folds and stitched equity;
+        NotFound for an unknown run, another kind, or one not finished yet."""
+        manifest = self.manifest(run_id)
+        if manifest.kind != "walkforward":
+            raise NotFound(f"run {run_id!r} is a {manifest.kind}, not a walk-forward")
+        try:
+            tables = self.results.walkforward(run_id)
+        except ConfigError as exc:
+            raise NotFound(str(exc)) from exc
+        curve = tables["oos_equity"]
+        return {
+            "run_id": run_id, "strategy": manifest.strategy, "status": manifest.current_status(),
+            "objective": manifest.walkforward["spec"]["objective"], "spec": manifest.walkforward["spec"],
+            "warmup": manifest.walkforward.get("warmup"), "summary": manifest.walkforward.get("summary", {}),
+            "folds": _records(tables["folds"], manifest.param_names),
+            "equity": {"time": _ms(curve["time"]), "equity": curve["equity"].tolist(), "fold": curve["fold"].tolist()},
+        }
+
     def equity(self, run_id: str, rid: str) -> dict[str, Any]:
         """One kept result's equity curve (columnar, ms times) and trades; NotFound if not kept."""
         manifest = self.manifest(run_id)

@@ -49,7 +49,7 @@ from tradpal_ray.trading import Ledger, ledger_exists, ledger_identity, open_led
 log = get_logger(__name__)
 
 DEFAULT_TTLS: dict[str, float] = {
-    "runs": 60, "run": 600, "results": 600, "leaderboard": 600, "equity": 3600, "symbols": 300,
+    "runs": 60, "run": 600, "results": 600, "leaderboard": 600, "equity": 3600, "walkforward": 3600, "symbols": 300,
     "trades": 300, "trade_counts": 300, "trade_stats": 300, "coverage": 30, "feeds": 2,
     "live_counts": 60, "live_stats": 60, "live_traders": 60, "live_equity": 60,
 }
@@ -347,6 +347,10 @@ class StatsService:
         """One kept result's equity curve and trades."""
         return await self._json("equity", self._run_stamp(run_id), (run_id, result_id),
                                 lambda: self.queries.equity(run_id, result_id))
+
+    async def walkforward(self, run_id: str) -> bytes:
+        """A walk-forward run's summary, folds and stitched out-of-sample equity."""
+        return await self._json("walkforward", self._run_stamp(run_id), (run_id,), lambda: self.queries.walkforward(run_id))
 
     async def symbol_stats(self, exchange: str | None = None, symbol: str | None = None, timeframe: str | None = None) -> bytes:
         """Per-symbol statistics across runs."""

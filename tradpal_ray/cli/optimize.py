@@ -1,0 +1,202 @@
+"""``tradpal-ray optimize``: Optuna's samplers over a strategy's parameters, trials in parallel on Ray.
+
+Human output (progress bar, best trial or Pareto front) goes to stderr; with ``--json``
+stdout holds exactly one object ``{"run_id", "status", "sampler", "objectives", "directions",
+"trials", "executor", "best": [{"trial", "params", "values", "stats"}]}``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from tradpal_ray.cli.app import (
+    AddressOption,
+    ExchangeOption,
+    StoreOption,
+    app,
+    console,
+    emit_json,
+    settings_for,
+)
+from tradpal_ray.cli.backtest import (
+    CashOption,
+    DataOption,
+    DirectionOption,
+    FeeOption,
+    JsonOption,
+    PeriodsOption,
+    SinceOption,
+    SizeOption,
+    SizeUnitOption,
+    SlippageOption,
+    StopLossOption,
+    StrategyOption,
+    TakeProfitOption,
+    TimeframeOption,
+    UntilOption,
+    backtest_config,
+)
+from tradpal_ray.errors import ConfigError
+
+if TYPE_CHECKING:
+    from tradpal_ray.runs import OptimizeOutcome, OptimizeRequest
+
+
+@app.command()
+def optimize(
+    data: DataOption = None,
+    store: StoreOption = None,
+    exchange: ExchangeOption = None,
+    symbols: Annotated[str | None, typer.Option("--symbols", help="One symbol in the store.", show_default=False)] = None,
+    timeframe: TimeframeOption = None,
+    strategy: StrategyOption = "sma_cross",
+    space: Annotated[
+        list[str] | None,
+        typer.Option("--space", help="NAME=int:LOW:HIGH, NAME=float:LOW:HIGH[:log] or NAME=cat:A,B; repeatable.",
+                     show_default=False),
+    ] = None,
+    trials: Annotated[int, typer.Option("--trials", help="Trials to evaluate (exactly this many, also across --resume).")] = 100,
+    sampler: Annotated[str | None, typer.Option("--sampler", help="tpe, cmaes, nsga2 or random. Default: tpe, nsga2 with "
+                                                                  "several objectives.", show_default=False)] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the sampler.")] = 0,
+    objective: Annotated[
+        list[str] | None,
+        typer.Option("--objective", help="sharpe, sortino, calmar, return, profit_drawdown, sqn, any metric, or "
+                                         "module:function / file.py:function; repeat for a Pareto front. Default: sharpe.",
+                     show_default=False),
+    ] = None,
+    workers: Annotated[int | None, typer.Option("--workers", help="Tasks in flight on Ray (default: the cluster's CPUs).",
+                                                show_default=False)] = None,
+    trials_per_task: Annotated[int | None, typer.Option("--trials-per-task", help="Trials one task evaluates "
+                                                        "(default: from --trials and --workers).", show_default=False)] = None,
+    cash: CashOption = 10_000.0,
+    fee: FeeOption = 0.001,
+    size_unit: SizeUnitOption = None,
+    size: SizeOption = "1",
+    slippage_bps: SlippageOption = 0.0,
+    direction: DirectionOption = "long",
+    stop_loss: StopLossOption = None,
+    take_profit: TakeProfitOption = None,
+    periods_per_year: PeriodsOption = 365.0,
+    since: SinceOption = None,
+    until: UntilOption = None,
+    executor: Annotated[str, typer.Option("--executor", help="auto (Ray when a cluster is given or running or --workers "
+                                                             "is above 1, else in process), local, or ray.")] = "auto",
+    resume: Annotated[str | None, typer.Option("--resume", help="Finish run RUN_ID to its number of trials.",
+                                               show_default=False)] = None,
+    allow_changed_code: Annotated[bool, typer.Option("--allow-changed-code", help="With --resume: go on although the "
+                                                                                  "strategy's source changed.")] = False,
+    address: AddressOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Search a strategy's parameters with Optuna's samplers; the run persists under <store>/runs/<run_id>."""
+    settings = settings_for(store=store, exchange=exchange)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    from tradpal_ray.runs import EXECUTORS, run_optimize
+    from tradpal_ray.runs._optimize import parse_space
+
+    if executor not in EXECUTORS:
+        raise ConfigError(f"--executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
+    request = None
+    if not resume:
+        config = backtest_config(cash=cash, fee=fee, size_unit=size_unit, size=size, slippage_bps=slippage_bps,
+                                 direction=direction, stop_loss=stop_loss, take_profit=take_profit,
+                                 periods_per_year=periods_per_year)
+        dims = parse_space(space or [])
+        request = _request(data, symbols, timeframe, settings.store, settings.exchange, since, until,
+                           strategy=strategy, space={name: dim.spec for name, dim in dims.items()},
+                           objectives=tuple(objective or ["sharpe"]), trials=trials, sampler=sampler, seed=seed,
+                           config=config, trials_per_task=trials_per_task)
+        request.check()  # strategy, space, objectives, sampler: all checked before any data, cluster or output
+        if size_unit is None and not data:
+            request = _with_market_unit(request, settings.store)
+    columns = (TextColumn("optimize"), BarColumn(), MofNCompleteColumn(), TextColumn("trials"), TimeElapsedColumn())
+    progress = Progress(*columns, console=console, transient=json_output)
+    task = progress.add_task("optimize", total=None)
+
+    def show(done: int, total: int) -> None:
+        if not progress.live.is_started:
+            progress.start()
+        progress.update(task, completed=done, total=total)
+
+    try:
+        outcome = run_optimize(request, store=settings.store, resume=resume, executor=executor, address=address,
+                               workers=workers, allow_changed_code=allow_changed_code, on_progress=show)
+    finally:
+        if progress.live.is_started:
+            progress.stop()
+    if json_output:
+        emit_json(_json(outcome))
+    else:
+        _render(outcome)
+    if outcome.manifest.status == "failed":
+        raise typer.Exit(1)
+
+
+def _request(data: Any, symbols: str | None, timeframe: str | None, store: str, exchange: str, since: str | None,
+             until: str | None, **fields: Any) -> OptimizeRequest:
+    from tradpal_ray.config import split_list
+    from tradpal_ray.runs import BarsSource, OptimizeRequest
+
+    if data is not None:
+        if symbols or timeframe:
+            raise ConfigError("give either --data FILE or --symbols/--timeframe, not both")
+        if not data.exists():
+            raise ConfigError(f"no such file: {data}")
+        return OptimizeRequest(source=BarsSource(data.stem, data_file=str(data), since=since, until=until), **fields)
+    wanted = split_list(symbols)
+    if len(wanted) != 1 or not timeframe:
+        raise ConfigError("give --data FILE, or one --symbols SYMBOL and --timeframe to read from the store")
+    return OptimizeRequest(source=BarsSource(wanted[0], store=store, exchange=exchange, timeframe=timeframe,
+                                             since=since, until=until), **fields)
+
+
+def _with_market_unit(request: OptimizeRequest, store: str) -> OptimizeRequest:
+    """The request with the market's recorded lot step as size unit (a warning when none is recorded)."""
+    from dataclasses import replace
+
+    from tradpal_ray.runs import SweepRequest
+
+    source = request.source
+    swept, missing = SweepRequest(request.strategy, {}, symbols=[source.symbol], exchange=source.exchange,
+                                  timeframe=source.timeframe, config=request.config).with_market_units(store)
+    for symbol in missing:
+        console.print(f"[yellow]warning:[/yellow] no market info recorded for {symbol}: size unit 1 "
+                      "(run `tradpal-ray fetch` for it, or give --size-unit)", highlight=False)
+    return replace(request, config=swept.config_for(source.symbol))
+
+
+def _json(outcome: OptimizeOutcome) -> dict[str, Any]:
+    m = outcome.manifest
+    return {"run_id": m.run_id, "status": m.status, "error": m.error, "strategy": m.strategy,
+            "strategy_ref": m.strategy_ref.get("text"), "sampler": m.sampler, "objectives": m.objectives,
+            "directions": m.directions, "trials": m.results, "executor": m.executor, "best": m.best}
+
+
+def _render(outcome: OptimizeOutcome) -> None:
+    """The best trial, or the Pareto front, as a table on stderr."""
+    from rich.table import Table
+
+    from tradpal_ray.cli.sweep import _cell
+    from tradpal_ray.runs import params_label
+
+    m = outcome.manifest
+    title = "Pareto front" if len(m.objectives) > 1 else "best trial"
+    table = Table("trial", "params", *(f"{name} ({d[:3]})" for name, d in zip(m.objectives, m.directions)),
+                  "trades", title=f"{title} of {m.results:,} trials ({m.sampler})")
+    for best in m.best:
+        table.add_row(str(best["trial"]), params_label(best["params"]), *(_cell(v) for v in best["values"]),
+                      _cell(best["stats"].get("trades")))
+    console.print(table)
+    if m.error:
+        console.print(f"[red]failed[/red]: {m.error}", highlight=False)
+    console.print(f"run [bold]{m.run_id}[/bold]: {m.status}, {m.results:,} trials ({m.executor})", highlight=False)
