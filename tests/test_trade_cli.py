@@ -100,6 +100,10 @@ def test_a_killed_trader_actor_restarts_and_rebuilds_from_the_ledger(ray_session
     handle = start_trader(spec, instance=instance)
     ray.get(handle.ready.remote())
     feed = ensure_feed(spec, instance)
+    ray.get(feed.ready.remote())
+    twin = TraderSpec(name="twin", strategy="ema_cross", symbols=(SYMBOL,), timeframe="1m", store=str(store_root),
+                      exchange_url=replay_sim.url)
+    assert ensure_feed(twin, instance)._actor_id == feed._actor_id  # traders of the same series share its feed
 
     def wait_status(done: Any, timeout: float = 60.0) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
