@@ -255,3 +255,20 @@ def test_incubator_specs_carry_the_best_results_and_their_backtest_figures(tmp_p
     assert report["backtest"]["trades"] == best.trades.iloc[0]
     assert report["divergence"]["trades"] == 0 and abs(report["divergence"]["return_pct"]) < 1e-9
     assert session.ledger.events(specs[0].name, kind="divergence")[0].detail["trades"] <= 0
+
+
+def test_incubator_takes_a_walk_forward_runs_latest_fold_choices(tmp_path: Path, run_cli: object) -> None:
+    from tradpal_ray.runs import RunStore
+    from tradpal_ray.trading._incubator import incubate
+
+    root = write_goog(tmp_path / "wf", {"GOOG/USD": 1.0}, exchange="test")
+    code, out, err = run_cli("walkforward", "--store", root, "--exchange", "test", "--symbols", "GOOG/USD",
+                             "--timeframe", "1d", "--grid", "fast=5,10", "--grid", "slow=20,40", "--train", "360d",
+                             "--test", "180d", "--executor", "local", "--json")
+    assert code == 0, err
+    run_id = json.loads(out)["run_id"]
+    folds = RunStore(root).walkforward(run_id)["folds"].dropna(subset=["fast"]).sort_values("fold")
+    specs = incubate(root, run_id, 1, limits=RiskLimits(), exchange="test")
+    last = folds.iloc[-1]
+    assert specs[0].params == {"fast": int(last.fast), "slow": int(last.slow)} and specs[0].symbols == ("GOOG/USD",)
+    assert specs[0].backtest["trades"] == last.oos_trades and specs[0].backtest["return_pct"] == last.oos_return_pct

@@ -1,14 +1,18 @@
-"""The incubator: paper traders for the best results of a sweep run, to watch them live.
+"""The incubator: paper traders for the best results of a sweep or walk-forward run, to watch them live.
 
-``trade start --from-run RUN_ID --top K`` turns the run's K best results (by its metric) into
+``trade start --from-run RUN_ID --top K`` turns the run's K best results into
 :class:`~tradpal_ray.trading._session.TraderSpec` s: the run's strategy, costs and size
-units, the result's parameters and symbol. Each spec carries the result's backtest figures,
+units, the result's parameters and symbol. For a sweep, the K best by its metric; for a
+walk-forward, the parameters its K latest folds chose (newest first, each set once: what
+it would trade now), with that fold's out-of-sample figures. Each spec carries the result's backtest figures,
 so the trader's status shows the divergence of its live trades and return from them.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+import pandas as pd
 
 from tradpal_ray.backtest.engine import BacktestConfig
 from tradpal_ray.errors import ConfigError
@@ -29,7 +33,8 @@ def incubate(store: str, run_id: str, top: int, *, limits: RiskLimits, broker: s
     manifest = runs.manifest(check_run_id(run_id))
     if not manifest.timeframe:
         raise ConfigError(f"run {run_id} was not on store series (no timeframe): nothing live to trade")
-    best = runs.top(run_id, manifest.metric, top, exclude=manifest.errors)
+    best = _walkforward_choices(runs, run_id, manifest.param_names, manifest.symbols[0], top) \
+        if manifest.kind == "walkforward" else runs.top(run_id, manifest.metric, top, exclude=manifest.errors)
     if not len(best):
         raise ConfigError(f"run {run_id} has no results to incubate")
     config = BacktestConfig(**manifest.costs)
@@ -45,3 +50,11 @@ def incubate(store: str, run_id: str, top: int, *, limits: RiskLimits, broker: s
             backtest={"run_id": run_id, "rank": rank, "metric": manifest.metric, **figures},
         ))
     return specs
+
+
+def _walkforward_choices(runs: RunStore, run_id: str, names: list[str], symbol: str, top: int) -> pd.DataFrame:
+    """The ``top`` latest distinct parameter sets the folds chose, with their out-of-sample figures as columns."""
+    folds = runs.walkforward(run_id)["folds"].dropna(subset=names).sort_values("fold", ascending=False)
+    chosen = folds.drop_duplicates(subset=names).head(top)
+    figures = {f"oos_{name}": name for name in BACKTEST_FIGURES}
+    return chosen[[*names, *(c for c in figures if c in chosen)]].rename(columns=figures).assign(symbol=symbol)
