@@ -139,6 +139,12 @@ def test_user_mistakes_are_one_error_line(run_cli: Any, store_root: Path) -> Non
     code, _, err = run_cli("trade", "start", "--name", "x", "--symbols", SYMBOL, "--broker", "moon", "--store",
                            str(store_root))
     assert code == 2 and "unknown broker 'moon'; valid: paper" in err
+    code, _, err = run_cli("trade", "start", "--name", "x", "--symbols", SYMBOL, "--broker", "exchange", "--store",
+                           str(store_root))
+    assert code == 2 and err.startswith("error: --broker exchange on the real binance trades real money: add --live")
+    code, _, err = run_cli("trade", "start", "--name", "x", "--symbols", SYMBOL, "--broker", "exchange", "--live",
+                           "--direction", "longshort", "--store", str(store_root))
+    assert code == 2 and "the exchange broker trades spot: --direction long only" in err
     code, _, err = run_cli("trade", "export", "nobody", "--store", str(store_root), "--json")
     assert code == 2 and err.startswith("error: no ledger in")
     code, _, err = run_cli("trade", "start", "--from-run", "nope", "--store", str(store_root))
@@ -186,3 +192,47 @@ def test_every_builtin_long_and_longshort_on_one_replayed_feed_equals_backtest(r
             assert_same_trades(got, want, at_least=0)
         total += len(want)
     assert total >= 20
+
+
+def test_exchange_broker_on_the_simulator_ledger_equals_the_accounts_record(ray_session: None, make_simulator: Any,
+                                                                             store_root: Path) -> None:
+    import ray
+    import sqlalchemy as sa
+
+    from tradpal_ray.backtest import BacktestConfig
+    from tradpal_ray.sim import DEFAULT_API_KEY, DEFAULT_API_SECRET, ReplaySource
+    from tradpal_ray.trading import open_ledger
+    from tradpal_ray.trading._session import TraderSpec
+    from tradpal_ray.trading.actor import ensure_feed, start_trader, stop_trader
+
+    sim = make_simulator(None, source=ReplaySource(replay_frame()), speed=600.0, balances="USDT=10000")
+    spec = TraderSpec(name="ex1", strategy="sma_cross", symbols=(SYMBOL,), timeframe="1m", store=str(store_root),
+                      params={"fast": 5, "slow": 20}, exchange_url=sim.url, broker="exchange",
+                      config=BacktestConfig(stop_loss=0.03, take_profit=0.06))
+    instance = "t-exchange"
+    handle = start_trader(spec, instance=instance, credentials=(DEFAULT_API_KEY, DEFAULT_API_SECRET))
+    ray.get(handle.ready.remote())
+    feed = ensure_feed(spec, instance)
+    deadline = time.monotonic() + 120
+    while (status := ray.get(handle.status.remote()))["candles"] < 150:
+        assert time.monotonic() < deadline and status["status"] == "running", status
+        time.sleep(0.5)  # polling the trader's status until it has seen enough candles
+    ray.get(feed.stop.remote())
+    ray.kill(feed)
+    final = stop_trader(instance, "ex1", flatten=True)
+    assert final["status"] == "stopped" and final["symbols"][SYMBOL]["units"] == 0
+    account = sim.account()
+    ledger = open_ledger(None, str(store_root))
+    fills = ledger.tables["fills"]
+    rows = ledger.read(lambda c: c.execute(sa.select(fills).where(fills.c.trader == "ex1").order_by(fills.c.time_ms,
+                                                                                                     fills.c.fill_id)).all())
+    client_ids = {o.order_id: o.client_order_id for o in account.orders}
+    assert len(account.fills) >= 4 and len(rows) == len(account.fills)  # order for order, nothing doubled or lost
+    for row, fill in zip(rows, account.fills, strict=True):
+        assert (row.fill_id, row.client_order_id, row.side, row.units, row.price, row.fee) == (
+            str(fill.id), client_ids[fill.order_id], fill.side.lower(), float(fill.qty), float(fill.price),
+            float(fill.commission))
+    quote = 10_000 + sum((-1 if r.side == "buy" else 1) * r.units * r.price - r.fee for r in rows)
+    assert float(account.balances["USDT"].free + account.balances["USDT"].locked) == pytest.approx(quote, abs=1e-6)
+    assert float(account.balances.get("GOOG", type(account.balances["USDT"])(0)).free) == 0
+    assert not ledger.open_orders("ex1")

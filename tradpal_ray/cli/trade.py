@@ -83,7 +83,10 @@ def start(
     symbols: Annotated[str | None, typer.Option("--symbols", help="Comma-separated symbols, e.g. BTC/USDT,ETH/USDT.",
                                                 show_default=False)] = None,
     timeframe: Annotated[str, typer.Option("--timeframe", help="Candle timeframe the strategy runs on.")] = "1m",
-    broker: Annotated[str, typer.Option("--broker", help="paper (fills at the next candle's open, as backtest).")] = "paper",
+    broker: Annotated[str, typer.Option("--broker", help="paper (fills at the next candle's open, as backtest), or exchange "
+                                                         "(market orders; keys from TRADPAL_EXCHANGE_API_KEY/SECRET).")] = "paper",
+    sandbox: Annotated[bool, typer.Option("--sandbox", help="Exchange broker: the exchange's test network.")] = False,
+    live: Annotated[bool, typer.Option("--live", help="Exchange broker on a real exchange: trade real money.")] = False,
     cash: CashOption = 10_000.0,
     fee: FeeOption = 0.001,
     size_unit: SizeUnitOption = None,
@@ -140,13 +143,16 @@ def start(
             s: u for s in wanted if (u := markets.size_unit(settings.exchange, s)) is not None}
         specs = [TraderSpec(name=name, strategy=ref.text, symbols=wanted, timeframe=timeframe, store=settings.store,
                             params=params, config=config, size_units=units, limits=limits, broker=broker,
-                            exchange=settings.exchange, exchange_url=settings.exchange_url, window=window)]
+                            exchange=settings.exchange, exchange_url=settings.exchange_url, window=window,
+                            sandbox=sandbox, live=live)]
+    keys = (settings.exchange_api_key, settings.exchange_secret)
+    credentials = None if None in keys else (keys[0].get_secret_value(), keys[1].get_secret_value())
     run_traders(specs, instance_name(instance, settings.store), _db_url(settings, db_url), address,
-                duration, json_output)
+                duration, json_output, credentials)
 
 
 def run_traders(specs: list[Any], instance: str, db_url: str | None, address: str | None, duration: float | None,
-                json_output: bool) -> None:
+                json_output: bool, credentials: tuple[str, str] | None = None) -> None:
     """Start the traders (then their feeds) and, on a private Ray, watch them until ``duration`` or Ctrl-C."""
     import ray
 
@@ -156,7 +162,8 @@ def run_traders(specs: list[Any], instance: str, db_url: str | None, address: st
     mode = connect(address, log_to_driver=False)
     detached = mode != "local"
     try:
-        handles = [start_trader(spec, instance=instance, ledger_url=db_url, detached=detached) for spec in specs]
+        handles = [start_trader(spec, instance=instance, ledger_url=db_url, detached=detached, credentials=credentials)
+                   for spec in specs]
         ready = [_unwrap_get(ray, handle.ready.remote()) for handle in handles]  # books rebuilt before the feed starts
         feeds = {}
         for spec in specs:

@@ -25,15 +25,16 @@ from tradpal_ray.errors import ConfigError
 from tradpal_ray.log import get_logger
 from tradpal_ray.market.store import CandleStore
 from tradpal_ray.stats._live import DECISION_EVENT, DIVERGENCE_EVENT
+from tradpal_ray.trading._exchange import ExchangeBroker, ExchangeTrader
 from tradpal_ray.trading._ledger import Ledger
 from tradpal_ray.trading._models import TRADER_NAME, Fill, Order, client_order_id
 from tradpal_ray.trading._paper import Candle, PaperBroker
-from tradpal_ray.trading._risk import RiskLimits
+from tradpal_ray.trading._risk import RiskGuard, RiskLimits
 from tradpal_ray.trading._trader import CandleOutcome, OrderIntent, PaperTrader, TraderCore
 
 log = get_logger(__name__)
 
-BROKERS = ("paper",)
+BROKERS = ("paper", "exchange")
 RUNNING, HALTED, STOPPED = "running", "halted", "stopped"
 _ORDER_REASON = {"signal": "signal", "stop_loss": "stop_loss", "take_profit": "take_profit", "liquidation": "flatten",
                  "flatten": "flatten"}
@@ -62,6 +63,10 @@ class TraderSpec:
     """Candles in the signal window (None: :func:`~tradpal_ray.trading._trader.signal_window`)."""
     backtest: Mapping[str, Any] | None = None
     """The backtest figures this trader is to be compared with (the incubator sets them)."""
+    sandbox: bool = False
+    """Exchange broker: the exchange's test network (ccxt sandbox mode)."""
+    live: bool = False
+    """Exchange broker on a real exchange (no ``exchange_url``, no sandbox): real money, asked for explicitly."""
 
     def __post_init__(self) -> None:
         if not TRADER_NAME.match(self.name):
@@ -71,6 +76,11 @@ class TraderSpec:
             raise ConfigError("a trader needs at least one symbol, e.g. --symbols BTC/USDT")
         if self.broker not in BROKERS:
             raise ConfigError(f"unknown broker {self.broker!r}; valid: {', '.join(BROKERS)}")
+        if self.broker == "exchange" and self.config.direction != "long":
+            raise ConfigError("the exchange broker trades spot: --direction long only")
+        if self.broker == "exchange" and self.exchange_url is None and not (self.sandbox or self.live):
+            raise ConfigError(f"--broker exchange on the real {self.exchange} trades real money: add --live "
+                              "(or --sandbox for its test network, or --exchange-url for the simulator)")
         object.__setattr__(self, "symbols", tuple(self.symbols))
         object.__setattr__(self, "params", dict(self.params))
         object.__setattr__(self, "size_units", dict(self.size_units))
@@ -97,11 +107,14 @@ class TraderSpec:
 class TraderSession:
     """One trader's paper books over its symbols, recorded in ``ledger`` (see the module)."""
 
-    def __init__(self, spec: TraderSpec, ledger: Ledger) -> None:
+    def __init__(self, spec: TraderSpec, ledger: Ledger, *, exchange_client: Any = None) -> None:
         self.spec = spec
         self.ledger = ledger
+        self.exchange_client = exchange_client
+        """A ccxt client (sync) with the account's keys, for ``broker="exchange"``."""
         self.store = CandleStore(spec.store)
         self.traders: dict[str, PaperTrader] = {}
+        self.exchange_traders: dict[str, ExchangeTrader] = {}
         self.last_candle: dict[str, Candle] = {}
         self.first_ms: dict[str, int] = {}
         self.candles = 0
@@ -121,7 +134,7 @@ class TraderSession:
             self._rebuild(symbol, processed.get(symbol))
         log.info("trader.started", trader=self.spec.name, symbols=list(self.spec.symbols), status=self.status,
                  resumed={s: processed[s]["time_ms"] for s in processed})
-        for symbol in processed:  # the candles closed while it was down
+        for symbol in processed if self.spec.broker == "paper" else ():  # the candles closed while it was down
             self.catch_up(symbol)
 
     def _processed(self) -> dict[str, dict[str, Any]]:
@@ -147,6 +160,15 @@ class TraderSession:
         last = None if processed is None else int(processed["time_ms"])
         frame = self.store.read(spec.exchange, symbol, spec.timeframe, end=None if last is None else last + 1)
         core.warm_up(frame.iloc[-core.window:])
+        if spec.broker == "exchange":  # live orders: warm up, settle what the ledger left open, trade from now on
+            exchange = ExchangeTrader(core, ExchangeBroker(self.exchange_client), self.ledger, RiskGuard(spec.limits))
+            exchange.halted = trader.halted
+            self.exchange_traders[symbol] = exchange
+            settled = exchange.reconcile()
+            log.info("trader.reconciled", trader=spec.name, symbol=symbol, orders=settled)
+            if len(frame):
+                self.last_candle[symbol] = candles_of(frame.iloc[-1:])[0]
+            return
         self.traders[symbol] = trader
         if not len(frame):
             return
@@ -178,24 +200,40 @@ class TraderSession:
 
     def _on_candle(self, symbol: str, candle: Candle) -> None:
         started = time.perf_counter()
-        trader = self.traders[symbol]
-        outcome = trader.on_candle(candle)
-        self._record_fills(symbol, outcome)
-        if outcome.order is not None:
-            self.ledger.record_order(self._order(symbol, outcome.order, "signal"))
+        if symbol in self.exchange_traders:
+            halt = self.exchange_traders[symbol].on_candle(candle)
+            closed = False
+        else:
+            outcome = self.traders[symbol].on_candle(candle)
+            self._record_fills(symbol, outcome)
+            if outcome.order is not None:
+                self.ledger.record_order(self._order(symbol, outcome.order, "signal"))
+            halt, closed = outcome.halt, any(not e.opens for e in outcome.executions)
         self.last_candle[symbol] = candle
         self.first_ms.setdefault(symbol, candle.time_ms)
         self.candles += 1
-        equity = sum(t.broker.equity for t in self.traders.values())
-        cash = sum(t.broker.cash for t in self.traders.values())
-        self.ledger.record_equity(self.spec.name, candle.time_ms, equity, cash)
+        books = self._books()
+        self.ledger.record_equity(self.spec.name, candle.time_ms, sum(b["equity"] for b in books.values()),
+                                  sum(b["cash"] for b in books.values()))
         self.ledger.record_event(self.spec.name, DECISION_EVENT, {
             "symbol": symbol, "time_ms": candle.time_ms, "first_ms": self.first_ms[symbol],
-            "equity": trader.broker.equity, "latency_ms": round((time.perf_counter() - started) * 1000, 3)})
-        if self.spec.backtest is not None and any(not e.opens for e in outcome.executions):
+            "equity": books[symbol]["equity"], "latency_ms": round((time.perf_counter() - started) * 1000, 3)})
+        if self.spec.backtest is not None and closed:
             self.ledger.record_event(self.spec.name, DIVERGENCE_EVENT, self.report()["divergence"])
-        if outcome.halt and self.status != HALTED:
-            self.halt(outcome.halt)
+        if halt and self.status != HALTED:
+            self.halt(halt)
+
+    def _books(self) -> dict[str, dict[str, Any]]:
+        """Per symbol: units, entry price, equity and cash (the paper broker's, or the ledger's for the exchange)."""
+        books = {symbol: {"units": t.broker.units, "entry_price": t.broker.entry_price if t.broker.units else None,
+                          "equity": t.broker.equity, "cash": t.broker.cash, "trades": len(t.broker.trades)}
+                 for symbol, t in self.traders.items()}
+        for symbol, trader in self.exchange_traders.items():
+            position = self.ledger.position(self.spec.name, symbol)
+            books[symbol] = {"units": position.units, "entry_price": position.entry_price if position.units else None,
+                             "equity": trader.equity, "cash": trader.equity - position.units * position.entry_price,
+                             "trades": None}
+        return books
 
     def _order(self, symbol: str, intent: OrderIntent, reason: str, units: float | None = None) -> Order:
         return Order(trader=self.spec.name, client_order_id=intent.client_order_id, symbol=symbol, side=intent.side,
@@ -228,12 +266,18 @@ class TraderSession:
         for trader in self.traders.values():
             trader.halted = trader.halted or reason
             trader.pending = None
+        for exchange in self.exchange_traders.values():
+            exchange.halted = exchange.halted or reason
         self.ledger.set_status(self.spec.name, HALTED, reason)
         self.ledger.record_event(self.spec.name, "halt", {"reason": reason})
         log.warning("trader.halted", trader=self.spec.name, reason=reason)
 
     def stop(self, *, flatten: bool) -> None:
         """Stop: with ``flatten`` close every position at its last close (fee and slippage as any fill), else leave it."""
+        for symbol, exchange in self.exchange_traders.items():
+            last = self.last_candle.get(symbol)
+            if flatten and last is not None and (units := exchange.units()) > 0:
+                exchange.send("sell", units, last.time_ms + exchange.core.step_ms, "flatten")
         for symbol, trader in self.traders.items():
             trader.pending = None
             last = self.last_candle.get(symbol)
@@ -248,11 +292,9 @@ class TraderSession:
     def report(self) -> dict[str, Any]:
         """JSON-ready status: per symbol position, equity and last candle; totals; the backtest to compare with."""
         symbols = {
-            symbol: {"units": t.broker.units, "entry_price": t.broker.entry_price if t.broker.units else None,
-                     "equity": t.broker.equity, "cash": t.broker.cash, "trades": len(t.broker.trades),
-                     "last_candle_ms": self.last_candle[symbol].time_ms if symbol in self.last_candle else None,
+            symbol: {**book, "last_candle_ms": self.last_candle[symbol].time_ms if symbol in self.last_candle else None,
                      "first_candle_ms": self.first_ms.get(symbol)}
-            for symbol, t in self.traders.items()
+            for symbol, book in self._books().items()
         }
         start_cash = self.spec.config.cash * len(self.spec.symbols)
         equity = sum(s["equity"] for s in symbols.values()) + self.spec.config.cash * (len(self.spec.symbols) - len(symbols))

@@ -133,13 +133,14 @@ class TraderCore:
         if target == NO_CHANGE:
             return None
         side = _SIDE_OF_TARGET.get(target) or ("sell" if units > 0 else "buy")
-        opening = 0.0 if target == 0 else _estimate_units(self.config, cash, candle.close)
+        opening = 0.0 if target == 0 else estimate_units(self.config, cash, candle.close)
         fill_time = candle.time_ms + self.step_ms
         return OrderIntent(client_order_id(self.name, self.symbol, fill_time, side), self.symbol, side, target, fill_time,
                            abs(units) + opening)
 
 
-def _estimate_units(config: BacktestConfig, cash: float, price: float) -> float:
+def estimate_units(config: BacktestConfig, cash: float, price: float) -> float:
+    """Units the config's sizing buys with ``cash`` at ``price``, fees included, floored to the size unit."""
     fee = config.fee
     budget = cash * config.size_fraction
     if config.size_notional is not None:
@@ -189,7 +190,7 @@ class PaperTrader:
         halt = self.risk.check_equity(candle.time_ms, self.broker.equity)
         order = None if self.halted or halt else self.core.order(target, candle, self.broker.units, self.broker.cash)
         if order is not None:
-            notional = 0.0 if order.target == 0 else _estimate_units(self.core.config, self.broker.cash, candle.close) * candle.close
+            notional = 0.0 if order.target == 0 else estimate_units(self.core.config, self.broker.cash, candle.close) * candle.close
             halt = self.risk.check_order(int(time.time() * 1000) if now_ms is None else now_ms, notional)
             if halt:
                 order = None

@@ -25,6 +25,7 @@ from tradpal_ray.feeds.actor import NAMESPACE, actor_name, start_feed
 from tradpal_ray.feeds.consumer import subscribe
 from tradpal_ray.feeds.feed import FeedConfig
 from tradpal_ray.log import get_logger
+from tradpal_ray.trading._exchange import exchange_client
 from tradpal_ray.trading._ledger import open_ledger
 from tradpal_ray.trading._paper import Candle
 from tradpal_ray.trading._session import TraderSession, TraderSpec
@@ -58,10 +59,13 @@ def batch_candles(batch: pa.RecordBatch) -> list[Candle]:
 class TraderActor:
     """Thin Ray shell: the session (rebuilt on every (re)start) fed by the feed's closed candles."""
 
-    def __init__(self, spec: TraderSpec, ledger_url: str | None, feed_name: str) -> None:
+    def __init__(self, spec: TraderSpec, ledger_url: str | None, feed_name: str,
+                 credentials: tuple[str, str] | None = None) -> None:
         self.spec = spec
         self.feed_name = feed_name
-        self.session = TraderSession(spec, open_ledger(ledger_url, spec.store))
+        client = None if spec.broker != "exchange" else exchange_client(spec.exchange, spec.exchange_url, credentials,
+                                                                         sandbox=spec.sandbox)
+        self.session = TraderSession(spec, open_ledger(ledger_url, spec.store), exchange_client=client)
         self._lock = asyncio.Lock()
         self._follows: list[asyncio.Task[None]] = []
         self.restarted = ray.get_runtime_context().was_current_actor_reconstructed
@@ -88,7 +92,12 @@ class TraderActor:
             candles = batch_candles(batch)
             if candles:
                 async with self._lock:
-                    await asyncio.to_thread(self.session.on_candles, symbol, candles)
+                    try:
+                        await asyncio.to_thread(self.session.on_candles, symbol, candles)
+                    except Exception as exc:  # an exchange refusal, a ledger outage past its retries: halt, say why
+                        log.exception("trader.failed", trader=self.spec.name, symbol=symbol)
+                        await asyncio.to_thread(self.session.halt, f"error on {symbol}: {type(exc).__name__}: {exc}")
+                        return
 
     async def ready(self) -> dict[str, Any]:
         """Wait until the books are rebuilt (raises the session's ConfigError/DataError); the status."""
@@ -140,9 +149,10 @@ def _feeds(instance: str) -> list[str]:
 
 
 def start_trader(spec: TraderSpec, *, instance: str, ledger_url: str | None = None, detached: bool = False,
-                 max_restarts: int = -1) -> ray.actor.ActorHandle:
+                 max_restarts: int = -1, credentials: tuple[str, str] | None = None) -> ray.actor.ActorHandle:
     """Start (or find, after a driver restart) the trader actor; ConfigError if a trader of that name runs with
-    another configuration. ``ray.get(handle.ready.remote())`` waits for its books."""
+    another configuration. ``ray.get(handle.ready.remote())`` waits for its books. ``credentials``
+    (API key, secret) are for the exchange broker: actor arguments, never in the ledger or a log."""
     name = trader_actor_name(instance, spec.name)
     if (running := running_trader(instance, spec.name)) is not None:
         current = ray.get(running.status.remote())
@@ -154,7 +164,7 @@ def start_trader(spec: TraderSpec, *, instance: str, ledger_url: str | None = No
     return ray.remote(TraderActor).options(
         name=name, namespace=NAMESPACE, max_restarts=max_restarts, max_task_retries=-1 if max_restarts else 0,
         lifetime="detached" if detached else None, num_cpus=0,
-    ).remote(spec, ledger_url, feed)
+    ).remote(spec, ledger_url, feed, credentials)
 
 
 def running_trader(instance: str, name: str) -> ray.actor.ActorHandle | None:
