@@ -236,3 +236,31 @@ def test_exchange_broker_on_the_simulator_ledger_equals_the_accounts_record(ray_
     assert float(account.balances["USDT"].free + account.balances["USDT"].locked) == pytest.approx(quote, abs=1e-6)
     assert float(account.balances.get("GOOG", type(account.balances["USDT"])(0)).free) == 0
     assert not ledger.open_orders("ex1")
+
+
+def test_an_order_sent_but_not_recorded_is_reconciled_once(make_simulator: Any, store_root: Path) -> None:
+    from tradpal_ray.market.exchange import create_exchange
+    from tradpal_ray.sim import DEFAULT_API_KEY, DEFAULT_API_SECRET, ReplaySource
+    from tradpal_ray.trading import Order, client_order_id, open_ledger
+    from tradpal_ray.trading._exchange import ExchangeBroker, ExchangeTrader
+    from tradpal_ray.trading._risk import RiskGuard, RiskLimits
+    from tradpal_ray.trading._trader import TraderCore
+
+    sim = make_simulator(None, source=ReplaySource(replay_frame()), speed=600.0, balances="USDT=10000")
+    client = create_exchange("binance", url=sim.url, api_key=DEFAULT_API_KEY, secret=DEFAULT_API_SECRET)
+    ledger = open_ledger(None, str(store_root))
+    ledger.upsert_trader("rec", {}, "running")
+    cid = client_order_id("rec", SYMBOL, 1_709_251_200_000, "buy")
+    order = Order(trader="rec", client_order_id=cid, symbol=SYMBOL, side="buy", units=3.0, bar_time_ms=1_709_251_200_000,
+                  created_ms=1)
+    ledger.record_order(order)
+    client.create_order(SYMBOL, "market", "buy", 3.0, params={"newClientOrderId": cid})  # then the trader died
+    assert ledger.fill_count("rec") == 0 and ledger.open_orders("rec")
+    trader = ExchangeTrader(TraderCore("rec", SYMBOL, "1m", "sma_cross"), ExchangeBroker(client), ledger,
+                            RiskGuard(RiskLimits()))
+    assert trader.reconcile() == 1 and trader.reconcile() == 0
+    account = sim.account()
+    assert ledger.fill_count("rec") == len(account.fills) == 1 and not ledger.open_orders("rec")
+    assert ledger.position("rec", SYMBOL).units == 3.0 == float(account.fills[0].qty)
+    trader.send("buy", 3.0, 1_709_251_200_000, "signal")  # a retry under the same id: refused, looked up, not doubled
+    assert len(sim.account().fills) == 1 and ledger.fill_count("rec") == 1
