@@ -74,9 +74,10 @@ if sorted(_KERNEL_WRITES) != sorted(KERNEL_STATS):
 _N_STATS = len(KERNEL_STATS)
 (_S_TRADES, _S_FINAL_EQUITY, _S_RETURN, _S_CAGR, _S_MAX_DD, _S_WIN_RATE, _S_PROFIT_FACTOR, _S_EXPECTANCY, _S_SHARPE,
  _S_SORTINO, _S_EXPOSURE, _S_FEES, _S_BEST, _S_WORST, _S_UNFILLED, _S_SQN) = (KERNEL_STATS.index(name) for name in _KERNEL_WRITES)
-# Trade record columns written by the kernel.
+TRADE_RECORD = ("entry_bar", "exit_bar", "entry_price", "exit_price", "units", "entry_fee", "exit_fee", "pnl", "reason")
+"""The columns of the kernel's trade rows, in order (``reason`` indexes :data:`EXIT_REASONS`)."""
 _T_ENTRY_BAR, _T_EXIT_BAR, _T_ENTRY_PX, _T_EXIT_PX, _T_UNITS, _T_ENTRY_FEE, _T_EXIT_FEE, _T_PNL, _T_REASON = range(9)
-_T_FIELDS = 9
+_T_FIELDS = len(TRADE_RECORD)
 
 
 @dataclass(frozen=True)
@@ -167,21 +168,26 @@ class BacktestResult:
             "warnings": list(self.warnings),
         }
         if trades:
-            out["trades"] = [
-                {
-                    "entry_time": row.entry_time.isoformat(),
-                    "exit_time": None if pd.isna(row.exit_time) else row.exit_time.isoformat(),
-                    "entry_price": _json_number(row.entry_price),
-                    "exit_price": _json_number(row.exit_price),
-                    "units": _json_number(row.units),
-                    "fees": _json_number(row.entry_fee + row.exit_fee),
-                    "pnl": _json_number(row.pnl),
-                    "return_pct": _json_number(row.return_pct),
-                    "exit_reason": row.exit_reason,
-                }
-                for row in self.trades.itertuples(index=False)
-            ]
+            out["trades"] = trade_records(self.trades)
         return out
+
+
+def trade_records(trades: pd.DataFrame) -> list[dict[str, Any]]:
+    """Trades (the columns of :attr:`BacktestResult.trades`) as the JSON rows of ``backtest --json --trades``."""
+    return [
+        {
+            "entry_time": row.entry_time.isoformat(),
+            "exit_time": None if pd.isna(row.exit_time) else row.exit_time.isoformat(),
+            "entry_price": _json_number(row.entry_price),
+            "exit_price": _json_number(row.exit_price),
+            "units": _json_number(row.units),
+            "fees": _json_number(row.entry_fee + row.exit_fee),
+            "pnl": _json_number(row.pnl),
+            "return_pct": _json_number(row.return_pct),
+            "exit_reason": str(row.exit_reason),
+        }
+        for row in trades.itertuples(index=False)
+    ]
 
 
 def _json_number(value: Any) -> float | int | None:
@@ -296,6 +302,174 @@ def _close(
     return gross - exit_fee
 
 
+# The account the fill rules work on, one small float array so that the kernel and the paper
+# broker (tradpal_ray.trading), which holds it between candles, run the very same step functions.
+(ST_CASH, ST_POS, ST_ENTRY_PX, ST_ENTRY_FEE, ST_STOP_PX, ST_TAKE_PX, ST_ROWS, ST_UNFILLED, ST_DEAD) = range(9)
+STATE_FIELDS = 9
+NO_CHANGE = 2
+"""The pending target meaning "no order": targets are -1 (short), 0 (flat), 1 (long)."""
+
+
+@njit(cache=True)
+def new_state(cash0: float) -> np.ndarray:
+    """A flat account with ``cash0``: the state :func:`step_bar` and its parts update."""
+    state = np.zeros(STATE_FIELDS)
+    state[ST_CASH] = cash0
+    state[ST_STOP_PX] = math.nan
+    state[ST_TAKE_PX] = math.nan
+    return state
+
+
+@njit(cache=True)
+def new_accumulators() -> np.ndarray:
+    """Closed-trade accumulators (count, wins, PnL, fees, best/worst ...) that :func:`_close` updates."""
+    acc = np.zeros(_N_ACC)
+    acc[_A_BEST] = -math.inf
+    acc[_A_WORST] = math.inf
+    return acc
+
+
+@njit(cache=True, error_model="numpy")
+def fill_open(
+    state: np.ndarray, pending: int, bar: int, open_px: float, fee: float, unit: float, frac: float,
+    notional: float, slip: float, sl: float, tp: float, trades: np.ndarray, acc: np.ndarray,
+) -> bool:
+    """Move the position to the ``pending`` target (-1, 0, 1) at this bar's open; True if a position was opened.
+
+    A position on the wrong side is closed first (reason ``signal``); then, when flat and the
+    target is not 0, the all-in / fraction / notional size is bought or sold short (an
+    unaffordable entry counts in ``state[ST_UNFILLED]``). Trade rows go to ``trades`` at
+    ``state[ST_ROWS]`` while it has room.
+    """
+    pos = state[ST_POS]
+    t = int(state[ST_ROWS])
+    if pos != 0.0 and (pending == 0 or (pos > 0.0) != (pending > 0)):
+        px = open_px * (1.0 - slip) if pos > 0.0 else open_px * (1.0 + slip)
+        state[ST_CASH] += _close(trades, t - 1, bar, pos, state[ST_ENTRY_PX], state[ST_ENTRY_FEE], px, fee, _SIGNAL, acc)
+        state[ST_POS] = 0.0
+        pos = 0.0
+    if pending == 0 or pos != 0.0:
+        return False
+    px = open_px * (1.0 + slip) if pending > 0 else open_px * (1.0 - slip)
+    cost = px + (frac * px * fee) / frac
+    budget = state[ST_CASH] * frac
+    if notional < budget:  # noqa: PLR1730 - False when notional is NaN (no fixed amount); min() would take the NaN
+        budget = notional
+    units = (budget / unit) // cost * unit
+    if units <= 0.0:
+        state[ST_UNFILLED] += 1.0
+        return False
+    pos = units if pending > 0 else -units
+    entry_fee = units * px * fee
+    state[ST_POS] = pos
+    state[ST_ENTRY_PX] = px
+    state[ST_ENTRY_FEE] = entry_fee
+    state[ST_CASH] -= entry_fee
+    acc[_A_FEES] += entry_fee
+    if pending > 0:
+        state[ST_STOP_PX] = px * (1.0 - sl)
+        state[ST_TAKE_PX] = px * (1.0 + tp)
+    else:
+        state[ST_STOP_PX] = px * (1.0 + sl)
+        state[ST_TAKE_PX] = px * (1.0 - tp)
+    if t < trades.shape[0]:
+        trades[t, _T_ENTRY_BAR] = bar
+        trades[t, _T_EXIT_BAR] = -1
+        trades[t, _T_ENTRY_PX] = px
+        trades[t, _T_UNITS] = pos
+        trades[t, _T_ENTRY_FEE] = entry_fee
+    state[ST_ROWS] = t + 1
+    return True
+
+
+@njit(cache=True, error_model="numpy")
+def stop_exit(pos: float, stop_px: float, take_px: float, open_px: float, high: float, low: float,
+              slip: float) -> tuple[float, int]:
+    """(fill price, reason) of the stop-loss, else the take-profit, hit inside a bar; reason ``signal`` = none.
+
+    Stop first (pessimistic when both are inside the range), a gap through a level fills at
+    the open; NaN levels never trigger. Scalars only: it runs on every bar a position is held.
+    """
+    if pos > 0.0:
+        if low <= stop_px:
+            return min(open_px, stop_px) * (1.0 - slip), _STOP
+        if high >= take_px:
+            return max(open_px, take_px) * (1.0 - slip), _TAKE
+    elif pos < 0.0:
+        if high >= stop_px:
+            return max(open_px, stop_px) * (1.0 + slip), _STOP
+        if low <= take_px:
+            return min(open_px, take_px) * (1.0 + slip), _TAKE
+    return math.nan, _SIGNAL
+
+
+@njit(cache=True, error_model="numpy")
+def close_position(state: np.ndarray, bar: int, px: float, reason: int, fee: float, trades: np.ndarray,
+                   acc: np.ndarray) -> None:
+    """Close the held position at ``px`` for ``reason`` (a stop or take-profit hit, see :func:`stop_exit`)."""
+    t = int(state[ST_ROWS])
+    state[ST_CASH] += _close(trades, t - 1, bar, state[ST_POS], state[ST_ENTRY_PX], state[ST_ENTRY_FEE], px, fee,
+                             reason, acc)
+    state[ST_POS] = 0.0
+
+
+@njit(cache=True, error_model="numpy")
+def liquidate(state: np.ndarray, bar: int, close: float, fee: float, trades: np.ndarray, acc: np.ndarray) -> float:
+    """Equity reached 0 or less at this close: close the position there; the account trades no more (equity 0)."""
+    pos = state[ST_POS]
+    if pos != 0.0:
+        _close(trades, int(state[ST_ROWS]) - 1, bar, pos, state[ST_ENTRY_PX], state[ST_ENTRY_FEE], close, fee,
+               _LIQUIDATION, acc)
+        state[ST_POS] = 0.0
+    state[ST_CASH] = 0.0
+    state[ST_DEAD] = 1.0
+    return 0.0
+
+
+@njit(cache=True, error_model="numpy")
+def step_bar(
+    state: np.ndarray, pending: int, bar: int, open_px: float, high: float, low: float, close: float,
+    fee: float, unit: float, frac: float, notional: float, slip: float, sl: float, tp: float,
+    trades: np.ndarray, acc: np.ndarray,
+) -> float:
+    """One bar of :func:`simulate` for the paper broker: :func:`fill_open` the ``pending`` target, the
+    stops (:func:`stop_exit`), the mark to the close (:func:`liquidate` at 0); the equity.
+
+    ``simulate`` runs these very steps inline (calling this per bar would cost the kernel
+    ~10x: array arguments per call), so the order of the steps is written twice, the rules once.
+    """
+    if pending != NO_CHANGE and state[ST_DEAD] == 0.0:
+        fill_open(state, pending, bar, open_px, fee, unit, frac, notional, slip, sl, tp, trades, acc)
+    if state[ST_POS] != 0.0:
+        px, reason = stop_exit(state[ST_POS], state[ST_STOP_PX], state[ST_TAKE_PX], open_px, high, low, slip)
+        if reason != _SIGNAL:
+            close_position(state, bar, px, reason, fee, trades, acc)
+    equity = state[ST_CASH] + (close * state[ST_POS] - state[ST_POS] * state[ST_ENTRY_PX])
+    return equity if equity > 0.0 else liquidate(state, bar, close, fee, trades, acc)
+
+
+@njit(cache=True)
+def next_target(pos: float, entry: bool, exit_: bool, direction: int) -> int:
+    """The position target (-1, 0, 1, or :data:`NO_CHANGE`) a bar's signals ask for, decided at its close.
+
+    An entry and an exit on the same bar cancel; an entry while long, or an exit while flat
+    in ``long`` mode, changes nothing; ``longshort`` (direction 1) reverses on either.
+    """
+    e = entry and not exit_
+    x = exit_ and not entry
+    if pos > 0.0:
+        if x:
+            return -1 if direction == 1 else 0
+    elif pos < 0.0:
+        if e:
+            return 1
+    elif e:
+        return 1
+    elif x and direction == 1:
+        return -1
+    return NO_CHANGE
+
+
 @njit(cache=True, error_model="numpy")
 def simulate(
     o: np.ndarray, h: np.ndarray, lo: np.ndarray, c: np.ndarray, day_end: np.ndarray,
@@ -308,97 +482,40 @@ def simulate(
     ``equity_out`` (length n, or 0 to skip) receives the equity curve and ``trades`` (rows =
     an upper bound on trades, or 0 to skip) the trade records; ``day_returns`` is scratch of
     length n. Sweeps and single backtests both call this function, so their statistics agree.
+    Each bar is :func:`step_bar` written inline (:func:`fill_open`, :func:`stop_exit`, the mark,
+    :func:`liquidate`), then :func:`next_target`: the steps the paper broker runs per candle.
     """
     n = c.shape[0]
     record_equity = equity_out.shape[0] > 0
     use_stops = not (math.isnan(sl) and math.isnan(tp))
-    cash = cash0
-    pos = 0.0
-    entry_px = 0.0
-    entry_fee = 0.0
-    stop_px = math.nan
-    take_px = math.nan
-    t = 0  # trade rows used (the open trade is row t - 1 while a position is held)
-    pending = 2  # desired position sign at the next open: -1, 0, 1; 2 = no change
-    dead = False
-    acc = np.zeros(_N_ACC)
-    acc[_A_BEST] = -math.inf
-    acc[_A_WORST] = math.inf
+    state = new_state(cash0)
+    pending = NO_CHANGE
+    acc = new_accumulators()
     peak = cash0
     max_dd = 0.0
     exposed = 0
-    unfilled = 0
     n_days = 0
     first_day_equity = math.nan
     prev_day_equity = math.nan
     equity = cash0
     for i in range(n):
-        held = pos != 0.0
+        held = state[ST_POS] != 0.0
         # 1. Fills at the open for the signal of the previous bar.
-        if pending != 2:
-            if pos != 0.0 and (pending == 0 or (pos > 0.0) != (pending > 0)):
-                px = o[i] * (1.0 - slip) if pos > 0.0 else o[i] * (1.0 + slip)
-                cash += _close(trades, t - 1, i, pos, entry_px, entry_fee, px, fee, _SIGNAL, acc)
-                pos = 0.0
-            if pending != 0 and pos == 0.0:
-                px = o[i] * (1.0 + slip) if pending > 0 else o[i] * (1.0 - slip)
-                cost = px + (frac * px * fee) / frac
-                budget = cash * frac
-                if notional < budget:  # False when notional is NaN (no fixed amount)
-                    budget = notional
-                units = (budget / unit) // cost * unit
-                if units <= 0.0:
-                    unfilled += 1
-                else:
-                    pos = units if pending > 0 else -units
-                    entry_px = px
-                    entry_fee = units * px * fee
-                    cash -= entry_fee
-                    acc[_A_FEES] += entry_fee
-                    held = True
-                    if pending > 0:
-                        stop_px = px * (1.0 - sl)
-                        take_px = px * (1.0 + tp)
-                    else:
-                        stop_px = px * (1.0 + sl)
-                        take_px = px * (1.0 - tp)
-                    if t < trades.shape[0]:
-                        trades[t, _T_ENTRY_BAR] = i
-                        trades[t, _T_EXIT_BAR] = -1
-                        trades[t, _T_ENTRY_PX] = px
-                        trades[t, _T_UNITS] = pos
-                        trades[t, _T_ENTRY_FEE] = entry_fee
-                    t += 1
-            pending = 2
-        # 2. Stop-loss, then take-profit, inside the bar (NaN levels never trigger).
-        if pos != 0.0 and use_stops:
-            px = math.nan
-            reason = _SIGNAL
-            if pos > 0.0:
-                if lo[i] <= stop_px:
-                    px, reason = min(o[i], stop_px) * (1.0 - slip), _STOP
-                elif h[i] >= take_px:
-                    px, reason = max(o[i], take_px) * (1.0 - slip), _TAKE
-            else:
-                if h[i] >= stop_px:
-                    px, reason = max(o[i], stop_px) * (1.0 + slip), _STOP
-                elif lo[i] <= take_px:
-                    px, reason = min(o[i], take_px) * (1.0 + slip), _TAKE
+        if pending != NO_CHANGE:
+            if fill_open(state, pending, i, o[i], fee, unit, frac, notional, slip, sl, tp, trades, acc):
+                held = True
+            pending = NO_CHANGE
+        # 2. Stop-loss, then take-profit, inside the bar.
+        pos = state[ST_POS]
+        if use_stops and pos != 0.0:
+            px, reason = stop_exit(pos, state[ST_STOP_PX], state[ST_TAKE_PX], o[i], h[i], lo[i], slip)
             if reason != _SIGNAL:
-                cash += _close(trades, t - 1, i, pos, entry_px, entry_fee, px, fee, reason, acc)
+                close_position(state, i, px, reason, fee, trades, acc)
                 pos = 0.0
-        # 3. Mark to the close.
-        if dead:
-            equity = 0.0
-        else:
-            equity = cash + (c[i] * pos - pos * entry_px)
-            if equity <= 0.0:
-                if pos != 0.0:
-                    _close(trades, t - 1, i, pos, entry_px, entry_fee, c[i], fee, _LIQUIDATION, acc)
-                    pos = 0.0
-                cash = 0.0
-                equity = 0.0
-                dead = True
+        # 3. Mark to the close (0 once dead: cash and position are 0 then).
+        equity = state[ST_CASH] + (c[i] * pos - pos * state[ST_ENTRY_PX])
+        if equity <= 0.0:
+            equity = liquidate(state, i, c[i], fee, trades, acc)
         if held:
             exposed += 1
         if record_equity:
@@ -417,24 +534,16 @@ def simulate(
                     n_days += 1
             prev_day_equity = equity
         # 4. The signal at this close, acted on at the next open.
-        if i + 1 < n and not dead:
-            e = entries[i] and not exits[i]
-            x = exits[i] and not entries[i]
-            if pos > 0.0:
-                if x:
-                    pending = -1 if direction == 1 else 0
-            elif pos < 0.0:
-                if e:
-                    pending = 1
-            elif e:
-                pending = 1
-            elif x and direction == 1:
-                pending = -1
+        if i + 1 < n and state[ST_DEAD] == 0.0:
+            pending = next_target(state[ST_POS], entries[i], exits[i], direction)
+    pos = state[ST_POS]
+    t = int(state[ST_ROWS])
     if pos != 0.0 and t - 1 < trades.shape[0]:
         trades[t - 1, _T_EXIT_PX] = c[n - 1]
         trades[t - 1, _T_EXIT_FEE] = 0.0
-        trades[t - 1, _T_PNL] = pos * (c[n - 1] - entry_px) - entry_fee
+        trades[t - 1, _T_PNL] = pos * (c[n - 1] - state[ST_ENTRY_PX]) - state[ST_ENTRY_FEE]
         trades[t - 1, _T_REASON] = _OPEN
+    unfilled = state[ST_UNFILLED]
     sharpe, sortino, cagr = daily_ratios(day_returns, n_days, prev_day_equity / first_day_equity, ppy)
     closed = acc[_A_CLOSED]
     none = math.nan if closed == 0.0 else 0.0  # trade statistics are NaN without closed trades

@@ -22,6 +22,7 @@ from tradpal_ray.cli import (  # noqa: F401
     strategies,
     stream,
     sweep,
+    trade,
     walkforward,
 )
 from tradpal_ray.cli.app import app, console

@@ -1,0 +1,200 @@
+"""The trader's pure core: closed candles in, the engine's position targets and orders out. No Ray.
+
+:class:`TraderCore` keeps a bounded rolling window of closed candles and, on each new one,
+computes the strategy's signals on that window and takes the last bar's: the same signal
+``backtest()`` computes from the whole history, as long as the window covers the
+strategy's warm-up (:func:`signal_window`). The target follows the engine's rule
+(:func:`~tradpal_ray.backtest.engine.next_target`: signal on the close, entry/exit cancel,
+long or longshort), to be filled at the next candle's open.
+
+:class:`PaperTrader` joins a core, a :class:`~tradpal_ray.trading._paper.PaperBroker` and a
+:class:`~tradpal_ray.trading._risk.RiskGuard`: one :meth:`PaperTrader.on_candle` per closed
+candle gives the fills of the previous decision and the next order.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from tradpal_ray.backtest.data import Bars
+from tradpal_ray.backtest.engine import NO_CHANGE, BacktestConfig, next_target
+from tradpal_ray.backtest.strategies import Strategy, get_strategy
+from tradpal_ray.market.schema import timeframe_ms
+from tradpal_ray.trading._models import client_order_id
+from tradpal_ray.trading._paper import Candle, Execution, PaperBroker
+from tradpal_ray.trading._risk import RiskGuard, RiskLimits
+
+WINDOW_FACTOR = 10
+"""The rolling window is this many times the longest window parameter ..."""
+MIN_WINDOW = 500
+"""... and at least this many candles: recursive indicators (EMA, RSI) then agree with the whole history."""
+_SIDE_OF_TARGET = {1: "buy", -1: "sell"}
+
+
+def signal_window(strat: Strategy, values: Mapping[str, Any]) -> int:
+    """Candles kept to compute a signal: ``max(WINDOW_FACTOR x longest window, MIN_WINDOW)``.
+
+    ``tradpal-ray check-strategy`` measures a strategy's real warm-up; pass a larger window
+    to :class:`TraderCore` when it reports more.
+    """
+    longest = max((int(values[name]) for name, p in strat.params.items() if p.window), default=1)
+    return max(WINDOW_FACTOR * longest, MIN_WINDOW)
+
+
+@dataclass(frozen=True)
+class OrderIntent:
+    """An order the core decided on at a candle's close, to fill at the next candle's open."""
+
+    client_order_id: str
+    symbol: str
+    side: str
+    target: int
+    """The position asked for: 1 long, -1 short, 0 flat."""
+    bar_time_ms: int
+    """Open time of the candle it is to fill in."""
+    estimated_units: float
+    """Units at the deciding candle's close price (the fill sizes at the open)."""
+
+
+class TraderCore:
+    """Strategy signals on a rolling window of closed candles, turned into position targets (see the module)."""
+
+    def __init__(self, name: str, symbol: str, timeframe: str, strategy: str | Strategy,
+                 params: Mapping[str, Any] | None = None, config: BacktestConfig | None = None,
+                 *, window: int | None = None) -> None:
+        self.name = name
+        self.symbol = symbol
+        self.step_ms = timeframe_ms(timeframe)
+        self.strategy = get_strategy(strategy)
+        self.params = self.strategy.resolve(params or {})
+        self.config = config or BacktestConfig()
+        self.window = window or signal_window(self.strategy, self.params)
+        self._direction = 1 if self.config.direction == "longshort" else 0
+        self._times = np.empty(0, dtype=np.int64)
+        self._ohlcv = np.empty((5, 0))
+
+    @property
+    def last_time_ms(self) -> int | None:
+        """Open time of the newest candle seen."""
+        return int(self._times[-1]) if len(self._times) else None
+
+    def warm_up(self, history: pd.DataFrame) -> None:
+        """Take closed candles (an OHLCV frame indexed by UTC time, e.g. from the candle store) without deciding."""
+        if not len(history):
+            return
+        times = history.index.as_unit("ms").asi8
+        ohlcv = np.vstack([history[c].to_numpy(dtype=float) for c in ("open", "high", "low", "close", "volume")])
+        keep = times > (self.last_time_ms if self.last_time_ms is not None else np.iinfo(np.int64).min)
+        self._append(times[keep], ohlcv[:, keep])
+
+    def _append(self, times: np.ndarray, ohlcv: np.ndarray) -> None:
+        self._times = np.concatenate([self._times, times])
+        self._ohlcv = np.concatenate([self._ohlcv, ohlcv], axis=1)
+        if len(self._times) > 2 * self.window:  # trim in chunks: amortised O(1) per candle
+            self._times = self._times[-self.window:]
+            self._ohlcv = np.ascontiguousarray(self._ohlcv[:, -self.window:])
+
+    def signal(self) -> tuple[bool, bool]:
+        """(entry, exit) of the newest candle, computed on the window."""
+        n = min(len(self._times), self.window)
+        ohlcv = self._ohlcv[:, -n:]
+        bars = Bars(index=pd.DatetimeIndex(pd.to_datetime(self._times[-n:], unit="ms", utc=True), name="time"),
+                    open=np.ascontiguousarray(ohlcv[0]), high=np.ascontiguousarray(ohlcv[1]),
+                    low=np.ascontiguousarray(ohlcv[2]), close=np.ascontiguousarray(ohlcv[3]),
+                    volume=np.ascontiguousarray(ohlcv[4]), day_end=np.zeros(n, dtype=np.bool_))
+        entries, exits = self.strategy.signals(bars, self.params)
+        return bool(entries[-1]), bool(exits[-1])
+
+    def on_candle(self, candle: Candle, units: float) -> int:
+        """The position target (-1, 0, 1 or NO_CHANGE) after this closed candle, holding ``units``."""
+        if self.last_time_ms is not None and candle.time_ms <= self.last_time_ms:
+            return NO_CHANGE  # already seen: exactly once, even if a source repeats it
+        self._append(np.array([candle.time_ms], dtype=np.int64),
+                     np.array([[candle.open], [candle.high], [candle.low], [candle.close], [candle.volume]]))
+        return self.target(units)
+
+    def target(self, units: float) -> int:
+        """The position target the newest candle's signal asks for, holding ``units`` (the engine's rule)."""
+        entry, exit_ = self.signal()
+        return int(next_target(float(units), entry, exit_, self._direction))
+
+    def order(self, target: int, candle: Candle, units: float, cash: float) -> OrderIntent | None:
+        """The order that moves ``units`` to ``target`` at the next candle's open, or None when there is none.
+
+        Its client order id is deterministic (trader, symbol, the candle it fills in, side), so
+        a restarted trader decides the same order under the same id and it is recorded once.
+        """
+        if target == NO_CHANGE:
+            return None
+        side = _SIDE_OF_TARGET.get(target) or ("sell" if units > 0 else "buy")
+        opening = 0.0 if target == 0 else estimate_units(self.config, cash, candle.close)
+        fill_time = candle.time_ms + self.step_ms
+        return OrderIntent(client_order_id(self.name, self.symbol, fill_time, side), self.symbol, side, target, fill_time,
+                           abs(units) + opening)
+
+
+def estimate_units(config: BacktestConfig, cash: float, price: float) -> float:
+    """Units the config's sizing buys with ``cash`` at ``price``, fees included, floored to the size unit."""
+    fee = config.fee
+    budget = cash * config.size_fraction
+    if config.size_notional is not None:
+        budget = min(budget, config.size_notional)
+    return float(budget / (price * (1 + fee)) // config.size_unit * config.size_unit)
+
+
+@dataclass(frozen=True)
+class CandleOutcome:
+    """What one closed candle did to a paper trader: fills of the previous order, the next order, a halt."""
+
+    time_ms: int
+    executions: tuple[Execution, ...]
+    filled_order: OrderIntent | None
+    """The order these executions (other than stops) filled."""
+    order: OrderIntent | None
+    equity: float
+    cash: float
+    halt: str | None = None
+    """Why the trader halted on this candle (a risk limit), or None."""
+
+
+@dataclass
+class PaperTrader:
+    """A :class:`TraderCore`, its :class:`PaperBroker` and :class:`RiskGuard`, stepped per closed candle."""
+
+    core: TraderCore
+    broker: PaperBroker
+    risk: RiskGuard = field(default_factory=lambda: RiskGuard(RiskLimits()))
+    pending: OrderIntent | None = None
+    halted: str | None = None
+
+    @classmethod
+    def new(cls, core: TraderCore, limits: RiskLimits | None = None) -> PaperTrader:
+        """A flat paper account with the core's config."""
+        return cls(core, PaperBroker(core.config), RiskGuard(limits or RiskLimits()))
+
+    def on_candle(self, candle: Candle, now_ms: int | None = None) -> CandleOutcome:
+        """Fill the pending order at the candle's open (and stops in it), then decide the next order."""
+        if self.core.last_time_ms is not None and candle.time_ms <= self.core.last_time_ms:
+            return CandleOutcome(candle.time_ms, (), None, None, self.broker.equity, self.broker.cash)
+        filled = self.pending
+        target = NO_CHANGE if filled is None else filled.target
+        executions = tuple(self.broker.on_candle(target, candle))
+        self.pending = None
+        target = self.core.on_candle(candle, self.broker.units)
+        halt = self.risk.check_equity(candle.time_ms, self.broker.equity)
+        order = None if self.halted or halt else self.core.order(target, candle, self.broker.units, self.broker.cash)
+        if order is not None:
+            notional = 0.0 if order.target == 0 else estimate_units(self.core.config, self.broker.cash, candle.close) * candle.close
+            halt = self.risk.check_order(int(time.time() * 1000) if now_ms is None else now_ms, notional)
+            if halt:
+                order = None
+        if halt and not self.halted:
+            self.halted = halt
+        self.pending = order
+        return CandleOutcome(candle.time_ms, executions, filled, order, self.broker.equity, self.broker.cash, halt)
