@@ -99,7 +99,7 @@ def bump(redis_port: int, identity: str) -> Callable[[], None]:
     """What a fill does to the cache: INCR the ledger's trades generation."""
     import redis
 
-    from tradpal_ray.stats._live import generation_key, live_prefix
+    from tradpal_ray.trading._changes import generation_key, live_prefix
 
     client = redis.Redis(port=redis_port)
     key = live_prefix(identity) + generation_key("trades")

@@ -13,6 +13,7 @@ import pytest
 
 from tradpal_ray.market import CandleStore
 from tradpal_ray.stats.local_redis import free_port
+from tradpal_ray.trading import open_ledger
 
 pytestmark = pytest.mark.slow
 
@@ -43,6 +44,13 @@ def test_demo_runs_the_whole_pipeline_twice_with_the_same_leaderboard_and_stops_
     delivered = int(re.search(r"feed delivered (\d+) closed candles", err).group(1))
     assert delivered >= 5  # 15 s at 60x: about 15 closed 1m candles per symbol
     assert "demo stopped" in err and "Traceback" not in err
+    # Paper traders for the sweep's three best results followed the feed (each recorded decisions in the
+    # ledger, served by the live API) until the demo stopped them.
+    assert f"paper traders served at http://127.0.0.1:{port}/live/traders" in flat
+    traders = re.findall(r"│ (demo-[0-9a-f]{6}-[123]) +│ running +│.*│ +([\d.,]+) +│\n", err)
+    assert len({name for name, _ in traders}) == 3, err[-3000:]
+    stopped = {t.name: t.status for t in open_ledger(None, str(tmp_path)).traders()}
+    assert stopped == {name: "stopped" for name, _ in traders}
     # One true line about Serve, and a quiet stop (the raylet's lines go to stdout).
     assert flat.count(f"stats API on http://127.0.0.1:{port} (Serve app stats-tp-") == 1 and "Serve started" in flat
     for noise in ("Started Serve", "Connecting to existing Serve app", "graceful_shutdown", "killed by"):

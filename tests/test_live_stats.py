@@ -20,18 +20,11 @@ from test_page import attribute, browse, chromium  # noqa: F401  (the chromium f
 from tradpal_ray.errors import ConfigError
 from tradpal_ray.serve import build_app
 from tradpal_ray.stats import StatsService
-from tradpal_ray.stats._live import (
-    LiveCacheNotifier,
-    daily_stats,
-    generation_key,
-    live_prefix,
-    trade_counts,
-    trader_equity,
-    traders_view,
-)
+from tradpal_ray.stats._live import daily_stats, trade_counts, trader_equity, traders_view
 from tradpal_ray.stats.local_redis import RedisProcess
 from tradpal_ray.stats.queries import NotFound
-from tradpal_ray.trading import Fill, Ledger, Order, client_order_id
+from tradpal_ray.trading import Fill, Ledger, LiveCacheNotifier, Order, client_order_id
+from tradpal_ray.trading._changes import generation_key, live_prefix
 
 DAY = 86_400_000
 D1 = 1_717_200_000_000 - 1_717_200_000_000 % DAY  # 2024-06-01 00:00 UTC

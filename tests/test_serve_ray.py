@@ -77,8 +77,7 @@ def test_cache_hits_and_a_new_run_through_serve(client: httpx.Client, store: Pat
 
 def test_the_live_ledger_through_serve(client: httpx.Client, store: Path, redis_server: RedisProcess) -> None:
     """The replica reads the store's SQLite ledger; a writer's fill shows on the next request."""
-    from tradpal_ray.stats import LiveCacheNotifier
-    from tradpal_ray.trading import Fill, open_ledger
+    from tradpal_ray.trading import Fill, LiveCacheNotifier, open_ledger
 
     assert client.get("/live/trades/count").json()["count"] == 0
     ledger = open_ledger(None, store)

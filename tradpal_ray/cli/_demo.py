@@ -2,8 +2,10 @@
 
 Steps, in data-flow order: Redis -> exchange simulator -> history backfill -> feed actors
 streaming live -> sweep on Ray -> statistics API on Ray Serve -> the leaderboard read back
-over HTTP. It then runs until Ctrl-C or ``--duration`` and stops everything it started, in
-reverse order, after the feeds flushed every closed candle to the store.
+over HTTP -> paper traders for the sweep's best results on the live feed (the incubator). It
+then runs until Ctrl-C or ``--duration``, shows the traders as the live API serves them, and
+stops everything it started, in reverse order, after the feeds flushed every closed candle to
+the store.
 
 The simulator's candles go under exchange ``sim``, never ``binance``. Its clock starts in the
 past (at a UTC midnight early enough for the run at ``--speed``, or where the last demo's
@@ -45,6 +47,8 @@ from tradpal_ray.stats.local_redis import RedisProcess, redis_available
 DEMO_GRID = {"fast": list(range(5, 51, 5)), "slow": list(range(20, 201, 10))}
 DEMO_COSTS = BacktestConfig(fee=0.001)
 """Sizes come from each market's lot step, recorded by the backfill; 0.1 % fee per side."""
+DEMO_TRADERS = 3
+"""Paper traders started for the sweep's best results."""
 DAY_MS = 86_400_000
 MINUTE_MS = 60_000
 Window = tuple[int, int]
@@ -156,6 +160,50 @@ def leaderboard_from_api(url: str, run_id: str, timeout: float = 60.0) -> list[d
     return rows
 
 
+def start_traders(settings: Settings, run_id: str, where: DemoRay, stack: contextlib.ExitStack) -> list[str]:
+    """Paper traders for the :data:`DEMO_TRADERS` best results of the sweep, on the streaming feed
+    (the incubator: each compares its live trades and return with its backtest); stopped on exit."""
+    import ray
+
+    from tradpal_ray.trading._incubator import incubate
+    from tradpal_ray.trading._risk import RiskLimits
+    from tradpal_ray.trading.actor import start_trader, stop_trader
+
+    console.rule("paper traders")
+    specs = incubate(settings.store, run_id, DEMO_TRADERS, limits=RiskLimits(), exchange=settings.exchange,
+                     exchange_url=settings.exchange_url, prefix="demo")
+    for spec in specs:
+        handle = start_trader(spec, instance=where.instance, redis_url=where.redis_url)
+        # The callback holds the handle: an actor that is not detached lives as long as a handle does.
+        stack.callback(lambda name=spec.name, _handle=handle: stop_trader(where.instance, name, flatten=False))
+        ray.get(handle.ready.remote(), timeout=120)
+        params = " ".join(f"{k}={v}" for k, v in spec.params.items())
+        console.print(f"paper trader {spec.name}: {spec.strategy} {params} on {', '.join(spec.symbols)} "
+                      f"{spec.timeframe} (backtest {spec.backtest['metric']} rank {spec.backtest['rank']})", highlight=False)
+    return [spec.name for spec in specs]
+
+
+def traders_from_api(url: str, names: list[str]) -> list[dict[str, Any]]:
+    """The demo's traders as ``/live/traders`` serves them (from the ledger, via the cache), printed as a table."""
+    with httpx.Client(base_url=url, timeout=10) as client:
+        answer = client.get("/live/traders")
+    if answer.status_code != 200:
+        console.print(f"[yellow]warning:[/yellow] {url}/live/traders answered {answer.status_code}", highlight=False)
+        return []
+    rows = [row for row in orjson.loads(answer.content)["traders"] if row["name"] in names]
+    table = Table("trader", "status", "position", "trades", "PnL", "equity", "latency ms",
+                  title=f"paper traders served at {url}/live/traders")
+    for row in rows:
+        position = ", ".join(f"{p['symbol']} {p['units']:g}" for p in row["positions"]) or "-"
+        equity = row["equity"]["equity"] if row["equity"] else None
+        latency = (row["last_decision"] or {}).get("latency_ms")
+        table.add_row(row["name"], row["status"] or "-", position, str(row["trades"]["closed"]),
+                      f"{row['realized_pnl']:,.2f}", "-" if equity is None else f"{equity:,.2f}",
+                      "-" if latency is None else f"{latency:,.1f}")
+    console.print(table)
+    return rows
+
+
 def feed_table(status: dict[str, Any]) -> Table:
     """One row per stream: messages, closed candles, lag, mode; the connection in the title."""
     title = (f"feed {status.get('name', '')}: {status.get('mode', '-')}, reconnects {status.get('reconnects', 0)}, "
@@ -215,7 +263,7 @@ def run_demo(symbols: str, days: float, speed: float, duration: float | None, po
             settings = settings.override(exchange=SIMULATOR, exchange_url=sim.url)
             exchange_now = sim.now_ms
         run_pipeline(settings, wanted, window, port, duration, stack,
-                     DemoRay(address=address, instance=instance, replace=replace), exchange_now)
+                     DemoRay(address=address, instance=instance, replace=replace, redis_url=redis_url), exchange_now)
     console.print("demo stopped: feeds flushed, Serve, Ray, simulator and Redis shut down", highlight=False)
 
 
@@ -227,6 +275,8 @@ class DemoRay:
     """None: a private local Ray (or RAY_ADDRESS)."""
     instance: str
     replace: bool
+    redis_url: str | None = None
+    """The demo's own Redis (the statistics cache that every trader's ledger write invalidates), if it started one."""
 
 
 def run_pipeline(settings: Settings, symbols: list[str], window: Window, port: int, duration: float | None,
@@ -251,6 +301,7 @@ def run_pipeline(settings: Settings, symbols: list[str], window: Window, port: i
     stack.callback(stop_stats, app_id)  # through Serve's API, before Ray stops
     console.print(deployed.describe(), highlight=False)
     leaderboard_from_api(deployed.url, outcome.run_id)
+    traders = start_traders(settings, outcome.run_id, where, stack)
     console.print(f"statistics API: {deployed.url}/docs   page: {deployed.url}/   "
                   f"Ray dashboard: {dashboard_url() or 'not running'}", highlight=False)
     console.print("streaming; Ctrl-C stops" if duration is None else f"streaming for {duration:g} s", highlight=False)
@@ -258,5 +309,6 @@ def run_pipeline(settings: Settings, symbols: list[str], window: Window, port: i
     status = watch(feed, duration)
     closed = sum(stream.get("closed", 0) for stream in status.get("streams", []))
     console.print(f"feed delivered {closed} closed candles", highlight=False)
+    traders_from_api(deployed.url, traders)
     if closed == 0 and exchange_now() - streamed_from >= 3 * MINUTE_MS:
         raise TradpalError("the feed delivered no closed candle")

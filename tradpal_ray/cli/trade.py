@@ -148,11 +148,11 @@ def start(
     keys = (settings.exchange_api_key, settings.exchange_secret)
     credentials = None if None in keys else (keys[0].get_secret_value(), keys[1].get_secret_value())
     run_traders(specs, instance_name(instance, settings.store), _db_url(settings, db_url), address,
-                duration, json_output, credentials)
+                duration, json_output, credentials, settings.redis_url.get_secret_value())
 
 
 def run_traders(specs: list[Any], instance: str, db_url: str | None, address: str | None, duration: float | None,
-                json_output: bool, credentials: tuple[str, str] | None = None) -> None:
+                json_output: bool, credentials: tuple[str, str] | None = None, redis_url: str | None = None) -> None:
     """Start the traders (then their feeds) and, on a private Ray, watch them until ``duration`` or Ctrl-C."""
     import ray
 
@@ -162,8 +162,8 @@ def run_traders(specs: list[Any], instance: str, db_url: str | None, address: st
     mode = connect(address, log_to_driver=False)
     detached = mode != "local"
     try:
-        handles = [start_trader(spec, instance=instance, ledger_url=db_url, detached=detached, credentials=credentials)
-                   for spec in specs]
+        handles = [start_trader(spec, instance=instance, ledger_url=db_url, detached=detached, credentials=credentials,
+                                redis_url=redis_url) for spec in specs]
         ready = [_unwrap_get(ray, handle.ready.remote()) for handle in handles]  # books rebuilt before the feed starts
         feeds = {}
         for spec in specs:

@@ -3,10 +3,9 @@
 :class:`StatsQueries` is the plain, synchronous query layer; :class:`StatsService` puts it
 behind :class:`RedisCache` (cache-aside, single-flight, degraded mode) and returns the
 encoded payloads the HTTP API sends as they are. The live statistics over the trade ledger
-stay fresh through :class:`LiveCacheNotifier`, the ledger writer's ``on_change``.
+stay fresh through :class:`tradpal_ray.trading.LiveCacheNotifier`, the ledger writer's ``on_change``.
 """
 
-from tradpal_ray.stats._live import LiveCacheNotifier
 from tradpal_ray.stats.cache import RedisCache
 from tradpal_ray.stats.metrics import OUTCOMES, CacheMetrics
 from tradpal_ray.stats.queries import TRADE_STATUSES, NotFound, StatsQueries
@@ -18,7 +17,6 @@ __all__ = [
     "OUTCOMES",
     "TRADE_STATUSES",
     "CacheMetrics",
-    "LiveCacheNotifier",
     "NotFound",
     "RedisCache",
     "RunVersions",

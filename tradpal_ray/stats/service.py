@@ -45,6 +45,7 @@ from tradpal_ray.stats.queries import TRADES_SCHEMA, StatsQueries
 from tradpal_ray.stats.versions import RunVersions, digest
 from tradpal_ray.storage import open_filesystem
 from tradpal_ray.trading import Ledger, ledger_exists, ledger_identity, open_ledger
+from tradpal_ray.trading._changes import generation_key, live_prefix
 
 log = get_logger(__name__)
 
@@ -189,12 +190,12 @@ class StatsService:
         self._ledger: Ledger | None = None
         self._ledger_lock = threading.Lock()
         try:
-            live_prefix = _live.live_prefix(ledger_identity(db_url, root))
+            prefix = live_prefix(ledger_identity(db_url, root))
         except ConfigError as exc:  # no ledger here (a remote store, no TRADPAL_DB_URL): live_* answer that
-            live_prefix, self._ledger_problem = "tradpal:live:-:", exc
+            prefix, self._ledger_problem = "tradpal:live:-:", exc
         else:
             self._ledger_problem = None
-        self.live_cache = RedisCache(redis_url, prefix=live_prefix, timeout=timeout, retry_after=retry_after,
+        self.live_cache = RedisCache(redis_url, prefix=prefix, timeout=timeout, retry_after=retry_after,
                                      metrics=self.metrics)
 
     # ------------------------------------------------------------- lifecycle
@@ -386,7 +387,7 @@ class StatsService:
 
     async def _live(self, kind: str, topic: str, args: tuple[Any, ...], compute: Callable[[Ledger], Any]) -> bytes:
         """Cached JSON of ``compute(ledger)``, keyed by the topic's generation (0 if absent or Redis is down)."""
-        generation = await self.live_cache.get(_live.generation_key(topic))
+        generation = await self.live_cache.get(generation_key(topic))
         stamp = generation.decode() if generation else "0"
 
         async def encoded() -> bytes:

@@ -24,7 +24,7 @@ from tradpal_ray.backtest.engine import BacktestConfig
 from tradpal_ray.errors import ConfigError
 from tradpal_ray.log import get_logger
 from tradpal_ray.market.store import CandleStore
-from tradpal_ray.stats._live import DECISION_EVENT, DIVERGENCE_EVENT
+from tradpal_ray.trading._changes import DECISION_EVENT, DIVERGENCE_EVENT
 from tradpal_ray.trading._exchange import ExchangeBroker, ExchangeTrader
 from tradpal_ray.trading._ledger import Ledger
 from tradpal_ray.trading._models import TRADER_NAME, Fill, Order, client_order_id

@@ -25,6 +25,7 @@ from tradpal_ray.feeds.actor import NAMESPACE, actor_name, start_feed
 from tradpal_ray.feeds.consumer import subscribe
 from tradpal_ray.feeds.feed import FeedConfig
 from tradpal_ray.log import get_logger
+from tradpal_ray.trading._changes import LiveCacheNotifier
 from tradpal_ray.trading._exchange import exchange_client
 from tradpal_ray.trading._ledger import open_ledger
 from tradpal_ray.trading._paper import Candle
@@ -60,12 +61,14 @@ class TraderActor:
     """Thin Ray shell: the session (rebuilt on every (re)start) fed by the feed's closed candles."""
 
     def __init__(self, spec: TraderSpec, ledger_url: str | None, feed_name: str,
-                 credentials: tuple[str, str] | None = None) -> None:
+                 credentials: tuple[str, str] | None = None, redis_url: str | None = None) -> None:
         self.spec = spec
         self.feed_name = feed_name
         client = None if spec.broker != "exchange" else exchange_client(spec.exchange, spec.exchange_url, credentials,
                                                                          sandbox=spec.sandbox)
-        self.session = TraderSession(spec, open_ledger(ledger_url, spec.store), exchange_client=client)
+        ledger = open_ledger(ledger_url, spec.store)
+        ledger.on_change = LiveCacheNotifier(redis_url, ledger.identity)  # live statistics see every write at once
+        self.session = TraderSession(spec, ledger, exchange_client=client)
         self._lock = asyncio.Lock()
         self._follows: list[asyncio.Task[None]] = []
         self.restarted = ray.get_runtime_context().was_current_actor_reconstructed
@@ -124,10 +127,8 @@ class TraderActor:
         return await self.status()
 
 
-def ensure_feed(spec: TraderSpec, instance: str, *, detached: bool = False) -> ray.actor.ActorHandle:
-    """The feed actor the trader follows: a running one of the instance serving its symbols and
-    timeframe, else the one :func:`feed_config` describes (started here, restartable). Keep the
-    handle while the feed is to run: a feed that is not detached ends with its last handle."""
+def serving_feed(spec: TraderSpec, instance: str) -> str | None:
+    """The name of a running feed actor of the instance that serves the trader's symbols and timeframe, or None."""
     for name in _feeds(instance):
         handle = ray.get_actor(name, namespace=NAMESPACE)
         try:
@@ -137,7 +138,17 @@ def ensure_feed(spec: TraderSpec, instance: str, *, detached: bool = False) -> r
             continue
         served = {(row["symbol"], row["stream"]) for row in status.get("streams", [])}
         if status.get("exchange") == spec.exchange and all((s, f"kline_{spec.timeframe}") in served for s in spec.symbols):
-            return handle
+            return name
+    return None
+
+
+def ensure_feed(spec: TraderSpec, instance: str, *, detached: bool = False) -> ray.actor.ActorHandle:
+    """The feed actor the trader follows: a running one of the instance serving its symbols and
+    timeframe (:func:`serving_feed`), else the one :func:`feed_config` describes (started here,
+    restartable). Keep the handle while the feed is to run: a feed that is not detached ends with its last handle."""
+    name = serving_feed(spec, instance)
+    if name is not None:
+        return ray.get_actor(name, namespace=NAMESPACE)
     return start_feed(feed_config(spec), instance=instance, if_running="reuse", max_restarts=-1, detached=detached)
 
 
@@ -149,10 +160,12 @@ def _feeds(instance: str) -> list[str]:
 
 
 def start_trader(spec: TraderSpec, *, instance: str, ledger_url: str | None = None, detached: bool = False,
-                 max_restarts: int = -1, credentials: tuple[str, str] | None = None) -> ray.actor.ActorHandle:
+                 max_restarts: int = -1, credentials: tuple[str, str] | None = None,
+                 redis_url: str | None = None) -> ray.actor.ActorHandle:
     """Start (or find, after a driver restart) the trader actor; ConfigError if a trader of that name runs with
     another configuration. ``ray.get(handle.ready.remote())`` waits for its books. ``credentials``
-    (API key, secret) are for the exchange broker: actor arguments, never in the ledger or a log."""
+    (API key, secret) are for the exchange broker: actor arguments, never in the ledger or a log.
+    ``redis_url``: the statistics cache whose live answers each ledger write invalidates."""
     name = trader_actor_name(instance, spec.name)
     if (running := running_trader(instance, spec.name)) is not None:
         current = ray.get(running.status.remote())
@@ -160,11 +173,11 @@ def start_trader(spec: TraderSpec, *, instance: str, ledger_url: str | None = No
             raise ConfigError(f"trader {spec.name} already runs with {current.get('strategy')} {current.get('params')}; "
                               "stop it first or give another --name")
         return running
-    feed = actor_name(feed_config(spec), instance)
+    feed = serving_feed(spec, instance) or actor_name(feed_config(spec), instance)
     return ray.remote(TraderActor).options(
         name=name, namespace=NAMESPACE, max_restarts=max_restarts, max_task_retries=-1 if max_restarts else 0,
         lifetime="detached" if detached else None, num_cpus=0,
-    ).remote(spec, ledger_url, feed, credentials)
+    ).remote(spec, ledger_url, feed, credentials, redis_url)
 
 
 def running_trader(instance: str, name: str) -> ray.actor.ActorHandle | None:
