@@ -76,7 +76,9 @@ def test_runs_written_before_typed_results_still_read(tmp_path: Path) -> None:
          "source": "store", "status": "complete", "created_at": "2024-01-01T00:00:00+00:00"}))
     frame = store.results(run_id)
     assert list(frame["fast"]) == [5, 10] and frame["fast"].dtype == np.int64 and "params" not in frame
-    assert store.manifest(run_id).param_types == {"fast": "int", "slow": "int"}
+    old_manifest = store.manifest(run_id)
+    assert old_manifest.param_types == {"fast": "int", "slow": "int"}
+    assert old_manifest.overfitting == {} and old_manifest.check is None and old_manifest.pbo_partitions == 16
 
 
 def test_a_grid_is_planned_lazily_and_decoded_in_product_order() -> None:
