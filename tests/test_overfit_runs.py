@@ -8,11 +8,7 @@ from __future__ import annotations
 import json
 import math
 import re
-import signal
-import subprocess
 import sys
-import textwrap
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +21,7 @@ from http_server import Server
 from market_data import goog
 from test_lookahead import PEEKING, cheating_bars
 from test_page import attribute, browse, chromium  # noqa: F401  (chromium is a fixture)
-from test_runs import wait_until
+from test_runs import GRID, RUNNER_GRID, RunCli, goog_csv, killed_run  # noqa: F401  (goog_csv is a fixture)
 
 from tradpal_ray.backtest import BacktestConfig, backtest, rank
 from tradpal_ray.market import CandleStore, candles_table
@@ -34,16 +30,6 @@ from tradpal_ray.runs import RunStore, SweepRequest, run_sweep
 from tradpal_ray.serve import build_app
 from tradpal_ray.stats import StatsService
 from tradpal_ray.validation import deflated_sharpe_ratio, probability_of_backtest_overfitting
-
-GRID = {"fast": list(range(5, 51, 5)), "slow": list(range(20, 201, 10))}
-RunCli = Callable[..., tuple[int, str, str]]
-
-
-@pytest.fixture
-def goog_csv(tmp_path: Path) -> str:
-    path = tmp_path / "GOOG.csv"
-    goog().to_csv(path)
-    return str(path)
 
 
 @pytest.fixture(scope="module")
@@ -126,38 +112,14 @@ def test_ray_and_in_process_write_the_same_returns_file(ray_session: None, tmp_p
     assert on_ray.manifest.check.params == {"fast": 5, "slow": 20}
 
 
-RUNNER = textwrap.dedent("""
-    import sys
-    from tradpal_ray.runs import SweepRequest, run_sweep
-    grid = {"fast": list(range(2, 120)), "slow": list(range(20, 260, 2))}
-    run_sweep(SweepRequest(sys.argv[3], grid, data_file=sys.argv[1]), store=sys.argv[2], executor="local",
-              chunk_size=300, pbo_partitions=8)
-""")
-
-
 def test_resume_after_a_killed_driver_gives_the_same_returns_and_statistics(tmp_path: Path, goog_csv: str) -> None:
     store = tmp_path / "store"
-    strategy_file = tmp_path / "overfit_cross.py"
-    strategy_file.write_text(
-        "from tradpal_ray.backtest import cross_above, cross_below, sma\n\n"
-        "def overfit_cross(bars, fast=10, slow=30):\n"
-        "    f, s = sma(bars.close, fast), sma(bars.close, slow)\n"
-        "    return cross_above(f, s), cross_below(f, s)\n"
-    )
-    ref = f"{strategy_file}:overfit_cross"
-    driver = subprocess.Popen([sys.executable, "-c", RUNNER, goog_csv, str(store), ref],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_until(lambda: len(list(store.glob("runs/*/results/*/chunk-*.parquet"))) >= 3, 120, "three chunks")
-    finally:
-        driver.send_signal(signal.SIGKILL)
-        driver.wait()
+    ref = killed_run(store, goog_csv, tmp_path / "overfit_cross.py", pbo_partitions=8)
     [manifest] = RunStore(store).runs()
     assert manifest.current_status() == "interrupted" and not manifest.overfitting
     assert not (store / "runs" / manifest.run_id / "returns.parquet").exists()
     resumed = run_sweep(store=str(store), resume=manifest.run_id, executor="local")
-    grid = {"fast": list(range(2, 120)), "slow": list(range(20, 260, 2))}
-    fresh = run_sweep(SweepRequest(ref, grid, data_file=goog_csv), store=str(tmp_path / "fresh"), executor="local",
+    fresh = run_sweep(SweepRequest(ref, RUNNER_GRID, data_file=goog_csv), store=str(tmp_path / "fresh"), executor="local",
                       chunk_size=300, pbo_partitions=8)
     ours = pq.read_table(store / "runs" / resumed.run_id / "returns.parquet")
     theirs = pq.read_table(tmp_path / "fresh" / "runs" / fresh.run_id / "returns.parquet")
