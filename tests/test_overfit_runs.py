@@ -184,7 +184,7 @@ def test_sweep_check_stops_a_strategy_that_looks_ahead(tmp_path: Path, goog_csv:
         sys.modules.pop(path.stem, None)
     first = cheating_bars()[0]
     assert code == 1 and out == "" and len(err.strip().splitlines()) == 1, err
-    assert err.startswith(f"error: look-ahead in strategy bar {first} (") and "(checked on GOOG)" in err
+    assert err.startswith(f"error: the strategy looks ahead on GOOG at bar {first} (") and "the sweep did not run" in err
     assert not list(store.glob("runs/*"))  # the sweep never started
 
     code, out, err = run_cli("sweep", "--store", str(store), "--data", goog_csv, "--grid", "fast=10,20",

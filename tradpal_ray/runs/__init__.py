@@ -62,8 +62,7 @@ class LookaheadFound(ConfigError):
     """``run_sweep(check=True)`` found look-ahead: the sweep did not run (``check`` says where)."""
 
     def __init__(self, check: StrategyCheck) -> None:
-        super().__init__(f"look-ahead in strategy {check.first_lookahead} (checked on {check.symbol}); "
-                         "the sweep did not run")
+        super().__init__(f"the strategy looks ahead on {check.symbol} at {check.first_lookahead}; the sweep did not run")
         self.check = check
 
 
