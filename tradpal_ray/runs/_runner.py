@@ -222,8 +222,11 @@ class SweepRun:
                               "only (no returns.parquet), no PBO")
         elif m.results:
             self.results.write_returns(self.run_id, exclude=m.errors)
-        m.overfitting = {symbol: self.overfit_stats(symbol) for symbol in self.sources
-                         if symbol not in m.errors and counts.get(encode_key(symbol))}
+        m.overfitting = {}
+        for symbol in self.sources:
+            if symbol not in m.errors and counts.get(encode_key(symbol)):
+                m.overfitting[symbol] = self.overfit_stats(symbol)
+                self.beat()  # a large PBO takes seconds: the driver is alive
         m.status = "complete" if not m.errors else ("partial" if m.results else "failed")
         if not m.results and not m.errors and m.skipped:
             m.status = "failed"
@@ -239,7 +242,7 @@ class SweepRun:
         m = self.manifest
         frame = self.results.results(self.run_id, symbol)
         best = str(rank(frame, m.metric)["result_id"].iloc[0])
-        if len(frame) > MAX_RETURNS_RESULTS:
+        if m.results > MAX_RETURNS_RESULTS:  # no returns.parquet: the best's column only, no PBO
             returns = self.results.returns(self.run_id, symbol, results=[best])
             matrix = None
         else:
@@ -389,7 +392,7 @@ def check_lookahead(bars: Bars, symbol: str, ref: StrategyRef, strat: Strategy, 
     from tradpal_ray.validation import check_strategy
 
     params = first_combination(strat, plan)
-    report = check_strategy(bars, ref if ref.portable else strat, params, executor=executor, address=address)
+    report = check_strategy(bars, ref, params, executor=executor, address=address)
     log.info("sweep.check", strategy=ref.text, symbol=symbol, clean=report.clean, warmup=report.warmup_bars)
     return StrategyCheck(clean=report.clean, symbol=symbol, params=dict(report.params), bars=report.n_bars,
                          prefixes_checked=report.prefixes_checked, warmup_bars=report.warmup_bars,
