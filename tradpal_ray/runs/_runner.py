@@ -25,7 +25,7 @@ from tradpal_ray.backtest.data import Bars
 from tradpal_ray.backtest.engine import BacktestConfig, backtest, sizing_warning
 from tradpal_ray.backtest.metrics import metric_names
 from tradpal_ray.backtest.strategies import Strategy
-from tradpal_ray.backtest.sweep import rank, sweep_returns
+from tradpal_ray.backtest.sweep import sweep_returns
 from tradpal_ray.errors import ConfigError, TradpalError
 from tradpal_ray.log import get_logger
 from tradpal_ray.market.store import encode_key
@@ -208,8 +208,11 @@ class SweepRun:
             picks[symbol] = [(row["result_id"], params_of(row, names)) for row in rows.to_dict("records")]
         return picks
 
-    def finish(self, kept: Mapping[str, str]) -> RunManifest:
-        """Final counts, the returns matrix, the overfitting statistics and the status into the manifest, written."""
+    def finish(self, kept: Mapping[str, str], run_overfit: OverfitRunner | None = None) -> RunManifest:
+        """Final counts, the returns matrix, the overfitting statistics and the status into the manifest, written.
+
+        ``run_overfit`` computes the per-symbol statistics (default: one after another here).
+        """
         m = self.manifest
         failed = {encode_key(s) for s in m.errors}
         counts = self.results.row_count(self.run_id)
@@ -222,11 +225,13 @@ class SweepRun:
                               "only (no returns.parquet), no PBO")
         elif m.results:
             self.results.write_returns(self.run_id, exclude=m.errors)
-        m.overfitting = {}
-        for symbol in self.sources:
-            if symbol not in m.errors and counts.get(encode_key(symbol)):
-                m.overfitting[symbol] = self.overfit_stats(symbol)
-                self.beat()  # a large PBO takes seconds: the driver is alive
+        top = self.results.top(self.run_id, m.metric, 1, per_symbol=True, exclude=m.errors) if m.results else None
+        best = dict(zip(top["symbol"], top["result_id"])) if top is not None and len(top) else {}
+        jobs = [OverfitJob(self.store, self.run_id, symbol, best[symbol], m.results > MAX_RETURNS_RESULTS,
+                           self.request.config.periods_per_year, m.pbo_partitions)
+                for symbol in self.sources if symbol in best]
+        stats = (run_overfit or self._overfit_here)(jobs)
+        m.overfitting = {job.symbol: found for job, found in zip(jobs, stats, strict=True)}
         m.status = "complete" if not m.errors else ("partial" if m.results else "failed")
         if not m.results and not m.errors and m.skipped:
             m.status = "failed"
@@ -237,19 +242,12 @@ class SweepRun:
                  skipped=sum(m.skipped.values()))
         return m
 
-    def overfit_stats(self, symbol: str) -> OverfitStats:
-        """The DSR of ``symbol``'s best result and the PBO of its results, from the stored returns."""
-        m = self.manifest
-        frame = self.results.results(self.run_id, symbol)
-        best = str(rank(frame, m.metric)["result_id"].iloc[0])
-        if m.results > MAX_RETURNS_RESULTS:  # no returns.parquet: the best's column only, no PBO
-            returns = self.results.returns(self.run_id, symbol, results=[best])
-            matrix = None
-        else:
-            returns = self.results.returns(self.run_id, symbol)
-            matrix = returns[frame["result_id"]].to_numpy()
-        return overfit_stats(frame["sharpe"].to_numpy(), returns[best].to_numpy(), matrix, best_result_id=best,
-                             periods_per_year=self.request.config.periods_per_year, partitions=m.pbo_partitions)
+    def _overfit_here(self, jobs: list[OverfitJob]) -> list[OverfitStats]:
+        stats = []
+        for job in jobs:
+            stats.append(symbol_overfit_stats(job))
+            self.beat()  # a large PBO takes seconds: the driver is alive
+        return stats
 
     def abort(self, exc: BaseException) -> None:
         """Record why the run stopped early (Ctrl-C, a lost cluster, a bug): never left "running"."""
@@ -259,6 +257,39 @@ class SweepRun:
         m.error = f"{type(exc).__name__}: {exc}".splitlines()[0]
         self.results.write_manifest(m)
         log.error("sweep.aborted", run_id=self.run_id, error=m.error)
+
+
+@dataclass(frozen=True)
+class OverfitJob:
+    """One symbol's overfitting statistics to compute at the end of a run (in the driver or a Ray task)."""
+
+    store: str
+    run_id: str
+    symbol: str
+    best_result_id: str
+    """The symbol's best result by the run's metric (picked by the driver, which knows every metric): the DSR's."""
+    huge: bool
+    """The run is over :data:`MAX_RETURNS_RESULTS`: read the best's returns only, no PBO."""
+    periods_per_year: float
+    partitions: int
+
+
+OverfitRunner = Callable[[list[OverfitJob]], list[OverfitStats]]
+"""Computes the jobs' statistics, in order."""
+
+
+def symbol_overfit_stats(job: OverfitJob) -> OverfitStats:
+    """The DSR of a symbol's best result and the PBO of its results, from the stored results and returns."""
+    store = RunStore(job.store)
+    frame = store.results(job.run_id, job.symbol)
+    best = job.best_result_id
+    if job.huge:  # no returns.parquet: the best's column only, no PBO
+        returns, matrix = store.returns(job.run_id, job.symbol, results=[best]), None
+    else:
+        returns = store.returns(job.run_id, job.symbol)
+        matrix = returns[frame["result_id"]].to_numpy()
+    return overfit_stats(frame["sharpe"].to_numpy(), returns[best].to_numpy(), matrix, best_result_id=best,
+                         periods_per_year=job.periods_per_year, partitions=job.partitions)
 
 
 def overfit_stats(
