@@ -6,6 +6,8 @@ are loaded by the driver, the only process sure to see it, and put once. Chunk t
 (``sweep <run_id> <symbol> #<n>`` in the dashboard) are submitted lazily, a bounded window
 at a time, so a 10^7-combination grid never lists its tasks at once. The user's strategy
 code reaches every worker as a ``py_modules`` package uploaded once at the start of the run.
+Each chunk task writes its results' daily returns beside its rows; at the end, one
+``overfitting <run_id> <symbol>`` task per symbol computes its DSR and PBO in parallel.
 """
 
 from __future__ import annotations

@@ -3,8 +3,10 @@
 :class:`SweepRun` holds the state of one run (manifest, plan, what is done) and knows
 nothing of Ray; an executor feeds it chunk outcomes. :func:`run_chunk` and
 :func:`keep_details` are the units of work, the same in process and in a Ray task.
-Chunk files are written by the unit of work itself, idempotently, so a retried task or a
-resumed run never duplicates or loses a row. A symbol whose bars are bad fails alone.
+Chunk files (the daily returns' part, then the results, which mark the chunk done) are written by the unit of work itself,
+idempotently, so a retried task or a resumed run never duplicates or loses a row. A symbol
+whose bars are bad fails alone. The finish gathers the returns into ``returns.parquet`` and
+computes each symbol's overfitting statistics (:func:`symbol_overfit_stats`).
 """
 
 from __future__ import annotations
@@ -76,7 +78,7 @@ class ChunkOutcome:
 
 
 def run_chunk(bars: Bars, plan: GridPlan, job: ChunkJob) -> ChunkOutcome:
-    """Backtest one chunk's combinations that fit the bars and publish them as one typed chunk file."""
+    """Backtest one chunk's combinations that fit the bars; publish their daily returns, then their typed rows."""
     strat = job.ref.load()
     skipped: Counter[str] = Counter()
     fit = []
