@@ -76,7 +76,9 @@ def test_runs_written_before_typed_results_still_read(tmp_path: Path) -> None:
          "source": "store", "status": "complete", "created_at": "2024-01-01T00:00:00+00:00"}))
     frame = store.results(run_id)
     assert list(frame["fast"]) == [5, 10] and frame["fast"].dtype == np.int64 and "params" not in frame
-    assert store.manifest(run_id).param_types == {"fast": "int", "slow": "int"}
+    old_manifest = store.manifest(run_id)
+    assert old_manifest.param_types == {"fast": "int", "slow": "int"}
+    assert old_manifest.overfitting == {} and old_manifest.check is None and old_manifest.pbo_partitions == 16
 
 
 def test_a_grid_is_planned_lazily_and_decoded_in_product_order() -> None:
@@ -119,27 +121,38 @@ RUNNER = textwrap.dedent("""
     import sys
     from tradpal_ray.runs import SweepRequest, run_sweep
     grid = {"fast": list(range(2, 120)), "slow": list(range(20, 260, 2))}
-    run_sweep(SweepRequest(sys.argv[3], grid, data_file=sys.argv[1]), store=sys.argv[2], executor="local", chunk_size=300)
+    run_sweep(SweepRequest(sys.argv[3], grid, data_file=sys.argv[1]), store=sys.argv[2], executor="local", chunk_size=300,
+              pbo_partitions=int(sys.argv[4]))
 """)
+RUNNER_GRID = {"fast": list(range(2, 120)), "slow": list(range(20, 260, 2))}
+"""The grid RUNNER sweeps in 300-combination chunks."""
 
 
-def test_a_killed_driver_reads_as_interrupted_and_resume_finishes_it(tmp_path: Path, goog_csv: str, run_cli: RunCli) -> None:
-    store = tmp_path / "store"
-    strategy_file = tmp_path / "resumable_cross.py"
+def killed_run(store: Path, goog_csv: str, strategy_file: Path, pbo_partitions: int = 16) -> str:
+    """Start RUNNER on GOOG with an SMA-cross strategy written to ``strategy_file`` in another process,
+    SIGKILL it once three chunks are written; the strategy's reference."""
+    name = strategy_file.stem
     strategy_file.write_text(
         "from tradpal_ray.backtest import cross_above, cross_below, sma\n\n"
-        "def resumable_cross(bars, fast=10, slow=30):\n"
+        f"def {name}(bars, fast=10, slow=30):\n"
         "    f, s = sma(bars.close, fast), sma(bars.close, slow)\n"
         "    return cross_above(f, s), cross_below(f, s)\n"
     )
-    ref = f"{strategy_file}:resumable_cross"
-    driver = subprocess.Popen([sys.executable, "-c", RUNNER, goog_csv, str(store), ref],
+    ref = f"{strategy_file}:{name}"
+    driver = subprocess.Popen([sys.executable, "-c", RUNNER, goog_csv, str(store), ref, str(pbo_partitions)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_until(lambda: len(list(store.glob("runs/*/results/*/chunk-*.parquet"))) >= 3, 120, "three chunks")
     finally:
         driver.send_signal(signal.SIGKILL)
         driver.wait()
+    return ref
+
+
+def test_a_killed_driver_reads_as_interrupted_and_resume_finishes_it(tmp_path: Path, goog_csv: str, run_cli: RunCli) -> None:
+    store = tmp_path / "store"
+    strategy_file = tmp_path / "resumable_cross.py"
+    ref = killed_run(store, goog_csv, strategy_file)
     [manifest] = RunStore(store).runs()
     assert manifest.status == "running" and manifest.current_status() == "interrupted"
     done = len(list(store.glob("runs/*/results/*/chunk-*.parquet")))
@@ -152,8 +165,8 @@ def test_a_killed_driver_reads_as_interrupted_and_resume_finishes_it(tmp_path: P
     assert code == 2 and err.startswith("error: strategy ") and len(err.strip().splitlines()) == 1
     resumed = run_sweep(store=str(store), resume=manifest.run_id, allow_changed_code=True, executor="local")
     assert resumed.manifest.status == "complete"
-    reference = run_sweep(SweepRequest(ref, {"fast": list(range(2, 120)), "slow": list(range(20, 260, 2))},
-                                       data_file=goog_csv), store=str(tmp_path / "fresh"), executor="local")
+    reference = run_sweep(SweepRequest(ref, RUNNER_GRID, data_file=goog_csv), store=str(tmp_path / "fresh"),
+                          executor="local")
     ours = resumed.results.drop(columns="run_id").sort_values("result_id").reset_index(drop=True)
     theirs = reference.results.drop(columns="run_id").sort_values("result_id").reset_index(drop=True)
     pd.testing.assert_frame_equal(ours, theirs)

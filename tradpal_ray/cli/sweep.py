@@ -2,12 +2,16 @@
 
 Human output (progress bar, leaderboard, best per symbol, parameters across symbols,
 skipped combinations, failures) goes to stderr; with ``--json`` stdout holds exactly one
-object ``{"run_id", "status", "metric", "executor", "errors", "skipped", "warnings", "results": [...]}``.
+object ``{"run_id", "status", "metric", "executor", "errors", "skipped", "warnings", "overfitting", "check",
+"results": [...]}`` (``overfitting``: per symbol, the deflated Sharpe ratio of its best result and
+the PBO of its results, with their readings). With ``--check``, a strategy that looks ahead
+stops the sweep before it starts: one ``error:`` line, exit 1.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -36,7 +40,7 @@ from tradpal_ray.errors import ConfigError
 if TYPE_CHECKING:
     import pandas as pd
 
-    from tradpal_ray.runs import RunManifest, SweepOutcome, SweepRequest
+    from tradpal_ray.runs import RunManifest, StrategyCheck, SweepOutcome, SweepRequest
 
 
 SymbolsOption = Annotated[str | None, typer.Option("--symbols", help="Comma-separated symbols in the store.", show_default=False)]
@@ -79,6 +83,11 @@ def sweep(
     max_combos: Annotated[int, typer.Option("--max-combos", help="Refuse grids with more combinations than this.")] = 10_000_000,
     resume: ResumeOption = None,
     allow_changed_code: AllowChangedCodeOption = False,
+    pbo_partitions: Annotated[int | None, typer.Option(
+        "--pbo-partitions", help="CSCV partitions of the probability of backtest overfitting (even, 2-20; default 16, "
+                                 "or the resumed run's).", show_default=False)] = None,
+    check: Annotated[bool, typer.Option("--check", help="First check the strategy for look-ahead (first symbol, the "
+                                                        "grid's first combination); exit 1 if it looks ahead.")] = False,
     address: AddressOption = None,
     json_output: JsonOption = False,
 ) -> None:
@@ -90,10 +99,12 @@ def sweep(
     settings = settings_for(store=store, exchange=exchange)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from tradpal_ray.runs import EXECUTORS, run_sweep
+    from tradpal_ray.runs import EXECUTORS, LookaheadFound, check_partitions, run_sweep
 
     if executor not in EXECUTORS:
         raise ConfigError(f"--executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
+    if pbo_partitions is not None:
+        check_partitions(pbo_partitions)
     request, no_market = None, []
     if not resume:
         config = backtest_config(cash=cash, fee=fee, size_unit=size_unit, size=size, slippage_bps=slippage_bps, direction=direction,
@@ -115,9 +126,17 @@ def sweep(
             progress.start()
         progress.update(task, completed=done, total=total)
 
+    def checked(verdict: StrategyCheck) -> None:
+        console.print(f"[green]check[/green]: {verdict.describe()}", highlight=False)
+
     try:
         outcome = run_sweep(request, store=settings.store, resume=resume, executor=executor, address=address,
-                            allow_changed_code=allow_changed_code, on_progress=show)
+                            allow_changed_code=allow_changed_code, on_progress=show,
+                            pbo_partitions=pbo_partitions,
+                            check=check, on_check=checked)
+    except LookaheadFound as found:
+        console.print(f"[red]error:[/red] {found}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
     finally:
         if progress.live.is_started:
             progress.stop()
@@ -181,7 +200,13 @@ def _json(outcome: SweepOutcome, top: int) -> dict[str, Any]:
         shown = rank(shown, m.metric)
     return {"run_id": m.run_id, "status": m.status, "metric": m.metric, "executor": m.executor,
             "strategy": m.strategy, "strategy_ref": m.strategy_ref.get("text"), "errors": m.errors,
-            "skipped": m.skipped, "warnings": m.warnings, "results": result_rows(shown, m)}
+            "skipped": m.skipped, "warnings": m.warnings, "overfitting": overfitting_json(m),
+            "check": asdict(m.check) if m.check else None, "results": result_rows(shown, m)}
+
+
+def overfitting_json(manifest: RunManifest) -> dict[str, dict[str, Any]]:
+    """Per symbol, the overfitting statistics of a run as JSON (None where undefined)."""
+    return {symbol: asdict(stats) for symbol, stats in manifest.overfitting.items()}
 
 
 def render(outcome: SweepOutcome, top: int) -> None:
@@ -207,6 +232,10 @@ def render(outcome: SweepOutcome, top: int) -> None:
                 table.add_row(params_label(params_of(row, m.param_names)), _cell(row[m.metric]),
                               _cell(row[f"min_{m.metric}"]), str(row["symbols"]))
             console.print(table)
+    for symbol, stats in m.overfitting.items():
+        console.print(f"overfitting {symbol} ({stats.n_trials:,} trials, {stats.n_days:,} days): {stats.reading_dsr}",
+                      highlight=False)
+        console.print(f"overfitting {symbol}: {stats.reading_pbo}", highlight=False)
     for warning in m.warnings:
         console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
     for symbol, error in m.errors.items():

@@ -54,6 +54,8 @@ def build_report(results: RunStore, run_id: str, *, top: int = 5, metric: str | 
         frame = frame[~frame["symbol"].isin(manifest.errors)].reset_index(drop=True)
     outcome = SweepOutcome(replace(manifest, metric=metric), results)
     sections = [_header(manifest, metric, len(frame))]
+    if manifest.overfitting:
+        sections.append(_overfitting_section(manifest))
     if len(frame):
         sections += [
             _curves_section(results, manifest, frame, top),
@@ -135,6 +137,20 @@ def _header(manifest: RunManifest, metric: str, results: int) -> str:
     rows = "".join(f"<div><b>{escape(name)}</b>: {escape(str(value))}</div>" for name, value in facts)
     errors = "".join(f'<div class="error">failed {escape(symbol)}: {escape(error)}</div>' for symbol, error in manifest.errors.items())
     return f"<h1>Sweep {escape(manifest.run_id)}</h1><div class=\"meta\">{rows}{errors}</div>"
+
+
+def _overfitting_section(manifest: RunManifest) -> str:
+    """Per symbol: the deflated Sharpe ratio of the best result, the PBO of all, and their readings."""
+    rows = "".join(
+        f'<tr class="overfitting" data-symbol="{escape(symbol)}"><td class="l">{escape(symbol)}</td>'
+        f"<td>{stats.n_trials:,}</td><td>{stats.n_days:,}</td><td>{_number(stats.dsr)}</td><td>{_number(stats.pbo)}</td>"
+        f'<td class="l">{escape(stats.reading_dsr)}<br>{escape(stats.reading_pbo)}</td></tr>'
+        for symbol, stats in manifest.overfitting.items()
+    )
+    header = '<th class="l">symbol</th><th>trials</th><th>days</th><th>DSR</th><th>PBO</th><th class="l">reading</th>'
+    return (f"<h2>Overfitting: deflated Sharpe ratio of the best (by {escape(manifest.metric)}) and PBO "
+            f"({manifest.pbo_partitions} CSCV partitions)</h2><table><tr>{header}</tr>{rows}</table>"
+            '<p class="note">Recompute both from returns.parquet with tradpal_ray.validation.</p>')
 
 
 def _values(values: list[Any]) -> str:

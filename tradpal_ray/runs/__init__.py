@@ -16,6 +16,7 @@ with Optuna's samplers instead of a grid; :func:`optimize_bars` is its in-proces
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +28,9 @@ from tradpal_ray.runs._manifest import (
     RUN_ID_PATTERN,
     RUN_KINDS,
     RUN_STATUSES,
+    OverfitStats,
     RunManifest,
+    StrategyCheck,
     new_run_id,
 )
 from tradpal_ray.runs._optimize import (
@@ -41,10 +44,14 @@ from tradpal_ray.runs._plan import DEFAULT_MAX_COMBOS, GridPlan
 from tradpal_ray.runs._request import BarsSource, SweepRequest
 from tradpal_ray.runs._runner import (
     LOCAL_WORK_LIMIT,
+    MAX_RETURNS_RESULTS,
     ProgressCallback,
     SweepRun,
+    check_lookahead,
+    check_partitions,
     chunk_table,
     execute_local,
+    overfit_stats,
     plan_chunk_size,
     result_warnings,
     resume_request,
@@ -61,6 +68,14 @@ from tradpal_ray.runs._store import RunStore, check_result_id, check_run_id, res
 from tradpal_ray.runs._walkforward import WalkForwardRequest, WalkForwardSpec
 
 EXECUTORS = ("auto", "local", "ray")
+
+
+class LookaheadFound(ConfigError):
+    """``run_sweep(check=True)`` found look-ahead: the sweep did not run (``check`` says where)."""
+
+    def __init__(self, check: StrategyCheck) -> None:
+        super().__init__(f"the strategy looks ahead on {check.symbol} at {check.first_lookahead}; the sweep did not run")
+        self.check = check
 
 
 @dataclass
@@ -89,6 +104,10 @@ class SweepOutcome(RunOutcome):
     def top(self, n: int = 10, *, metric: str | None = None) -> pd.DataFrame:
         """The ``n`` best results by the run's metric (or ``metric``), read chunk by chunk."""
         return self.store.top(self.run_id, metric or self.manifest.metric, n, exclude=self.manifest.errors)
+
+    def returns(self, symbol: str | None = None) -> pd.DataFrame:
+        """Daily returns, one column per result id (see :meth:`RunStore.returns`)."""
+        return self.store.returns(self.run_id, symbol)
 
     def best_per_symbol(self) -> pd.DataFrame:
         """The best result of each symbol, best first."""
@@ -149,6 +168,9 @@ def run_sweep(
     chunk_size: int | None = None,
     allow_changed_code: bool = False,
     on_progress: ProgressCallback | None = None,
+    pbo_partitions: int | None = None,
+    check: bool = False,
+    on_check: Callable[[StrategyCheck], None] | None = None,
 ) -> SweepOutcome:
     """Run (or resume) a sweep and return its outcome.
 
@@ -157,6 +179,10 @@ def run_sweep(
     ``resume`` takes a run id: the request comes from its manifest, only missing chunks
     run, and a strategy whose source changed since is refused unless ``allow_changed_code``.
     ConfigError for bad requests; a symbol's bad data is recorded in the manifest instead.
+    At the end, each symbol's deflated Sharpe ratio and PBO (``pbo_partitions`` CSCV
+    partitions, default 16) go into the manifest. ``check``: first run the look-ahead check
+    once (first symbol, the grid's first combination, the sweep's executor), recorded in the
+    manifest and passed to ``on_check``; :class:`LookaheadFound` when the strategy looks ahead.
     """
     store_obj = RunStore(store)
     manifest = None
@@ -167,6 +193,8 @@ def run_sweep(
     request = request.absolute()
     checked = request.check()
     plan = checked[2]
+    if pbo_partitions is not None:
+        check_partitions(pbo_partitions)
     bars, loaded = request.check_data(store)
     chosen = choose_executor(executor, plan.total * max(bars, 1) * len(request.symbol_names()), address=address)
     cpus = 1.0
@@ -177,8 +205,19 @@ def run_sweep(
 
         connect(address)
         cpus = ray.cluster_resources().get("CPU", 1.0)
+    strategy_check = None
+    if check:
+        first = request.sources(store)[0]
+        first_bars = loaded[first.symbol] if first.symbol in loaded else first.load()
+        strategy_check = check_lookahead(first_bars, first.symbol, checked[0], checked[1], plan,
+                                         executor=chosen, address=address)
+        if not strategy_check.clean:
+            raise LookaheadFound(strategy_check)
+        if on_check:
+            on_check(strategy_check)
     run = start_run(request, checked, store=store, manifest=manifest, chunk_size=chunk_size, cpus=cpus,
-                    bars_hint=bars or 1000, executor=chosen, on_progress=on_progress)
+                    bars_hint=bars or 1000, executor=chosen, on_progress=on_progress, pbo_partitions=pbo_partitions,
+                    strategy_check=strategy_check)
     run.loaded.update(loaded)
     try:
         if chosen == "ray":
@@ -275,6 +314,7 @@ __all__ = [
     "DEFAULT_MAX_COMBOS",
     "EQUITY_SCHEMA",
     "EXECUTORS",
+    "MAX_RETURNS_RESULTS",
     "RESULT_ID_PATTERN",
     "RUN_ID_PATTERN",
     "RUN_KINDS",
@@ -285,21 +325,27 @@ __all__ = [
     "GridPlan",
     "OptimizeOutcome",
     "OptimizeRequest",
+    "LookaheadFound",
+    "OverfitStats",
     "RunManifest",
     "RunOutcome",
     "RunStore",
+    "StrategyCheck",
     "SweepOutcome",
     "SweepRequest",
     "SweepRun",
     "WalkForwardOutcome",
     "WalkForwardRequest",
     "WalkForwardSpec",
+    "check_lookahead",
+    "check_partitions",
     "check_result_id",
     "check_run_id",
     "choose_executor",
     "chunk_table",
     "new_run_id",
     "optimize_bars",
+    "overfit_stats",
     "params_label",
     "params_of",
     "plan_chunk_size",

@@ -43,6 +43,65 @@ RESULT_ID_PATTERN = r"^[0-9a-f]{16}$"
 """What a result id looks like: 16 hex digits."""
 
 
+@dataclass(frozen=True)
+class OverfitStats:
+    """Overfitting statistics of one symbol's results (its trials), computed at the end of a run.
+
+    From ``returns.parquet`` and the results' ``sharpe`` column, so anyone can recompute them
+    with :mod:`tradpal_ray.validation`. A statistic that cannot be computed (too few days or
+    trials, no dispersion) is None, and its reading says why.
+    """
+
+    n_trials: int
+    """The symbol's results: the trials the best was chosen from."""
+    n_days: int
+    """Days of returns of the symbol."""
+    best_result_id: str | None
+    """The best result by the run's metric: the one the DSR is about."""
+    dsr: float | None
+    """Deflated Sharpe ratio: P(the best's true Sharpe beats the best of ``n_trials`` skill-less trials)."""
+    psr: float | None
+    """Probabilistic Sharpe ratio of the best against 0."""
+    sharpe: float | None
+    """The best's annualised Sharpe ratio (from its daily returns)."""
+    expected_max_sharpe: float | None
+    """Annualised Sharpe the best of ``n_trials`` skill-less trials would reach by luck."""
+    reading_dsr: str
+    pbo: float | None
+    """Probability of backtest overfitting by CSCV."""
+    pbo_partitions: int
+    logits_median: float | None
+    """Median of the CSCV logits (above 0: the in-sample best tends to stay above median)."""
+    reading_pbo: str
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> OverfitStats:
+        """From its JSON form (unknown keys ignored)."""
+        return cls(**{key: value for key, value in raw.items() if key in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
+class StrategyCheck:
+    """The look-ahead check run before a sweep (``--check``): on which bars and parameters, and its verdict."""
+
+    clean: bool
+    symbol: str
+    params: dict[str, Any]
+    bars: int
+    prefixes_checked: int
+    warmup_bars: int
+    first_lookahead: str | None = None
+    """The first look-ahead bar, described for people (None when clean)."""
+
+    def describe(self) -> str:
+        """One line for people."""
+        params = " ".join(f"{k}={v}" for k, v in self.params.items())
+        where = f"{self.symbol} ({params}), {self.bars:,} bars, {self.prefixes_checked:,} prefixes"
+        if self.clean:
+            return f"no look-ahead: {where}; warm-up {self.warmup_bars:,} bars"
+        return f"look-ahead on {where}: {self.first_lookahead}"
+
+
 @dataclass
 class RunManifest:
     """Everything needed to reproduce, resume or describe a run."""
@@ -104,6 +163,13 @@ class RunManifest:
     (``{"trial", "params", "values", "stats"}`` each)."""
     walkforward: dict[str, Any] = field(default_factory=dict)
     """Kind ``walkforward``: ``{"spec": the walk-forward settings, "warmup", "folds", "summary"}``."""
+    pbo_partitions: int = 16
+    """CSCV partitions of the probability of backtest overfitting (``--pbo-partitions``)."""
+    overfitting: dict[str, OverfitStats] = field(default_factory=dict)
+    """Per symbol: the deflated Sharpe ratio of its best result and the PBO of its results (empty
+    in runs written before they were computed)."""
+    check: StrategyCheck | None = None
+    """The look-ahead check run before the sweep (``--check``), or None."""
     driver: dict[str, Any] = field(default_factory=dict)
     """``{"host", "pid"}`` of the process running the run."""
     heartbeat: str | None = None
@@ -122,6 +188,9 @@ class RunManifest:
         if not isinstance(raw, dict):
             raise TypeError("a manifest is a JSON object")
         manifest = cls(**{key: value for key, value in raw.items() if key in cls.__dataclass_fields__})
+        manifest.overfitting = {symbol: OverfitStats.from_dict(stats) for symbol, stats in manifest.overfitting.items()}
+        if isinstance(manifest.check, dict):
+            manifest.check = StrategyCheck(**manifest.check)
         if not manifest.param_types and manifest.grid:  # version 1: types from the grid's values
             manifest.param_types = {k: "float" if any(isinstance(v, float) for v in vs) else "int"
                                     for k, vs in manifest.grid.items()}

@@ -6,6 +6,8 @@ are loaded by the driver, the only process sure to see it, and put once. Chunk t
 (``sweep <run_id> <symbol> #<n>`` in the dashboard) are submitted lazily, a bounded window
 at a time, so a 10^7-combination grid never lists its tasks at once. The user's strategy
 code reaches every worker as a ``py_modules`` package uploaded once at the start of the run.
+Each chunk task writes its results' daily returns beside its rows; at the end, one
+``overfitting <run_id> <symbol>`` task per symbol computes its DSR and PBO in parallel.
 """
 
 from __future__ import annotations
@@ -22,7 +24,16 @@ from tradpal_ray.errors import TradpalError
 from tradpal_ray.runs._manifest import RunManifest
 from tradpal_ray.runs._plan import GridPlan
 from tradpal_ray.runs._request import BarsSource
-from tradpal_ray.runs._runner import TASKS_PER_CPU, ChunkJob, SweepRun, keep_details, run_chunk
+from tradpal_ray.runs._manifest import OverfitStats
+from tradpal_ray.runs._runner import (
+    TASKS_PER_CPU,
+    ChunkJob,
+    OverfitJob,
+    SweepRun,
+    keep_details,
+    run_chunk,
+    symbol_overfit_stats,
+)
 
 
 @functools.cache
@@ -127,4 +138,13 @@ def execute_ray(run: SweepRun, keep_best: int) -> RunManifest:
             bars_of(symbol), run.store, run.run_id, run.ref, run.request.config_for(symbol), picks))
         kept.update({rid: symbol for rid, _ in picks})
     ray.get(refs)
-    return run.finish(kept)
+
+    def overfit_on_ray(jobs: list[OverfitJob]) -> list[OverfitStats]:
+        """One task per symbol (``overfitting <run_id> <symbol>``), in parallel; the driver beats while they run."""
+        task = ray.remote(max_retries=3)(symbol_overfit_stats)
+        pending = [task.options(name=f"overfitting {run.run_id} {job.symbol}").remote(job) for job in jobs]
+        while pending and ray.wait(pending, num_returns=len(pending), timeout=5.0)[1]:
+            run.beat()
+        return ray.get(pending)
+
+    return run.finish(kept, overfit_on_ray)

@@ -3,8 +3,10 @@
 :class:`SweepRun` holds the state of one run (manifest, plan, what is done) and knows
 nothing of Ray; an executor feeds it chunk outcomes. :func:`run_chunk` and
 :func:`keep_details` are the units of work, the same in process and in a Ray task.
-Chunk files are written by the unit of work itself, idempotently, so a retried task or a
-resumed run never duplicates or loses a row. A symbol whose bars are bad fails alone.
+Chunk files (the daily returns' part, then the results, which mark the chunk done) are written by the unit of work itself,
+idempotently, so a retried task or a resumed run never duplicates or loses a row. A symbol
+whose bars are bad fails alone. The finish gathers the returns into ``returns.parquet`` and
+computes each symbol's overfitting statistics (:func:`symbol_overfit_stats`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 
@@ -24,11 +27,11 @@ from tradpal_ray.backtest.data import Bars
 from tradpal_ray.backtest.engine import BacktestConfig, backtest, sizing_warning
 from tradpal_ray.backtest.metrics import metric_names
 from tradpal_ray.backtest.strategies import Strategy
-from tradpal_ray.backtest.sweep import sweep
+from tradpal_ray.backtest.sweep import sweep_returns
 from tradpal_ray.errors import ConfigError, TradpalError
 from tradpal_ray.log import get_logger
 from tradpal_ray.market.store import encode_key
-from tradpal_ray.runs._manifest import HEARTBEAT_SECONDS, RunManifest, new_run_id
+from tradpal_ray.runs._manifest import HEARTBEAT_SECONDS, OverfitStats, RunManifest, StrategyCheck, new_run_id
 from tradpal_ray.runs._plan import GridPlan
 from tradpal_ray.runs._request import BarsSource, SweepRequest
 from tradpal_ray.runs._schema import params_of, results_schema
@@ -44,6 +47,9 @@ MAX_CHUNK_COMBOS = 50_000
 """Largest chunk: bounds a task's memory (its combinations and signal arrays) and its retry cost."""
 LOCAL_WORK_LIMIT = 300_000_000
 """Bar x combination steps the automatic choice runs in process (a few seconds on one core)."""
+MAX_RETURNS_RESULTS = 50_000
+"""Results above which a run keeps its daily returns per chunk only (no ``returns.parquet``) and
+computes no PBO (its days x trials matrix would not fit a driver); the DSR is still computed."""
 
 ProgressCallback = Callable[[int, int], None]
 """``(chunks_done, chunks_total)``."""
@@ -72,7 +78,7 @@ class ChunkOutcome:
 
 
 def run_chunk(bars: Bars, plan: GridPlan, job: ChunkJob) -> ChunkOutcome:
-    """Backtest one chunk's combinations that fit the bars and publish them as one typed chunk file."""
+    """Backtest one chunk's combinations that fit the bars; publish their daily returns, then their typed rows."""
     strat = job.ref.load()
     skipped: Counter[str] = Counter()
     fit = []
@@ -84,9 +90,12 @@ def run_chunk(bars: Bars, plan: GridPlan, job: ChunkJob) -> ChunkOutcome:
             skipped[reason] += 1
         else:
             fit.append(combo)
-    frame = sweep(bars, strat, fit, job.config)  # no combination fits: an empty frame with every column
+    frame, returns = sweep_returns(bars, strat, fit, job.config)  # none fits: an empty frame with every column
     table = chunk_table(job.run_id, job.symbol, strat.name, frame, job.param_types)
-    RunStore(job.store).write_chunk(job.run_id, job.symbol, job.number, table, skipped)
+    store = RunStore(job.store)
+    store.write_returns_part(job.run_id, job.symbol, job.number, returns.index,
+                             table.column("result_id").to_pylist(), returns.to_numpy())
+    store.write_chunk(job.run_id, job.symbol, job.number, table, skipped)  # last: it marks the chunk done
     return ChunkOutcome(len(fit), dict(skipped))
 
 
@@ -201,14 +210,30 @@ class SweepRun:
             picks[symbol] = [(row["result_id"], params_of(row, names)) for row in rows.to_dict("records")]
         return picks
 
-    def finish(self, kept: Mapping[str, str]) -> RunManifest:
-        """Final counts and status into the manifest, written."""
+    def finish(self, kept: Mapping[str, str], run_overfit: OverfitRunner | None = None) -> RunManifest:
+        """Final counts, the returns matrix, the overfitting statistics and the status into the manifest, written.
+
+        ``run_overfit`` computes the per-symbol statistics (default: one after another here).
+        """
         m = self.manifest
         failed = {encode_key(s) for s in m.errors}
-        m.results = sum(n for key, n in self.results.row_count(self.run_id).items() if key not in failed)
+        counts = self.results.row_count(self.run_id)
+        m.results = sum(n for key, n in counts.items() if key not in failed)
         m.skipped = self.results.skipped(self.run_id)
         m.kept = dict(kept)
         m.warnings = run_warnings(m)
+        if m.results > MAX_RETURNS_RESULTS:
+            m.warnings.append(f"{m.results:,} results is over {MAX_RETURNS_RESULTS:,}: daily returns kept per chunk "
+                              "only (no returns.parquet), no PBO")
+        elif m.results:
+            self.results.write_returns(self.run_id, exclude=m.errors)
+        top = self.results.top(self.run_id, m.metric, 1, per_symbol=True, exclude=m.errors) if m.results else None
+        best = dict(zip(top["symbol"], top["result_id"])) if top is not None and len(top) else {}
+        jobs = [OverfitJob(self.store, self.run_id, symbol, best[symbol], m.results > MAX_RETURNS_RESULTS,
+                           self.request.config.periods_per_year, m.pbo_partitions)
+                for symbol in self.sources if symbol in best]
+        stats = (run_overfit or self._overfit_here)(jobs)
+        m.overfitting = {job.symbol: found for job, found in zip(jobs, stats, strict=True)}
         m.status = "complete" if not m.errors else ("partial" if m.results else "failed")
         if not m.results and not m.errors and m.skipped:
             m.status = "failed"
@@ -219,6 +244,13 @@ class SweepRun:
                  skipped=sum(m.skipped.values()))
         return m
 
+    def _overfit_here(self, jobs: list[OverfitJob]) -> list[OverfitStats]:
+        stats = []
+        for job in jobs:
+            stats.append(symbol_overfit_stats(job))
+            self.beat()  # a large PBO takes seconds: the driver is alive
+        return stats
+
     def abort(self, exc: BaseException) -> None:
         """Record why the run stopped early (Ctrl-C, a lost cluster, a bug): never left "running"."""
         m = self.manifest
@@ -227,6 +259,78 @@ class SweepRun:
         m.error = f"{type(exc).__name__}: {exc}".splitlines()[0]
         self.results.write_manifest(m)
         log.error("sweep.aborted", run_id=self.run_id, error=m.error)
+
+
+@dataclass(frozen=True)
+class OverfitJob:
+    """One symbol's overfitting statistics to compute at the end of a run (in the driver or a Ray task)."""
+
+    store: str
+    run_id: str
+    symbol: str
+    best_result_id: str
+    """The symbol's best result by the run's metric (picked by the driver, which knows every metric): the DSR's."""
+    huge: bool
+    """The run is over :data:`MAX_RETURNS_RESULTS`: read the best's returns only, no PBO."""
+    periods_per_year: float
+    partitions: int
+
+
+OverfitRunner = Callable[[list[OverfitJob]], list[OverfitStats]]
+"""Computes the jobs' statistics, in order."""
+
+
+def symbol_overfit_stats(job: OverfitJob) -> OverfitStats:
+    """The DSR of a symbol's best result and the PBO of its results, from the stored results and returns."""
+    store = RunStore(job.store)
+    frame = store.results(job.run_id, job.symbol)
+    best = job.best_result_id
+    if job.huge:  # no returns.parquet: the best's column only, no PBO
+        returns, matrix = store.returns(job.run_id, job.symbol, results=[best]), None
+    else:
+        returns = store.returns(job.run_id, job.symbol)
+        matrix = returns[frame["result_id"]].to_numpy()
+    return overfit_stats(frame["sharpe"].to_numpy(), returns[best].to_numpy(), matrix, best_result_id=best,
+                         periods_per_year=job.periods_per_year, partitions=job.partitions)
+
+
+def overfit_stats(
+    trial_sharpes: np.ndarray, best_returns: np.ndarray, returns: np.ndarray | None, *, best_result_id: str,
+    periods_per_year: float, partitions: int,
+) -> OverfitStats:
+    """Deflated Sharpe ratio of the best trial and PBO of all (``returns``: days x trials, None to skip it).
+
+    What cannot be computed (too few days or trials, no dispersion) is None, its reading says why.
+    """
+    from tradpal_ray.validation import deflated_sharpe_ratio, probability_of_backtest_overfitting
+
+    dsr = psr = sharpe = expected = pbo = logits_median = None
+    try:
+        deflated = deflated_sharpe_ratio(trial_sharpes, best_returns, periods_per_year=periods_per_year)
+        dsr, psr, sharpe, expected = (_defined(deflated.dsr), _defined(deflated.psr), _defined(deflated.sharpe),
+                                      _defined(deflated.expected_max_sharpe))
+        reading_dsr = deflated.reading()
+    except ConfigError as exc:
+        reading_dsr = f"DSR not computed: {exc}"
+    if returns is None:
+        reading_pbo = f"PBO not computed: over {MAX_RETURNS_RESULTS:,} results"
+    else:
+        try:
+            overfit = probability_of_backtest_overfitting(returns, partitions=partitions)
+            pbo, reading_pbo = _defined(overfit.pbo), overfit.reading()
+            defined = overfit.logits[np.isfinite(overfit.logits)]
+            logits_median = float(np.median(defined)) if len(defined) else None
+        except ConfigError as exc:
+            reading_pbo = f"PBO not computed: {exc}"
+    return OverfitStats(
+        n_trials=len(trial_sharpes), n_days=len(best_returns), best_result_id=best_result_id, dsr=dsr, psr=psr,
+        sharpe=sharpe, expected_max_sharpe=expected, reading_dsr=reading_dsr, pbo=pbo, pbo_partitions=partitions,
+        logits_median=logits_median, reading_pbo=reading_pbo,
+    )
+
+
+def _defined(value: float) -> float | None:
+    return value if math.isfinite(value) else None
 
 
 def result_warnings(manifest: RunManifest, row: Mapping[str, Any]) -> list[str]:
@@ -271,17 +375,24 @@ def resume_request(store: str, run_id: str, *, allow_changed_code: bool = False,
 def start_run(
     request: SweepRequest, checked: tuple[StrategyRef, Strategy, GridPlan], *, store: str,
     manifest: RunManifest | None = None, chunk_size: int | None = None, cpus: float = 1.0, bars_hint: int = 1000,
-    executor: str = "local", on_progress: ProgressCallback | None = None,
+    executor: str = "local", on_progress: ProgressCallback | None = None, pbo_partitions: int | None = None,
+    strategy_check: StrategyCheck | None = None,
 ) -> SweepRun:
     """Write the run's manifest (a new one, or ``manifest`` to resume) and return its state.
 
     ``checked`` is what :meth:`SweepRequest.check` returned for ``request`` (absolute paths);
     ``bars_hint`` (bars per symbol) and ``cpus`` size the chunks of a new run.
+    ``pbo_partitions`` (default: the manifest's, 16 for a new run) and ``strategy_check`` (the
+    look-ahead check's verdict) go into the manifest.
     """
     ref, strat, plan = checked
     if manifest is None:
         size = chunk_size or plan_chunk_size(plan.total, bars_hint, len(request.symbol_names()), cpus)
         manifest = request.manifest(new_run_id(strat.name), ref, strat, plan, size)
+    if pbo_partitions is not None:
+        manifest.pbo_partitions = check_partitions(pbo_partitions)
+    if strategy_check is not None:
+        manifest.check = strategy_check
     if executor == "ray" and not ref.portable:
         raise ConfigError(f"strategy {ref.name} exists only in this process (defined in __main__ or inside a "
                           "function): Ray workers cannot import it; put it in a file and pass path/to/file.py:function")
@@ -292,6 +403,36 @@ def start_run(
     log.info("sweep.start", run_id=manifest.run_id, strategy=ref.text, symbols=len(request.symbol_names()),
              combos=plan.total, chunk_size=manifest.chunk_size, executor=executor)
     return SweepRun(store, manifest, request, ref, plan, on_progress)
+
+
+def check_partitions(partitions: int) -> int:
+    """``partitions`` when it is a valid CSCV partition count (even, 2 to 20); ConfigError otherwise."""
+    from tradpal_ray.validation._overfit import MAX_PARTITIONS
+
+    if not 2 <= partitions <= MAX_PARTITIONS or partitions % 2:
+        raise ConfigError(f"--pbo-partitions must be an even number from 2 to {MAX_PARTITIONS}, got {partitions}")
+    return partitions
+
+
+def first_combination(strat: Strategy, plan: GridPlan, probe: int = 10_000) -> dict[str, Any]:
+    """The grid's first combination the strategy's rules allow (its defaults when none of the first ``probe`` is)."""
+    for combo in plan.chunk(0, min(plan.total, probe)):
+        if strat.allows(combo):
+            return combo
+    return {name: param.default for name, param in strat.params.items()}
+
+
+def check_lookahead(bars: Bars, symbol: str, ref: StrategyRef, strat: Strategy, plan: GridPlan, *,
+                    executor: str, address: str | None = None) -> StrategyCheck:
+    """Run the look-ahead check once on ``symbol``'s bars with the grid's first combination (``--check``)."""
+    from tradpal_ray.validation import check_strategy
+
+    params = first_combination(strat, plan)
+    report = check_strategy(bars, ref, params, executor=executor, address=address)
+    log.info("sweep.check", strategy=ref.text, symbol=symbol, clean=report.clean, warmup=report.warmup_bars)
+    return StrategyCheck(clean=report.clean, symbol=symbol, params=dict(report.params), bars=report.n_bars,
+                         prefixes_checked=report.prefixes_checked, warmup_bars=report.warmup_bars,
+                         first_lookahead=report.first.describe() if report.first else None)
 
 
 def execute_local(run: SweepRun, keep_best: int) -> RunManifest:

@@ -4,10 +4,12 @@
 
     runs/<run_id>/manifest.json                         what was asked and how it went
     runs/<run_id>/results/<symbol>/chunk-00007.parquet  one file per (symbol, chunk of combinations)
+    runs/<run_id>/returns/<symbol>/chunk-00007.arrow    the same chunk's daily returns (Arrow IPC: day, one column per result id)
+    runs/<run_id>/returns.parquet                       every result's daily returns (rows: UTC days, columns: result ids)
     runs/<run_id>/detail/<result_id>/{trades,equity}.parquet   kept results in full
     runs/<run_id>/trials.parquet, study.journal          optimize runs: trials table, Optuna journal
 
-Chunk files have deterministic names and are published atomically, so a retried task or a
+Chunk files (and their returns parts, written first) have deterministic names and are published atomically, so a retried task or a
 resumed run rewrites the same file with the same rows: never a duplicate, never a loss.
 Each chunk file's Arrow metadata records the combinations it skipped (and why), so a
 resumed run still counts them. JSON is orjson; nothing is pickled.
@@ -23,6 +25,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
+import numpy as np
 import orjson
 import pandas as pd
 import pyarrow as pa
@@ -50,7 +53,19 @@ from tradpal_ray.runs._schema import (
 )
 from tradpal_ray.storage import open_filesystem, write_atomic
 
+RETURNS_DAY = pa.field("day", pa.timestamp("ns", tz="UTC"), nullable=False)
+"""The row label of every returns table: the UTC day (midnight) a daily return ends on."""
+RETURNS_BLOCK_CELLS = 1 << 24
+"""Days x results of ``returns.parquet`` built at once (one row group, 128 MB of float64):
+:meth:`RunStore.write_returns` never holds the whole matrix."""
+RETURNS_WRITE_OPTIONS: dict[str, Any] = {"compression": "zstd", "use_dictionary": False, "write_statistics": ["day"]}
+"""Returns are distinct floats: no dictionary, no per-column statistics (their cost grows with the columns)."""
+RETURNS_PART_OPTIONS = pa.ipc.IpcWriteOptions(compression="lz4")
+"""Chunk parts are Arrow IPC files, LZ4-compressed: a tenth of Parquet's per-column cost to write and read."""
+
 _CHUNK = re.compile(r"^chunk-(\d+)\.parquet$")
+_RETURNS_PART = re.compile(r"^chunk-(\d+)\.arrow$")
+_PATTERNS = {"results": _CHUNK, "returns": _RETURNS_PART}
 _SKIPPED_KEY = b"tradpal.skipped"
 _RUN_ID = re.compile(RUN_ID_PATTERN)
 _RESULT_ID = re.compile(RESULT_ID_PATTERN)
@@ -143,15 +158,131 @@ class RunStore:
         self._fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
         write_atomic(self._fs, path, lambda out: pq.write_table(table, out, **{"compression": "zstd", **options}))
 
+    def returns_part_path(self, run_id: str, symbol: str, chunk: int) -> str:
+        """Where the daily returns of one (symbol, chunk) live."""
+        return f"{self._run_dir(run_id)}/returns/{encode_key(symbol)}/chunk-{chunk:05d}.arrow"
+
+    def returns_path(self, run_id: str) -> str:
+        """Where a finished run's returns matrix lives (absent for runs over the cap)."""
+        return f"{self._run_dir(run_id)}/returns.parquet"
+
+    def write_returns_part(self, run_id: str, symbol: str, chunk: int, days: pd.DatetimeIndex,
+                           result_ids: list[str], returns: np.ndarray) -> None:
+        """Publish one chunk's daily returns (``returns``: days x results, float64) atomically, as one write."""
+        fields = [RETURNS_DAY] + [pa.field(rid, pa.float64()) for rid in result_ids]
+        arrays = [pa.array(days.tz_convert("UTC") if days.tz else days.tz_localize("UTC"), RETURNS_DAY.type)]
+        arrays += [pa.array(returns[:, j], pa.float64()) for j in range(returns.shape[1])]
+        table = pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+        path = self.returns_part_path(run_id, symbol, chunk)
+        self._fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+
+        def write(out: Any) -> None:
+            with pa.ipc.new_file(out, table.schema, options=RETURNS_PART_OPTIONS) as writer:
+                writer.write_table(table)
+
+        write_atomic(self._fs, path, write)
+
+    def write_returns(self, run_id: str, exclude: Iterable[str] = ()) -> int:
+        """Gather the returns parts (but ``exclude``'s symbols) into ``returns.parquet``; its column count.
+
+        Rows are the union of the symbols' days (null where a symbol has no return that day),
+        columns ``day`` then the result ids in results order. Built one row group of at most
+        :data:`RETURNS_BLOCK_CELLS` at a time, so the driver never holds the whole matrix.
+        """
+        excluded = {encode_key(s) for s in exclude}
+        parts = [info for info in self._files(run_id, "returns") if info.path.rsplit("/", 2)[-2] not in excluded]
+        part_days = [self._read_part(run_id, info, ["day"]).column("day").to_numpy() for info in parts]
+        days = np.unique(np.concatenate([np.empty(0, "datetime64[ns]"), *part_days]))
+        names = [[name for name in self._part_schema(run_id, info).names if name != "day"] for info in parts]
+        schema = pa.schema([RETURNS_DAY] + [pa.field(rid, pa.float64()) for group in names for rid in group])
+        step = max(1, RETURNS_BLOCK_CELLS // max(len(schema) - 1, 1))
+
+        def write(out: Any) -> None:
+            with pq.ParquetWriter(out, schema, **RETURNS_WRITE_OPTIONS) as writer:
+                for start in range(0, max(len(days), 1), step):
+                    block = days[start:start + step]
+                    matrix = np.full((len(schema) - 1, len(block)), np.nan)  # one row per result: columns contiguous
+                    column = 0
+                    for info, group, own in zip(parts, names, part_days, strict=True):
+                        rows = np.flatnonzero((own >= block[0]) & (own <= block[-1])) if len(block) else own[:0]
+                        if len(rows) and group:
+                            part = self._read_part(run_id, info, group).slice(rows[0], len(rows))
+                            at = np.searchsorted(block, own[rows])
+                            for offset, values in enumerate(part.columns):
+                                matrix[column + offset, at] = values.to_numpy()
+                        column += len(group)
+                    arrays = [pa.array(block, pa.timestamp("ns")).cast(RETURNS_DAY.type)]
+                    arrays += [pa.array(values, pa.float64(), from_pandas=True) for values in matrix]
+                    writer.write_table(pa.Table.from_arrays(arrays, schema=schema))
+
+        write_atomic(self._fs, self.returns_path(run_id), write)
+        return len(schema) - 1
+
+    def returns(self, run_id: str, symbol: str | None = None, results: Iterable[str] | None = None) -> pd.DataFrame:
+        """Daily returns, one column per result id, indexed by UTC ``day``.
+
+        The whole run from ``returns.parquet`` (days a symbol has no bar are NaN), or one
+        symbol's (its days only) from its chunk parts; ``results`` picks result ids.
+        ConfigError when the run has no returns (older runs, or too large for one file:
+        ask for one symbol).
+        """
+        wanted = None if results is None else set(results)
+        if symbol is None:
+            try:
+                schema = pq.read_schema(self.returns_path(run_id), filesystem=self._fs)
+                columns = None if wanted is None else ["day"] + [n for n in schema.names if n in wanted]
+                table = pq.read_table(self.returns_path(run_id), columns=columns, filesystem=self._fs)
+            except FileNotFoundError:
+                raise ConfigError(f"run {run_id} has no returns.parquet (written before returns were kept, or over "
+                                  "the size cap: read one symbol's returns)") from None
+            except (pa.ArrowInvalid, OSError) as exc:
+                raise StoreError(f"corrupt returns.parquet of run {run_id}: {exc}") from exc
+            return table.to_pandas().set_index("day")
+        parts = self._files(run_id, "returns", symbol)
+        if not parts:
+            raise ConfigError(f"run {run_id} kept no returns for {symbol!r}")
+        names = [[n for n in self._part_schema(run_id, info).names if n != "day" and (wanted is None or n in wanted)]
+                 for info in parts]
+        days = self._read_part(run_id, parts[0], ["day"]).column("day")
+        matrix = np.empty((len(days), sum(map(len, names))), order="F")  # filled column by column, no concat
+        column = 0
+        for info, group in zip(parts, names, strict=True):
+            if group:
+                for values in self._read_part(run_id, info, group).columns:
+                    matrix[:, column] = values.to_numpy()
+                    column += 1
+        index = pd.DatetimeIndex(days.to_pandas(), name="day")
+        return pd.DataFrame(matrix, index=index, columns=[n for group in names for n in group], copy=False)
+
+    def _part_schema(self, run_id: str, info: pafs.FileInfo) -> pa.Schema:
+        try:
+            with self._fs.open_input_file(info.path) as source:
+                return pa.ipc.open_file(source).schema
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise StoreError(f"corrupt returns file {info.base_name} of run {run_id}: {exc}") from exc
+
+    def _read_part(self, run_id: str, info: pafs.FileInfo, columns: list[str] | None = None) -> pa.Table:
+        try:
+            with self._fs.open_input_file(info.path) as source:
+                table = pa.ipc.open_file(source).read_all()
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise StoreError(f"corrupt returns file {info.base_name} of run {run_id}: {exc}") from exc
+        return table if columns is None else table.select(columns)
+
     def _chunk_files(self, run_id: str, symbol: str | None = None) -> list[pafs.FileInfo]:
-        root = f"{self._run_dir(run_id)}/results"
+        return self._files(run_id, "results", symbol)
+
+    def _files(self, run_id: str, kind: str, symbol: str | None = None) -> list[pafs.FileInfo]:
+        """The chunk files of ``kind`` (``results`` or ``returns``), in (symbol key, chunk) order."""
+        root = f"{self._run_dir(run_id)}/{kind}"
         if symbol is not None:
             root = f"{root}/{encode_key(symbol)}"
         return self._chunk_files_under(root)
 
     def _chunk_files_under(self, root: str) -> list[pafs.FileInfo]:
         selector = pafs.FileSelector(root, recursive=True, allow_not_found=True)
-        files = [i for i in self._fs.get_file_info(selector) if i.type == pafs.FileType.File and _CHUNK.match(i.base_name)]
+        pattern = _PATTERNS[kind]
+        files = [i for i in self._fs.get_file_info(selector) if i.type == pafs.FileType.File and pattern.match(i.base_name)]
         return sorted(files, key=lambda i: i.path)
 
     def done_chunks(self, run_id: str) -> set[tuple[str, int]]:

@@ -173,7 +173,8 @@ def build_app(
     async def run(run_id: RunId) -> Response:
         return _json(await service.run(run_id))
 
-    @api.get("/runs/{run_id}/leaderboard", tags=["runs"], summary="A run's top results by a metric.")
+    @api.get("/runs/{run_id}/leaderboard", tags=["runs"],
+             summary="A run's top results by a metric, and its overfitting statistics (DSR, PBO) per symbol.")
     async def leaderboard(
         run_id: RunId,
         metric: Annotated[str | None, Query(description="Metric to rank by (any of the metric registry); default: the run's.", max_length=64)] = None,

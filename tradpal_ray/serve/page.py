@@ -1,5 +1,5 @@
-"""The read-only HTML page served at ``/``: run selector, leaderboard, equity chart, live feed status,
-live traders (positions, PnL, recent fills, divergence from the backtest).
+"""The read-only HTML page served at ``/``: run selector, leaderboard with its overfitting statistics,
+equity chart, live feed status, live traders (positions, PnL, recent fills, divergence from the backtest).
 
 One self-contained document (inline CSS and vanilla JS, the chart drawn as inline SVG): it
 loads nothing from elsewhere, which its Content-Security-Policy enforces, and reads the data
@@ -9,8 +9,9 @@ proxy (or a browser extension) that adds the header in front of the browser.
 
 Query parameters: ``?run=ID`` selects a run (default: the newest), ``&result=ID`` a result
 to chart (default: the leaderboard's first row). Stable hooks for tests and scripts:
-``#leaderboard[data-run]`` with ``tbody tr[data-result-id]``, ``#equity[data-result-id]``
-with ``svg[data-points] path``, ``#equity-message``, ``#feeds[data-refreshes]``,
+``#leaderboard[data-run]`` with ``tbody tr[data-result-id]``, ``#overfitting[data-symbols]`` with
+``p[data-symbol][data-dsr][data-pbo]`` (the run's DSR and PBO per symbol, and their readings),
+``#equity[data-result-id]`` with ``svg[data-points] path``, ``#equity-message``, ``#feeds[data-refreshes]``,
 ``#traders[data-refreshes]`` with ``tbody tr[data-trader]``, ``#fills tbody tr[data-fill-id]``. A
 walk-forward run (``#leaderboard[data-kind="walkforward"]``) shows its folds (``tbody tr[data-fold]``)
 and the stitched out-of-sample equity in ``#equity`` instead.
@@ -58,6 +59,7 @@ PAGE_HTML = """<!doctype html>
   #error:empty { display: none; }
   .bad { color: #b00020; font-weight: 600; }
   .good { color: #1b7f3b; }
+  #overfitting p { margin: .4em 0 0; }
 </style>
 </head>
 <body>
@@ -71,6 +73,7 @@ PAGE_HTML = """<!doctype html>
   <section>
     <h2>Leaderboard <span id="leaderboard-caption" class="muted"></span></h2>
     <table id="leaderboard"><thead></thead><tbody></tbody></table>
+    <div id="overfitting" data-symbols="0"></div>
   </section>
   <section>
     <h2>Equity <span id="equity-title" class="muted"></span></h2>
@@ -182,9 +185,22 @@ async function loadLeaderboard(runId, resultId) {
     tr.onclick = () => loadEquity(runId, row).catch(showError);
     return tr;
   }));
+  showOverfitting(board.overfitting || {});
   const chosen = board.results.find((r) => r.result_id === resultId) || board.results[0];
   if (chosen) await loadEquity(runId, chosen);
   else $("equity").replaceChildren(el("p", { id: "equity-message", class: "message" }, "No results in this run yet."));
+}
+
+function showOverfitting(stats) {
+  const box = $("overfitting"), symbols = Object.keys(stats);
+  box.dataset.symbols = symbols.length;
+  box.replaceChildren(...symbols.map((symbol) => {
+    const s = stats[symbol];
+    return el("p", { "data-symbol": symbol, "data-dsr": fmt(s.dsr), "data-pbo": fmt(s.pbo) },
+      el("b", {}, `${symbol} \u00b7 DSR ${fmt(s.dsr)} \u00b7 PBO ${fmt(s.pbo)}`), el("br"),
+      el("span", { class: "reading-dsr" }, s.reading_dsr), el("br"),
+      el("span", { class: "reading-pbo" }, s.reading_pbo));
+  }));
 }
 
 async function loadEquity(runId, row) {

@@ -9,6 +9,7 @@ argument so the service can hand in a cached copy.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 
@@ -164,7 +165,8 @@ class StatsQueries:
         timeframe: str | None = None,
         table: pa.Table | None = None,
     ) -> dict[str, Any]:
-        """The ``top`` results of a run by ``metric`` (default: the run's), optionally filtered.
+        """The ``top`` results of a run by ``metric`` (default: the run's), optionally filtered, and the
+        run's overfitting statistics per symbol (DSR of the best by the run's metric, PBO, readings).
 
         NotFound if ``symbol`` is not in the run; a strategy or timeframe the run does not
         have gives an empty list (a run has one of each).
@@ -181,9 +183,11 @@ class StatsQueries:
         ):
             frame = frame.iloc[0:0]
         rows = rank(frame, metric).head(top) if len(frame) else frame
+        overfitting = {name: dataclasses.asdict(stats) for name, stats in manifest.overfitting.items()
+                       if symbol is None or name == symbol}
         return {
             "run_id": run_id, "metric": metric, "strategy": manifest.strategy, "timeframe": manifest.timeframe,
-            "total": len(frame), "results": [
+            "total": len(frame), "overfitting": overfitting, "results": [
                 {**record, "warnings": result_warnings(manifest, record)} for record in _records(rows, manifest.param_names)
             ],
         }

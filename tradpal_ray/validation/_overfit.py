@@ -225,8 +225,9 @@ def probability_of_backtest_overfitting(
             f"{rows} rows of returns cannot make {partitions} partitions: use fewer partitions or more days")
     if trials < 2:
         raise ConfigError(f"overfitting needs at least 2 trials to choose from, got {trials}")
-    masks = np.array([[block in chosen for block in range(partitions)]
-                      for chosen in combinations(range(partitions), partitions // 2)])
+    chosen = np.array(list(combinations(range(partitions), partitions // 2)))
+    masks = np.zeros((len(chosen), partitions), dtype=np.bool_)  # split i: its in-sample blocks
+    masks[np.arange(len(chosen))[:, None], chosen] = True
     half = len(masks) // 2  # split i's complement is split n - 1 - i (lexicographic order)
     bounds = np.cumsum([0] + [len(part) for part in np.array_split(np.empty(rows), partitions)])
     if metric is sharpe_ratio:
