@@ -127,3 +127,13 @@ def isolated_strategies(monkeypatch: pytest.MonkeyPatch) -> None:
 
     registry = sys.modules["tradpal_ray.backtest.strategies"]
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+
+
+@pytest.fixture
+def goog_csv(tmp_path: Path) -> str:
+    """backtesting.py's GOOG daily bars as a CSV file in the test's directory."""
+    from market_data import goog
+
+    path = tmp_path / "GOOG.csv"
+    goog().to_csv(path)
+    return str(path)

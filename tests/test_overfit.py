@@ -17,6 +17,7 @@ from itertools import combinations
 import numpy as np
 import pandas as pd
 import pytest
+import vectorbt  # noqa: F401  (registers the .vbt accessor this file checks against)
 from backtesting.test import EURUSD, GOOG
 from scipy.stats import rankdata
 

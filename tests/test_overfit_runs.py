@@ -21,7 +21,7 @@ from http_server import Server
 from market_data import goog
 from test_lookahead import PEEKING, cheating_bars
 from test_page import attribute, browse, chromium  # noqa: F401  (chromium is a fixture)
-from test_runs import GRID, RUNNER_GRID, RunCli, goog_csv, killed_run  # noqa: F401  (goog_csv is a fixture)
+from test_runs import GRID, RUNNER_GRID, RunCli, killed_run
 
 from tradpal_ray.backtest import BacktestConfig, backtest, rank
 from tradpal_ray.market import CandleStore, candles_table

@@ -34,13 +34,6 @@ GRID = {"fast": list(range(5, 51, 5)), "slow": list(range(20, 201, 10))}
 RunCli = Callable[..., tuple[int, str, str]]
 
 
-@pytest.fixture
-def goog_csv(tmp_path: Path) -> str:
-    path = tmp_path / "GOOG.csv"
-    goog().to_csv(path)
-    return str(path)
-
-
 def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not condition():

@@ -21,10 +21,9 @@ from tradpal_ray.backtest._references import StrategyRef
 from tradpal_ray.backtest.data import Bars
 from tradpal_ray.backtest.engine import BacktestConfig
 from tradpal_ray.errors import TradpalError
-from tradpal_ray.runs._manifest import RunManifest
+from tradpal_ray.runs._manifest import OverfitStats, RunManifest
 from tradpal_ray.runs._plan import GridPlan
 from tradpal_ray.runs._request import BarsSource
-from tradpal_ray.runs._manifest import OverfitStats
 from tradpal_ray.runs._runner import (
     TASKS_PER_CPU,
     ChunkJob,

@@ -277,11 +277,11 @@ class RunStore:
         root = f"{self._run_dir(run_id)}/{kind}"
         if symbol is not None:
             root = f"{root}/{encode_key(symbol)}"
-        return self._chunk_files_under(root)
+        return self._chunk_files_under(root, _PATTERNS[kind])
 
-    def _chunk_files_under(self, root: str) -> list[pafs.FileInfo]:
+    def _chunk_files_under(self, root: str, pattern: re.Pattern[str] = _CHUNK) -> list[pafs.FileInfo]:
+        """Files under ``root`` whose names match ``pattern`` (results chunks by default), in path order."""
         selector = pafs.FileSelector(root, recursive=True, allow_not_found=True)
-        pattern = _PATTERNS[kind]
         files = [i for i in self._fs.get_file_info(selector) if i.type == pafs.FileType.File and pattern.match(i.base_name)]
         return sorted(files, key=lambda i: i.path)
 
