@@ -29,6 +29,11 @@ from tradpal_ray.trading._trader import TraderCore, estimate_units
 
 log = get_logger(__name__)
 
+SEND_ATTEMPTS = 4
+"""Sends of one order (same client order id) before a network error halts the trader."""
+SEND_RETRY_S = 0.5
+"""Pause before the n-th resend: n times this (a rate limit's Retry-After is usually a second or so)."""
+
 
 @dataclass(frozen=True)
 class ExchangeTrade:
@@ -64,20 +69,34 @@ class ExchangeBroker:
 
     def send(self, order: Order, cost: float | None = None) -> ExchangeOrder:
         """Send a market order under its client order id: ``order.units``, or a buy spending ``cost`` (quote, fees
-        on top) so that a price moved since the decision never makes it unaffordable."""
+        on top) so that a price moved since the decision never makes it unaffordable.
+
+        A network error (a lost answer, a dropped connection, a 5xx, a rate limit) leaves it unknown whether the
+        exchange took the order: it is sent again under the same id, up to ``SEND_ATTEMPTS`` times; the exchange
+        refuses a second one as a duplicate, and the order it has is looked up instead."""
         import ccxt
 
         params = {"newClientOrderId": order.client_order_id, "newOrderRespType": "FULL"}
-        try:
-            if cost is not None:
-                answer = self.client.create_market_buy_order_with_cost(order.symbol, cost, params=params)
-            else:
-                answer = self.client.create_order(order.symbol, "market", order.side, order.units, params=params)
-        except ccxt.InvalidOrder as exc:
-            if "Duplicate order" not in str(exc):
-                raise
-            return self.lookup(order)  # sent before (a restart between sending and recording): what became of it
-        return self._answer(order, answer)
+        attempt = 1
+        while True:
+            try:
+                if cost is not None:
+                    answer = self.client.create_market_buy_order_with_cost(order.symbol, cost, params=params)
+                else:
+                    answer = self.client.create_order(order.symbol, "market", order.side, order.units, params=params)
+            except ccxt.InvalidOrder as exc:
+                if "Duplicate order" not in str(exc):
+                    raise
+                return self.lookup(order)  # sent before (a lost answer, a restart before recording): what became of it
+            except ccxt.NetworkError as exc:
+                if attempt == SEND_ATTEMPTS:
+                    raise
+                log.warning("trader.order_send_retry", order=order.client_order_id, attempt=attempt,
+                            error=type(exc).__name__)
+                time.sleep(SEND_RETRY_S * attempt)
+                attempt += 1
+                continue
+            return self._answer(order, answer)
 
     def lookup(self, order: Order) -> ExchangeOrder:
         """The exchange's view of ``order`` (found by its client order id); ccxt OrderNotFound if it never arrived."""
