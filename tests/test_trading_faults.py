@@ -10,10 +10,12 @@ equal ``tradpal-ray backtest`` on the candles the store holds, every closed cand
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +25,6 @@ import sqlalchemy as sa
 from http_server import Server
 from test_runs import wait_until
 from test_trade_cli import (
-    COST_ARGS,
-    STRATEGY_ARGS,
     SYMBOL,
     assert_same_trades,
     closed_backtest_trades,
@@ -41,7 +41,7 @@ from tradpal_ray.trading._session import TraderSpec
 KEYS = (DEFAULT_API_KEY, DEFAULT_API_SECRET)
 START_QUOTE = 10_000.0
 PAPER_CONFIG = BacktestConfig(direction="longshort", stop_loss=0.03, take_profit=0.06, fee=0.001, slippage_bps=2)
-"""The paper traders' costs: those of ``test_trade_cli``'s STRATEGY_ARGS and COST_ARGS (the backtest it runs)."""
+"""The paper traders' costs: those of ``test_trade_cli``'s COST_ARGS (the backtest ``closed_backtest_trades`` runs)."""
 ALWAYS_LONG = '''
 import numpy as np
 
@@ -120,7 +120,7 @@ def assert_every_candle_once_and_backtest_trades(ledger: Ledger, name: str, stor
                                                  db_url: str | None = None) -> None:
     """The store's candles are gapless, the trader decided on each exactly once, and its trades are the backtest's."""
     stored = [int(t) for t in CandleStore(store).read("binance", SYMBOL, "1m").index.as_unit("ms").asi8]
-    assert len(stored) > 100 and all(later - earlier == 60_000 for earlier, later in zip(stored, stored[1:]))
+    assert len(stored) > 100 and all(later - earlier == 60_000 for earlier, later in itertools.pairwise(stored))
     assert sorted(event.detail["time_ms"] for event in ledger.events(name, kind="decision")) == stored
     code, out, err = run_cli("trade", "export", name, "--store", str(store), "--json", *(("--db-url", db_url) if db_url else ()))
     assert code == 0, err
@@ -200,16 +200,7 @@ def test_a_trader_killed_between_sending_and_recording_reconciles_the_order_once
                          ids=["dropped", "503", "rate-limited"])
 def test_an_order_whose_answer_is_lost_is_resent_under_its_id_and_recorded_once(exchange_sim: Any, store_root: Path,
                                                                                  fault: dict[str, Any]) -> None:
-    from tradpal_ray.market.exchange import create_exchange
-    from tradpal_ray.trading._exchange import ExchangeBroker, ExchangeTrader
-    from tradpal_ray.trading._risk import RiskGuard, RiskLimits
-    from tradpal_ray.trading._trader import TraderCore
-
-    client = create_exchange("binance", url=exchange_sim.url, api_key=DEFAULT_API_KEY, secret=DEFAULT_API_SECRET)
-    ledger = open_ledger(None, str(store_root))
-    ledger.upsert_trader("lost", {}, "running")
-    trader = ExchangeTrader(TraderCore("lost", SYMBOL, "1m", "sma_cross"), ExchangeBroker(client), ledger,
-                            RiskGuard(RiskLimits()))
+    trader, ledger = exchange_trader(exchange_sim, store_root, "lost")
     bar = exchange_sim.now_ms() // 60_000 * 60_000
     exchange_sim.inject(**fault)
     trader.send("buy", 1.0, bar, "signal", cost=1_000.0)  # the broker resends: a duplicate, looked up by client id
@@ -219,6 +210,56 @@ def test_an_order_whose_answer_is_lost_is_resent_under_its_id_and_recorded_once(
     account = exchange_sim.account()
     assert [o.side for o in account.orders] == ["BUY", "SELL"] and ledger.fill_count("lost") == len(account.fills) >= 2
     assert_books_match_the_exchange(ledger, "lost", account)
+
+
+def exchange_trader(sim: Any, store: Path, name: str, recv_window_ms: int | None = None) -> tuple[Any, Ledger]:
+    """An exchange trader of SYMBOL on the simulator (no Ray), its ledger the store's SQLite one."""
+    from tradpal_ray.trading._exchange import ExchangeBroker, ExchangeTrader
+    from tradpal_ray.trading._risk import RiskGuard, RiskLimits
+    from tradpal_ray.trading._trader import TraderCore
+
+    ledger = open_ledger(None, str(store))
+    ledger.upsert_trader(name, {}, "running")
+    broker = ExchangeBroker(account_client(sim, recv_window_ms))
+    return ExchangeTrader(TraderCore(name, SYMBOL, "1m", "sma_cross"), broker, ledger, RiskGuard(RiskLimits())), ledger
+
+
+def account_client(sim: Any, recv_window_ms: int | None = None) -> Any:
+    """A sync ccxt client of the simulator's account, markets loaded."""
+    from tradpal_ray.market.exchange import create_exchange
+
+    client = create_exchange("binance", url=sim.url, api_key=DEFAULT_API_KEY, secret=DEFAULT_API_SECRET)
+    if recv_window_ms is not None:
+        client.options["recvWindow"] = recv_window_ms
+    client.load_markets()
+    return client
+
+
+def test_an_order_still_on_its_way_at_a_restart_is_waited_for_not_cancelled(exchange_sim: Any, store_root: Path) -> None:
+    """The trader died with its order delayed in the network: the restart's reconciliation does not find it yet,
+    and waits until it can no longer arrive (the recvWindow) before calling it lost; it arrives and is recorded."""
+    from tradpal_ray.trading import Order, client_order_id
+    from tradpal_ray.trading._exchange import ExchangeBroker
+
+    trader, ledger = exchange_trader(exchange_sim, store_root, "inflight", recv_window_ms=3_000)
+    bar = exchange_sim.now_ms() // 60_000 * 60_000
+    order = Order(trader="inflight", client_order_id=client_order_id("inflight", SYMBOL, bar, "buy"), symbol=SYMBOL,
+                  side="buy", units=1.0, bar_time_ms=bar, created_ms=time.time_ns() // 1_000_000)
+    ledger.record_order(order)
+    dead = ExchangeBroker(account_client(exchange_sim, recv_window_ms=3_000))  # the trader that died, its request out
+    exchange_sim.inject("latency", ms=1_500)
+    sending = threading.Thread(target=dead.send, args=(order, 1_000.0))
+    sending.start()
+    wait_until(lambda: exchange_sim.stats()["faults"]["served"].get("latency", 0) >= 1, 10, "the order on its way")
+    exchange_sim.inject("clear")  # only that request is late
+    try:
+        assert not exchange_sim.account().orders  # not there yet when the restarted trader asks
+        assert trader.reconcile() == 1
+    finally:
+        sending.join()
+    account = exchange_sim.account()
+    assert len(account.orders) == 1 and ledger.fill_count("inflight") == len(account.fills) == 1
+    assert_books_match_the_exchange(ledger, "inflight", account)
 
 
 # ------------------------------------------------------------------ 4. PostgreSQL restarted while a trader writes

@@ -33,6 +33,11 @@ SEND_ATTEMPTS = 4
 """Sends of one order (same client order id) before a network error halts the trader."""
 SEND_RETRY_S = 0.5
 """Pause before the n-th resend: n times this (a rate limit's Retry-After is usually a second or so)."""
+RECV_WINDOW_MS = 5_000
+"""Binance's default ``recvWindow``: a signed request older than this on arrival is refused (-1021)."""
+ARRIVAL_MARGIN_MS = 2_000
+"""Beyond the recvWindow: the exchange's clock may lag ours by up to a second (it refuses requests dated more than
+1 s ahead of it), plus the time to send."""
 
 
 @dataclass(frozen=True)
@@ -103,6 +108,23 @@ class ExchangeBroker:
         return self._answer(order, self.client.fetch_order(None, order.symbol,
                                                            params={"origClientOrderId": order.client_order_id}))
 
+    def settled_lookup(self, order: Order) -> ExchangeOrder:
+        """:meth:`lookup`, but an order not found while it may still be on its way (a request sent by a trader that
+        died, delayed in the network) is looked up again once it can no longer arrive: the exchange refuses a
+        request older than its ``recvWindow``. ccxt OrderNotFound when it never arrived."""
+        import ccxt
+
+        try:
+            return self.lookup(order)
+        except ccxt.OrderNotFound:
+            window = int(self.client.options.get("recvWindow") or RECV_WINDOW_MS)
+            wait_ms = order.created_ms + window + ARRIVAL_MARGIN_MS - _now(None)
+            if wait_ms <= 0:
+                raise
+            log.info("trader.order_maybe_in_flight", order=order.client_order_id, wait_ms=wait_ms)
+            time.sleep(wait_ms / 1000)
+            return self.lookup(order)
+
     def _answer(self, order: Order, answer: dict[str, Any]) -> ExchangeOrder:
         exchange_id = str(answer["id"])
         trades = exchange_trades(self.client.fetch_my_trades(order.symbol, params={"orderId": exchange_id}))
@@ -132,13 +154,15 @@ class ExchangeTrader:
 
     def reconcile(self) -> int:
         """Record the fills of every order the ledger still has open, as the exchange reports them; orders settled."""
+        import ccxt
+
         settled = 0
         for order in self.ledger.open_orders(self.name):
             if order.symbol != self.core.symbol:
                 continue
             try:
-                found = self.broker.lookup(order)
-            except Exception as exc:  # noqa: BLE001 - ccxt OrderNotFound: never reached the exchange
+                found = self.broker.settled_lookup(order)
+            except ccxt.OrderNotFound as exc:  # never reached the exchange (any other error: its fate unknown, raised)
                 log.info("trader.order_not_at_exchange", trader=self.name, order=order.client_order_id,
                          error=type(exc).__name__)
                 self.ledger.update_order(order.client_order_id, "canceled")
