@@ -29,6 +29,16 @@ from tradpal_ray.trading._trader import TraderCore, estimate_units
 
 log = get_logger(__name__)
 
+SEND_ATTEMPTS = 4
+"""Sends of one order (same client order id) before a network error halts the trader."""
+SEND_RETRY_S = 0.5
+"""Pause before the n-th resend: n times this (a rate limit's Retry-After is usually a second or so)."""
+RECV_WINDOW_MS = 5_000
+"""Binance's default ``recvWindow``: a signed request older than this on arrival is refused (-1021)."""
+ARRIVAL_MARGIN_MS = 2_000
+"""Beyond the recvWindow: the exchange's clock may lag ours by up to a second (it refuses requests dated more than
+1 s ahead of it), plus the time to send."""
+
 
 @dataclass(frozen=True)
 class ExchangeTrade:
@@ -64,25 +74,56 @@ class ExchangeBroker:
 
     def send(self, order: Order, cost: float | None = None) -> ExchangeOrder:
         """Send a market order under its client order id: ``order.units``, or a buy spending ``cost`` (quote, fees
-        on top) so that a price moved since the decision never makes it unaffordable."""
+        on top) so that a price moved since the decision never makes it unaffordable.
+
+        A network error (a lost answer, a dropped connection, a 5xx, a rate limit) leaves it unknown whether the
+        exchange took the order: it is sent again under the same id, up to ``SEND_ATTEMPTS`` times; the exchange
+        refuses a second one as a duplicate, and the order it has is looked up instead."""
         import ccxt
 
         params = {"newClientOrderId": order.client_order_id, "newOrderRespType": "FULL"}
-        try:
-            if cost is not None:
-                answer = self.client.create_market_buy_order_with_cost(order.symbol, cost, params=params)
-            else:
-                answer = self.client.create_order(order.symbol, "market", order.side, order.units, params=params)
-        except ccxt.InvalidOrder as exc:
-            if "Duplicate order" not in str(exc):
-                raise
-            return self.lookup(order)  # sent before (a restart between sending and recording): what became of it
-        return self._answer(order, answer)
+        attempt = 1
+        while True:
+            try:
+                if cost is not None:
+                    answer = self.client.create_market_buy_order_with_cost(order.symbol, cost, params=params)
+                else:
+                    answer = self.client.create_order(order.symbol, "market", order.side, order.units, params=params)
+            except ccxt.InvalidOrder as exc:
+                if "Duplicate order" not in str(exc):
+                    raise
+                return self.lookup(order)  # sent before (a lost answer, a restart before recording): what became of it
+            except ccxt.NetworkError as exc:
+                if attempt == SEND_ATTEMPTS:
+                    raise
+                log.warning("trader.order_send_retry", order=order.client_order_id, attempt=attempt,
+                            error=type(exc).__name__)
+                time.sleep(SEND_RETRY_S * attempt)
+                attempt += 1
+                continue
+            return self._answer(order, answer)
 
     def lookup(self, order: Order) -> ExchangeOrder:
         """The exchange's view of ``order`` (found by its client order id); ccxt OrderNotFound if it never arrived."""
         return self._answer(order, self.client.fetch_order(None, order.symbol,
                                                            params={"origClientOrderId": order.client_order_id}))
+
+    def settled_lookup(self, order: Order) -> ExchangeOrder:
+        """:meth:`lookup`, but an order not found while it may still be on its way (a request sent by a trader that
+        died, delayed in the network) is looked up again once it can no longer arrive: the exchange refuses a
+        request older than its ``recvWindow``. ccxt OrderNotFound when it never arrived."""
+        import ccxt
+
+        try:
+            return self.lookup(order)
+        except ccxt.OrderNotFound:
+            window = int(self.client.options.get("recvWindow") or RECV_WINDOW_MS)
+            wait_ms = order.created_ms + window + ARRIVAL_MARGIN_MS - _now(None)
+            if wait_ms <= 0:
+                raise
+            log.info("trader.order_maybe_in_flight", order=order.client_order_id, wait_ms=wait_ms)
+            time.sleep(wait_ms / 1000)
+            return self.lookup(order)
 
     def _answer(self, order: Order, answer: dict[str, Any]) -> ExchangeOrder:
         exchange_id = str(answer["id"])
@@ -113,13 +154,15 @@ class ExchangeTrader:
 
     def reconcile(self) -> int:
         """Record the fills of every order the ledger still has open, as the exchange reports them; orders settled."""
+        import ccxt
+
         settled = 0
         for order in self.ledger.open_orders(self.name):
             if order.symbol != self.core.symbol:
                 continue
             try:
-                found = self.broker.lookup(order)
-            except Exception as exc:  # noqa: BLE001 - ccxt OrderNotFound: never reached the exchange
+                found = self.broker.settled_lookup(order)
+            except ccxt.OrderNotFound as exc:  # never reached the exchange (any other error: its fate unknown, raised)
                 log.info("trader.order_not_at_exchange", trader=self.name, order=order.client_order_id,
                          error=type(exc).__name__)
                 self.ledger.update_order(order.client_order_id, "canceled")
