@@ -304,7 +304,7 @@ def test_redis_killed_while_traders_trade_and_the_api_is_queried(ray_session: No
     instance = "t-redis"
     specs = [dataclasses.replace(paper_spec(f"r{i}", store_root, replay_sim.url), params={"fast": 2, "slow": 5 + i})
              for i in range(2)]  # quick crosses: fills before and after the kill
-    handles = [start_trader(spec, instance=instance) for spec in specs]
+    handles = [start_trader(spec, instance=instance, redis_url=redis.url) for spec in specs]
     ray.get([h.ready.remote() for h in handles])
     feed = ensure_feed(specs[0], instance)
     paths = ("/live/trades/count", "/live/stats", "/live/traders", "/live/traders/r0/equity")
@@ -323,6 +323,11 @@ def test_redis_killed_while_traders_trade_and_the_api_is_queried(ray_session: No
         try:
             ledger = open_ledger(None, str(store_root))
             wait_until(lambda: ledger.fill_count() >= 2, 60, "fills before Redis dies")
+            for _ in range(2):  # an actor's fill reaches the cached API at once (its ledger bumps the generation), not after the TTL
+                seen = ledger.fill_count()
+                wait_until(lambda: ledger.fill_count() > seen, 60, "a new fill")
+                wait_until(lambda: http.get("/live/trades/count").json()["all"] == trade_counts(ledger)["all"], 1.0,
+                           "the new fill in /live/trades/count within 1 s")
             before, fills = len(answers), ledger.fill_count()
             redis.kill()
             wait_until(lambda: ledger.fill_count() >= fills + 2, 60, "fills after Redis died")
