@@ -9,8 +9,12 @@ stderr as ``warning: ...`` lines in both modes. The options defined here are sha
 
 from __future__ import annotations
 
+import functools
+import inspect
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -53,18 +57,60 @@ UntilOption = Annotated[str | None, typer.Option("--until", help="End time (ISO 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
 
 
-def backtest_config(
-    *, cash: float, fee: float, size_unit: float | None, size: str, slippage_bps: float, direction: str,
-    stop_loss: float | None, take_profit: float | None, periods_per_year: float,
-) -> BacktestConfig:
-    """The costs and execution options of ``backtest`` and ``sweep`` as a config (ConfigError if bad)."""
-    from tradpal_ray.backtest import BacktestConfig, parse_size
+@dataclass(frozen=True)
+class CostOptions:
+    """The cost, sizing and execution flags every command that trades shares, as given on the command line."""
 
-    return BacktestConfig(
-        cash=cash, fee=fee, size_unit=1.0 if size_unit is None else size_unit, **parse_size(size)._asdict(),
-        slippage_bps=slippage_bps, direction=direction, stop_loss=stop_loss, take_profit=take_profit,
-        periods_per_year=periods_per_year,
-    )
+    cash: float = 10_000.0
+    fee: float = 0.001
+    size_unit: float | None = None
+    """None: the market's recorded lot step (1 for a data file)."""
+    size: str = "1"
+    slippage_bps: float = 0.0
+    direction: str = "long"
+    stop_loss: float | None = None
+    take_profit: float | None = None
+    periods_per_year: float = 365.0
+
+    def config(self, market_unit: float | None = None) -> BacktestConfig:
+        """As a config (ConfigError if bad); ``market_unit`` is the size unit when ``--size-unit`` was not given."""
+        from tradpal_ray.backtest import BacktestConfig, parse_size
+
+        unit = self.size_unit if self.size_unit is not None else market_unit
+        values = {k: v for k, v in asdict(self).items() if k not in ("size_unit", "size")}
+        return BacktestConfig(size_unit=1.0 if unit is None else unit, **parse_size(self.size)._asdict(), **values)
+
+
+_COST_FLAGS: dict[str, Any] = {
+    "cash": CashOption, "fee": FeeOption, "size_unit": SizeUnitOption, "size": SizeOption, "slippage_bps": SlippageOption,
+    "direction": DirectionOption, "stop_loss": StopLossOption, "take_profit": TakeProfitOption,
+    "periods_per_year": PeriodsOption,
+}
+
+
+def with_cost_options(*, periods: bool = True) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Give a Typer command the shared cost and sizing flags (``--cash`` ... ``--periods-per-year``,
+    which ``periods=False`` leaves out); the command receives them as one ``costs: CostOptions``."""
+    names = [name for name in _COST_FLAGS if periods or name != "periods_per_year"]
+    defaults = CostOptions()
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        signature = inspect.signature(command, eval_str=True)
+        own = [p for p in signature.parameters.values() if p.name != "costs"]
+        flags = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=getattr(defaults, name),
+                                   annotation=_COST_FLAGS[name]) for name in names]
+
+        @functools.wraps(command)
+        def wrapper(**given: Any) -> Any:
+            costs = CostOptions(**{name: given.pop(name) for name in names})
+            return command(**given, costs=costs)
+
+        parameters = own + flags
+        wrapper.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
+        wrapper.__annotations__ = {p.name: p.annotation for p in parameters}
+        return wrapper
+
+    return decorate
 
 
 def load_cli_bars(
@@ -119,6 +165,7 @@ def render(result: BacktestResult, *, trades: bool) -> None:
 
 
 @app.command()
+@with_cost_options()
 def backtest(
     data: DataOption = None,
     store: StoreOption = None,
@@ -127,32 +174,22 @@ def backtest(
     timeframe: TimeframeOption = None,
     strategy: StrategyOption = "sma_cross",
     param: Annotated[list[str] | None, typer.Option("--param", help="Strategy parameter NAME=VALUE (repeatable).", show_default=False)] = None,
-    cash: CashOption = 10_000.0,
-    fee: FeeOption = 0.001,
-    size_unit: SizeUnitOption = None,
-    size: SizeOption = "1",
-    slippage_bps: SlippageOption = 0.0,
-    direction: DirectionOption = "long",
-    stop_loss: StopLossOption = None,
-    take_profit: TakeProfitOption = None,
-    periods_per_year: PeriodsOption = 365.0,
     since: SinceOption = None,
     until: UntilOption = None,
     drop_bad: Annotated[bool, typer.Option("--drop-bad", help="Drop bad rows instead of failing.")] = False,
     json_output: JsonOption = False,
     trades: Annotated[bool, typer.Option("--trades", help="Include the trade list.")] = False,
+    costs: CostOptions = CostOptions(),
 ) -> None:
     """Backtest one strategy on one series: signal at a bar's close, fill at the next open."""
     from tradpal_ray.backtest import backtest as run_backtest
     from tradpal_ray.backtest import get_strategy, parse_params
 
     params = parse_params(param or [])
-    options = dict(cash=cash, fee=fee, size=size, slippage_bps=slippage_bps, direction=direction, stop_loss=stop_loss,
-                   take_profit=take_profit, periods_per_year=periods_per_year)
-    backtest_config(size_unit=size_unit, **options)  # bad costs fail before any data is read
+    costs.config()  # bad costs fail before any data is read
     strat = get_strategy(strategy)
     bars, market_unit = load_cli_bars(data, store, exchange, symbol, timeframe, since, until, drop_bad)
-    config = backtest_config(size_unit=size_unit if size_unit is not None else market_unit, **options)
+    config = costs.config(market_unit)
     result = run_backtest(bars, strat, params, config)
     for warning in result.warnings:
         console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)

@@ -21,22 +21,14 @@ from tradpal_ray.cli.app import (
     settings_for,
 )
 from tradpal_ray.cli.backtest import (
-    CashOption,
+    CostOptions,
     DataOption,
-    DirectionOption,
-    FeeOption,
     JsonOption,
-    PeriodsOption,
     SinceOption,
-    SizeOption,
-    SizeUnitOption,
-    SlippageOption,
-    StopLossOption,
     StrategyOption,
-    TakeProfitOption,
     TimeframeOption,
     UntilOption,
-    backtest_config,
+    with_cost_options,
 )
 from tradpal_ray.errors import ConfigError
 
@@ -45,6 +37,7 @@ if TYPE_CHECKING:
 
 
 @app.command()
+@with_cost_options()
 def optimize(
     data: DataOption = None,
     store: StoreOption = None,
@@ -71,15 +64,6 @@ def optimize(
                                                 show_default=False)] = None,
     trials_per_task: Annotated[int | None, typer.Option("--trials-per-task", help="Trials one task evaluates "
                                                         "(default: from --trials and --workers).", show_default=False)] = None,
-    cash: CashOption = 10_000.0,
-    fee: FeeOption = 0.001,
-    size_unit: SizeUnitOption = None,
-    size: SizeOption = "1",
-    slippage_bps: SlippageOption = 0.0,
-    direction: DirectionOption = "long",
-    stop_loss: StopLossOption = None,
-    take_profit: TakeProfitOption = None,
-    periods_per_year: PeriodsOption = 365.0,
     since: SinceOption = None,
     until: UntilOption = None,
     executor: Annotated[str, typer.Option("--executor", help="auto (Ray when a cluster is given or running or --workers "
@@ -90,6 +74,7 @@ def optimize(
                                                                                   "strategy's source changed.")] = False,
     address: AddressOption = None,
     json_output: JsonOption = False,
+    costs: CostOptions = CostOptions(),
 ) -> None:
     """Search a strategy's parameters with Optuna's samplers; the run persists under <store>/runs/<run_id>."""
     settings = settings_for(store=store, exchange=exchange)
@@ -108,16 +93,14 @@ def optimize(
         raise ConfigError(f"--executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
     request = None
     if not resume:
-        config = backtest_config(cash=cash, fee=fee, size_unit=size_unit, size=size, slippage_bps=slippage_bps,
-                                 direction=direction, stop_loss=stop_loss, take_profit=take_profit,
-                                 periods_per_year=periods_per_year)
+        config = costs.config()
         dims = parse_space(space or [])
         request = _request(data, symbols, timeframe, settings.store, settings.exchange, since, until,
                            strategy=strategy, space={name: dim.spec for name, dim in dims.items()},
                            objectives=tuple(objective or ["sharpe"]), trials=trials, sampler=sampler, seed=seed,
                            config=config, trials_per_task=trials_per_task)
         request.check()  # strategy, space, objectives, sampler: all checked before any data, cluster or output
-        if size_unit is None and not data:
+        if costs.size_unit is None and not data:
             request = _with_market_unit(request, settings.store)
     columns = (TextColumn("optimize"), BarColumn(), MofNCompleteColumn(), TextColumn("trials"), TimeElapsedColumn())
     progress = Progress(*columns, console=console, transient=json_output)

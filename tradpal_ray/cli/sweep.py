@@ -18,22 +18,14 @@ import typer
 
 from tradpal_ray.cli.app import AddressOption, ExchangeOption, StoreOption, app, console, emit_json, settings_for
 from tradpal_ray.cli.backtest import (
-    CashOption,
+    CostOptions,
     DataOption,
-    DirectionOption,
-    FeeOption,
     JsonOption,
-    PeriodsOption,
     SinceOption,
-    SizeOption,
-    SizeUnitOption,
-    SlippageOption,
-    StopLossOption,
     StrategyOption,
-    TakeProfitOption,
     TimeframeOption,
     UntilOption,
-    backtest_config,
+    with_cost_options,
 )
 from tradpal_ray.errors import ConfigError
 
@@ -56,6 +48,7 @@ AllowChangedCodeOption = Annotated[bool, typer.Option("--allow-changed-code", he
 
 
 @app.command()
+@with_cost_options()
 def sweep(
     data: DataOption = None,
     store: StoreOption = None,
@@ -68,15 +61,6 @@ def sweep(
     seed: Annotated[int, typer.Option("--seed", help="Seed of --samples.")] = 0,
     metric: Annotated[str, typer.Option("--metric", help="Rank by this metric (see `tradpal-ray metrics`).")] = "sharpe",
     top: Annotated[int, typer.Option("--top", help="Results to list (0 = all).")] = 20,
-    cash: CashOption = 10_000.0,
-    fee: FeeOption = 0.001,
-    size_unit: SizeUnitOption = None,
-    size: SizeOption = "1",
-    slippage_bps: SlippageOption = 0.0,
-    direction: DirectionOption = "long",
-    stop_loss: StopLossOption = None,
-    take_profit: TakeProfitOption = None,
-    periods_per_year: PeriodsOption = 365.0,
     since: SinceOption = None,
     until: UntilOption = None,
     executor: ExecutorOption = "auto",
@@ -90,6 +74,7 @@ def sweep(
                                                         "grid's first combination); exit 1 if it looks ahead.")] = False,
     address: AddressOption = None,
     json_output: JsonOption = False,
+    costs: CostOptions = CostOptions(),
 ) -> None:
     """Sweep a strategy's parameter grid over symbols; results persist under <store>/runs/<run_id>."""
     if top < 0:
@@ -107,12 +92,11 @@ def sweep(
         check_partitions(pbo_partitions)
     request, no_market = None, []
     if not resume:
-        config = backtest_config(cash=cash, fee=fee, size_unit=size_unit, size=size, slippage_bps=slippage_bps, direction=direction,
-                                 stop_loss=stop_loss, take_profit=take_profit, periods_per_year=periods_per_year)
+        config = costs.config()
         request = _request(data, symbols, timeframe, strategy, grid or [], samples, seed, metric, since, until,
                            settings.exchange, config, max_combos)
         request.check()  # strategy, grid, metric, times: all checked before any data, cluster or output
-        if size_unit is None:
+        if costs.size_unit is None:
             request, no_market = request.with_market_units(settings.store)
     columns = (TextColumn("sweep"), BarColumn(), MofNCompleteColumn(), TextColumn("chunks"), TimeElapsedColumn())
     progress = Progress(*columns, console=console, transient=json_output)

@@ -27,17 +27,10 @@ from tradpal_ray.cli.app import (
     settings_for,
 )
 from tradpal_ray.cli.backtest import (
-    CashOption,
-    DirectionOption,
-    FeeOption,
+    CostOptions,
     JsonOption,
-    SizeOption,
-    SizeUnitOption,
-    SlippageOption,
-    StopLossOption,
     StrategyOption,
-    TakeProfitOption,
-    backtest_config,
+    with_cost_options,
 )
 from tradpal_ray.errors import ConfigError
 
@@ -75,6 +68,7 @@ def _ledger(store: str | None, db_url: str | None) -> Ledger:
 
 
 @trade_app.command("start")
+@with_cost_options(periods=False)
 def start(
     name: Annotated[str | None, typer.Option("--name", help="The trader's name (ledger rows, actor name).",
                                              show_default=False)] = None,
@@ -87,14 +81,6 @@ def start(
                                                          "(market orders; keys from TRADPAL_EXCHANGE_API_KEY/SECRET).")] = "paper",
     sandbox: Annotated[bool, typer.Option("--sandbox", help="Exchange broker: the exchange's test network.")] = False,
     live: Annotated[bool, typer.Option("--live", help="Exchange broker on a real exchange: trade real money.")] = False,
-    cash: CashOption = 10_000.0,
-    fee: FeeOption = 0.001,
-    size_unit: SizeUnitOption = None,
-    size: SizeOption = "1",
-    slippage_bps: SlippageOption = 0.0,
-    direction: DirectionOption = "long",
-    stop_loss: StopLossOption = None,
-    take_profit: TakeProfitOption = None,
     max_position_notional: Annotated[float | None, typer.Option("--max-position-notional", help="Risk limit: largest position value (quote).", show_default=False)] = None,
     max_daily_loss: Annotated[float | None, typer.Option("--max-daily-loss", help="Risk limit: largest loss in a UTC day (quote).", show_default=False)] = None,
     max_orders_per_minute: Annotated[int | None, typer.Option("--max-orders-per-minute", help="Risk limit: orders in any 60 s.", show_default=False)] = None,
@@ -109,6 +95,7 @@ def start(
     address: AddressOption = None,
     instance: InstanceOption = None,
     json_output: JsonOption = False,
+    costs: CostOptions = CostOptions(),
 ) -> None:
     """Start paper traders: the strategy's signal on each closed candle, filled as backtest fills it."""
     from tradpal_ray.backtest import parse_params
@@ -120,8 +107,7 @@ def start(
     from tradpal_ray.trading._session import TraderSpec
 
     settings = settings_for(store=store, exchange=exchange, exchange_url=exchange_url)
-    config = backtest_config(cash=cash, fee=fee, size_unit=size_unit, size=size, slippage_bps=slippage_bps,
-                             direction=direction, stop_loss=stop_loss, take_profit=take_profit, periods_per_year=365.0)
+    config = costs.config()
     limits = RiskLimits(max_position_notional, max_daily_loss, max_orders_per_minute)
     if from_run is not None:
         from tradpal_ray.trading._incubator import incubate
@@ -139,7 +125,7 @@ def start(
 
         params = get_strategy(ref).resolve(parse_params(param or []))
         markets = MarketInfoStore(settings.store)
-        units = {} if size_unit is not None else {
+        units = {} if costs.size_unit is not None else {
             s: u for s in wanted if (u := markets.size_unit(settings.exchange, s)) is not None}
         specs = [TraderSpec(name=name, strategy=ref.text, symbols=wanted, timeframe=timeframe, store=settings.store,
                             params=params, config=config, size_units=units, limits=limits, broker=broker,

@@ -22,22 +22,14 @@ from tradpal_ray.cli.app import (
     settings_for,
 )
 from tradpal_ray.cli.backtest import (
-    CashOption,
+    CostOptions,
     DataOption,
-    DirectionOption,
-    FeeOption,
     JsonOption,
-    PeriodsOption,
     SinceOption,
-    SizeOption,
-    SizeUnitOption,
-    SlippageOption,
-    StopLossOption,
     StrategyOption,
-    TakeProfitOption,
     TimeframeOption,
     UntilOption,
-    backtest_config,
+    with_cost_options,
 )
 from tradpal_ray.cli.sweep import (
     AllowChangedCodeOption,
@@ -56,6 +48,7 @@ CV_METHODS = ("walkforward", "cpcv")
 
 
 @app.command()
+@with_cost_options()
 def walkforward(
     data: DataOption = None,
     store: StoreOption = None,
@@ -81,15 +74,6 @@ def walkforward(
     test_groups: Annotated[int, typer.Option("--test-groups", help="CPCV: test groups k per split.")] = 2,
     purge: Annotated[int, typer.Option("--purge", help="CPCV: days dropped from training on each side of a test group.")] = 0,
     embargo: Annotated[int, typer.Option("--embargo", help="CPCV: further days dropped from training after a test group.")] = 0,
-    cash: CashOption = 10_000.0,
-    fee: FeeOption = 0.001,
-    size_unit: SizeUnitOption = None,
-    size: SizeOption = "1",
-    slippage_bps: SlippageOption = 0.0,
-    direction: DirectionOption = "long",
-    stop_loss: StopLossOption = None,
-    take_profit: TakeProfitOption = None,
-    periods_per_year: PeriodsOption = 365.0,
     since: SinceOption = None,
     until: UntilOption = None,
     executor: ExecutorOption = "auto",
@@ -97,6 +81,7 @@ def walkforward(
     allow_changed_code: AllowChangedCodeOption = False,
     address: AddressOption = None,
     json_output: JsonOption = False,
+    costs: CostOptions = CostOptions(),
 ) -> None:
     """Walk a strategy's grid forward (or CPCV it); a walk-forward persists under <store>/runs/<run_id>."""
     if cv not in CV_METHODS:
@@ -114,9 +99,7 @@ def walkforward(
         raise ConfigError(f"--executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
     request = None
     if not resume:
-        config = backtest_config(cash=cash, fee=fee, size_unit=size_unit, size=size, slippage_bps=slippage_bps,
-                                 direction=direction, stop_loss=stop_loss, take_profit=take_profit,
-                                 periods_per_year=periods_per_year)
+        config = costs.config()
         swept = _request(data, symbols, timeframe, strategy, grid or [], None, 0, "sharpe", since, until,
                          settings.exchange, config, 10_000_000)
         request = WalkForwardRequest(swept, WalkForwardSpec(train, test, step, anchored, objective, warmup, search, trials, seed))
@@ -125,7 +108,7 @@ def walkforward(
             request.sweep.check()
         else:
             request.check()  # strategy, grid, objective, windows: all checked before any data or cluster
-        if size_unit is None:
+        if costs.size_unit is None:
             units, no_market = swept.with_market_units(settings.store)
             request = WalkForwardRequest(units, request.spec)
             for symbol in no_market:
