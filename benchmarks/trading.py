@@ -19,7 +19,8 @@ SQLite ledger under the store root: the default a laptop gets), a private Ray wi
 * Memory: per trader actor process, RSS and USS (private memory; what each extra process costs).
 
 Peer: none. No other trading framework runs here under the same conditions (see ``PEER``).
-Usage: ``python benchmarks/trading.py [--traders 100] [--symbols 1] [--speed 60] [--seconds 40]``.
+Findings on the 2-core, 24 GB reference machine: see README's Benchmarks section.
+Usage: ``python benchmarks/trading.py [--traders 20] [--symbols 1] [--speed 60] [--seconds 40] [--runs 3]``.
 """
 
 from __future__ import annotations
@@ -218,7 +219,9 @@ def main() -> None:
     import psutil
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--traders", type=int, default=100, help="paper trader actors (each on every symbol)")
+    parser.add_argument("--traders", type=int, default=20,
+                        help="paper trader actors, each on every symbol (one process each, ~240 MB private memory: "
+                             "100 do not fit on a 24 GB machine)")
     parser.add_argument("--symbols", type=int, default=1, help="simulated symbols the actors trade")
     parser.add_argument("--speed", type=float, default=60.0, help="simulator speed (60: a 1m candle per second)")
     parser.add_argument("--seconds", type=float, default=40.0, help="measured seconds per run")
