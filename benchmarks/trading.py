@@ -1,0 +1,248 @@
+"""Trading benchmark: decision latency and scale of paper trader actors on the live simulator. Prints one JSON object.
+
+Set-up (everything private, removed at the end): the exchange simulator in its own process
+(``--symbols`` synthetic symbols, ``--speed`` times real time: at 60x a 1-minute candle closes
+every wall second per symbol), one feed actor for them (as ``tradpal-ray trade start`` makes
+it), ``--traders`` paper trader actors (``sma_cross``, every trader on every symbol, the
+SQLite ledger under the store root: the default a laptop gets), a private Ray with 2 CPUs.
+
+* Decision latency: candle close at the exchange to the decision recorded. The close is the
+  candle's close time on the simulator's clock, mapped to the wall clock (the simulator
+  reports one (sim, wall) pair at start; its clock runs ``speed`` times real time); the
+  decision is the trader's ``decision`` event in the ledger, whose time is the wall clock
+  when the trader wrote it (after its order and fills of that candle). Candles closing in the
+  first ``--warm-up`` seconds (actor start, feed backfill) are not counted. p50 / p99 / max.
+* Falling behind: the lag of each decision over the run; the slope of the per-candle median
+  lag (s of lag per s of run) and the first-third vs last-third medians. A run keeps up when
+  the slope is under 0.05 and every trader decided on every candle closed up to 3 s before
+  the end.
+* Memory: per trader actor process, RSS and USS (private memory; what each extra process costs).
+
+Peer: none. No other trading framework runs here under the same conditions (see ``PEER``).
+Findings on the 2-core, 24 GB reference machine: see README's Benchmarks section.
+Usage: ``python benchmarks/trading.py [--traders 20] [--symbols 1] [--speed 60] [--seconds 40] [--runs 3]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from _serving import spawn
+
+STEP_MS = 60_000
+PEER = {"figure": None, "reason": "no peer measured under the same conditions: freqtrade 2026.9 does install from "
+        "the package registry, but it polls the exchange's REST API on its own throttle (default 5 s) and pointing "
+        "it at the simulator was not done; a bare ccxt loop is not a trader"}
+
+
+def _serve_simulator(ports: Any, symbols: list[str], speed: float) -> None:
+    """The simulator at ``speed``; reports its port and one (sim ms, wall ms) pair of its clock."""
+    from tradpal_ray.sim import ExchangeSimulator
+    from tradpal_ray.sim.runner import new_event_loop
+
+    async def serve() -> None:
+        sim = ExchangeSimulator(symbols, speed=speed, emit_interval=0.01)
+        await sim.start()
+        ports.put({"port": sim.port, "sim_ms": sim.now_ms(), "wall_ms": time.time() * 1000.0})
+        await asyncio.Event().wait()
+
+    new_event_loop().run_until_complete(serve())
+
+
+def _memory(pids: list[int]) -> dict[str, float]:
+    """RSS and USS of the trader processes in MB: per process (median) and in total."""
+    import psutil
+
+    infos = [psutil.Process(pid).memory_full_info() for pid in pids]
+    rss, uss = [i.rss / 2**20 for i in infos], [i.uss / 2**20 for i in infos]
+    return {"processes": len(pids), "rss_mb_median": round(statistics.median(rss), 1),
+            "uss_mb_median": round(statistics.median(uss), 1), "uss_mb_total": round(sum(uss)),
+            "rss_mb_total": round(sum(rss))}
+
+
+def _lags(store: Path, names: list[str], close_wall_ms: Any) -> dict[str, np.ndarray]:
+    """Per trader and symbol, its decisions as rows (candle close wall ms, decision lag ms)."""
+    from tradpal_ray.stats._live import DECISION_EVENT
+    from tradpal_ray.trading import open_ledger
+
+    ledger = open_ledger(None, store)
+    try:
+        out: dict[str, list[tuple[float, float]]] = {}
+        for name in names:
+            for event in ledger.events(name, kind=DECISION_EVENT):
+                close = close_wall_ms(event.detail["time_ms"] + STEP_MS)
+                out.setdefault(f"{name} {event.detail['symbol']}", []).append((close, event.time_ms - close))
+        return {series: np.array(rows, dtype=float) for series, rows in out.items()}
+    finally:
+        ledger.close()
+
+
+def _behind(decisions: dict[str, np.ndarray], start_ms: float, end_ms: float) -> dict[str, Any]:
+    """Latency percentiles and the lag trend of the decisions on candles closing in [start_ms, end_ms).
+
+    A candle closed 3 s before the end without a decision recorded by the end counts as missing
+    (its trader is behind); decisions the traders made after the end (the catch-up of ``stop``)
+    count with their real lag.
+    """
+    series = {k: v[(v[:, 0] >= start_ms) & (v[:, 0] < end_ms)] for k, v in decisions.items()}
+    rows = np.concatenate(list(series.values()))
+    if not len(rows):
+        return {"decisions": 0}
+    closes = np.unique(rows[:, 0])
+    per_candle = np.array([np.median(rows[rows[:, 0] == c, 1]) for c in closes])
+    slope = float(np.polyfit((closes - closes[0]) / 1000.0, per_candle / 1000.0, 1)[0]) if len(closes) > 2 else 0.0
+    third = max(1, len(closes) // 3)
+    due = closes[closes < end_ms - 3000]
+    missing = sum(int(np.isin(due, v[v[:, 0] + v[:, 1] <= end_ms, 0], invert=True).sum()) for v in series.values())
+    lag = rows[:, 1]
+    worst = max(series, key=lambda k: float(series[k][:, 1].max()) if len(series[k]) else 0.0)
+    return {
+        "decisions": len(rows), "candle_closes": len(closes),
+        "p50_ms": round(float(np.percentile(lag, 50)), 1), "p99_ms": round(float(np.percentile(lag, 99)), 1),
+        "max_ms": round(float(lag.max()), 1), "worst_series": worst,
+        "lag_slope_s_per_s": round(slope, 4),
+        "first_third_median_ms": round(float(np.median(per_candle[:third])), 1),
+        "last_third_median_ms": round(float(np.median(per_candle[-third:])), 1),
+        "missing_decisions": missing,
+        "keeps_up": bool(slope < 0.05 and missing == 0),
+    }
+
+
+def session_capacity(sessions: int, symbols: int, candles: int) -> dict[str, Any]:
+    """Decisions per second of :class:`TraderSession` itself: ``sessions`` paper traders on ``symbols``
+    synthetic symbols in this one process, their books in one SQLite ledger, ``candles`` candles each.
+
+    What one process spends per decision (strategy, paper fill, ledger writes) without Ray or the
+    feed: the bound for several traders per actor process. Traders a core sustains at 60x on 20
+    symbols: decisions/s / 20.
+    """
+    from tradpal_ray.sim import SyntheticSource
+    from tradpal_ray.trading import open_ledger
+    from tradpal_ray.trading._paper import Candle
+    from tradpal_ray.trading._session import TraderSession, TraderSpec
+
+    names = [f"S{k}/USDT" for k in range(symbols)]
+    source = SyntheticSource(names)
+    start = source.first_ms(names[0])
+    series = {}
+    for name in names:
+        bars = source.bars(name, start, start + candles * STEP_MS)
+        tick, lot = 10.0 ** -source.specs()[name].price_decimals, 10.0 ** -source.specs()[name].qty_decimals
+        series[name] = [Candle(int(t), o * tick, h * tick, lo * tick, c * tick, v * lot)
+                        for t, o, h, lo, c, v in zip(bars.t, bars.o, bars.h, bars.l, bars.c, bars.v, strict=True)]
+    with tempfile.TemporaryDirectory(prefix="tradebench-") as tmp:
+        ledger = open_ledger(None, tmp)
+        books = [TraderSession(TraderSpec(name=f"c{i}", strategy="sma_cross", symbols=tuple(names), timeframe="1m",
+                                          store=tmp, params={"fast": 5, "slow": 20}), ledger) for i in range(sessions)]
+        for book in books:
+            book.start()
+        wall, cpu = time.perf_counter(), time.process_time()
+        for k in range(candles):
+            for book in books:
+                for name in names:
+                    book.on_candles(name, series[name][k:k + 1])
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        fills = ledger.fill_count()
+        ledger.close()
+    decisions = sessions * symbols * candles
+    return {"sessions": sessions, "symbols": symbols, "decisions": decisions, "fills": fills,
+            "decisions_per_s": round(decisions / wall), "decisions_per_cpu_s": round(decisions / cpu),
+            "ms_per_decision": round(wall / decisions * 1000, 3),
+            "traders_per_core_20_symbols_60x": round(decisions / wall / 20)}
+
+
+def run(traders: int, symbols: int, speed: float, seconds: float, warm_up: float) -> dict[str, Any]:
+    """One run: simulator, feed, ``traders`` trader actors for ``seconds`` after they are up; the figures."""
+    import ray
+
+    from tradpal_ray.trading._session import TraderSpec
+    from tradpal_ray.trading.actor import ensure_feed, start_trader, stop_trader
+
+    names = [f"S{k}/USDT" for k in range(symbols)]
+    sim, clock = spawn(_serve_simulator, names, speed)
+    instance = f"bench-{os.getpid()}-{time.monotonic_ns()}"
+    with tempfile.TemporaryDirectory(prefix="tradebench-") as tmp:
+        store = Path(tmp)
+        url = f"http://127.0.0.1:{clock['port']}"
+
+        def close_wall_ms(sim_ms: float) -> float:
+            return clock["wall_ms"] + (sim_ms - clock["sim_ms"]) / speed
+
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+        try:
+            specs = [TraderSpec(name=f"t{i}", strategy="sma_cross", symbols=tuple(names), timeframe="1m", store=str(store),
+                                params={"fast": 5, "slow": 20}, exchange_url=url) for i in range(traders)]
+            feed = ensure_feed(specs[0], instance)  # as `trade start`: one feed for the traders of the same series
+            ray.get(feed.ready.remote())
+            started = time.monotonic()
+            handles = [start_trader(spec, instance=instance, max_restarts=0) for spec in specs]
+            ray.get([h.ready.remote() for h in handles])
+            up_s = time.monotonic() - started
+            pids = ray.get([h.__ray_call__.remote(lambda self: os.getpid()) for h in handles])
+            begin_ms = time.time() * 1000.0 + warm_up * 1000.0
+            deadline = time.monotonic() + warm_up + seconds
+            memory = None
+            while time.monotonic() < deadline:  # the run; memory sampled once, mid-way
+                if memory is None and time.monotonic() > deadline - seconds / 2:
+                    memory = _memory(pids)
+                time.sleep(0.5)
+            end_ms = time.time() * 1000.0
+            ray.get(feed.stop.remote())
+            for spec in specs:
+                stop_trader(instance, spec.name, flatten=False)
+            ray.kill(feed)
+            figures = _behind(_lags(store, [s.name for s in specs], close_wall_ms), begin_ms, end_ms)
+        finally:
+            ray.shutdown()
+            sim.terminate()
+            sim.join(10)
+    return {"traders": traders, "symbols": symbols, "speed": speed, "seconds": seconds, "actors_up_s": round(up_s, 1),
+            **figures, "memory": memory, "load_average_1m": round(os.getloadavg()[0], 2)}
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    """min / median / max."""
+    return {"min": min(values), "median": statistics.median(values), "max": max(values)}
+
+
+def main() -> None:
+    """Parse the options, run ``--runs`` times, print one JSON object."""
+    import psutil
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--traders", type=int, default=20,
+                        help="paper trader actors, each on every symbol (one process each, ~240 MB private memory: "
+                             "100 do not fit on a 24 GB machine)")
+    parser.add_argument("--symbols", type=int, default=1, help="simulated symbols the actors trade")
+    parser.add_argument("--speed", type=float, default=60.0, help="simulator speed (60: a 1m candle per second)")
+    parser.add_argument("--seconds", type=float, default=40.0, help="measured seconds per run")
+    parser.add_argument("--warm-up", type=float, default=10.0, help="seconds of candles not counted")
+    parser.add_argument("--sessions", type=int, default=10, help="in-process sessions for the capacity figure")
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    os.environ.setdefault("TRADPAL_LOG_LEVEL", "WARNING")
+    runs = [run(args.traders, args.symbols, args.speed, args.seconds, args.warm_up) for _ in range(args.runs)]
+    capacity = [session_capacity(args.sessions, 20, 60) for _ in range(args.runs)]
+    measured = [r for r in runs if r.get("decisions")]
+    summary = {key: spread([r[key] for r in measured]) for key in ("p50_ms", "p99_ms", "lag_slope_s_per_s")} if measured else {}
+    summary["capacity_traders_per_core_20_symbols_60x"] = spread([c["traders_per_core_20_symbols_60x"] for c in capacity])
+    uss = [r["memory"]["uss_mb_median"] for r in runs if r.get("memory")]
+    if uss:
+        summary["trader_actor_uss_mb"] = spread(uss)
+        summary["memory_for_100_trader_actors_mb"] = round(100 * statistics.median(uss))
+        summary["memory_available_mb"] = round(psutil.virtual_memory().available / 2**20)
+    print(json.dumps({"benchmark": "trading", "runs": runs, "session_capacity": capacity, "summary": summary,
+                      "peer": PEER, "targets": {"p99_ms_100_traders": 50, "paper_traders_20_symbols_60x": 200}}))
+
+
+if __name__ == "__main__":
+    main()
