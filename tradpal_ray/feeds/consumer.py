@@ -10,11 +10,19 @@ the ring (or the feed restarted) it reads what it missed from the candle store a
 rows it already has. Without a store it still never repeats a candle, but what it missed is
 only recorded, in :attr:`Subscription.missed` (sequence numbers), as for trade subscriptions.
 Iteration ends when the feed has been stopped and everything it published was read.
+
+Several subscriptions in one process (a trader on several symbols) read the same batches:
+each batch is fetched from the object store once per process and event loop, and the first
+reference to it is kept while it may still be asked for (:class:`_PayloadCache`). Fetching a
+batch again through a second reference after the first was released can hang in Ray 2.60
+(measured here: the second subscription's read never returned); sharing the fetch avoids it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import weakref
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Hashable
 from typing import Any
 
@@ -29,6 +37,48 @@ from tradpal_ray.market.schema import timeframe_ms
 from tradpal_ray.market.store import CandleStore
 
 log = get_logger(__name__)
+
+PAYLOAD_CACHE_ENTRIES = 4096
+"""Batches a process remembers per event loop: a feed ring's hard capacity, so a subscription
+that is behind by a whole ring still finds what another one fetched."""
+
+
+class _PayloadCache:
+    """One fetch per batch (object id) in this event loop, shared by every subscription; the first
+    reference is held with its fetch until :data:`PAYLOAD_CACHE_ENTRIES` newer batches pushed it out."""
+
+    _by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _PayloadCache] = weakref.WeakKeyDictionary()
+
+    def __init__(self) -> None:
+        self.fetches: OrderedDict[bytes, tuple[Any, asyncio.Future[Any]]] = OrderedDict()
+
+    @classmethod
+    def here(cls) -> _PayloadCache:
+        loop = asyncio.get_running_loop()
+        cache = cls._by_loop.get(loop)
+        if cache is None:
+            cache = cls._by_loop[loop] = cls()
+        return cache
+
+    async def get(self, ref: Any) -> Any:
+        key = ref.binary()
+        held = self.fetches.get(key)
+        if held is None:
+            held = (ref, asyncio.ensure_future(_fetch(ref)))
+            self.fetches[key] = held
+            held[1].add_done_callback(lambda done: self._forget_failed(key, done))
+            while len(self.fetches) > PAYLOAD_CACHE_ENTRIES:
+                self.fetches.popitem(last=False)
+        return await asyncio.shield(held[1])
+
+    def _forget_failed(self, key: bytes, done: asyncio.Future[Any]) -> None:
+        """A fetch that failed (a lost object, a dead feed) is not remembered: the subscription's retry fetches anew."""
+        if done.cancelled() or done.exception() is not None:
+            self.fetches.pop(key, None)
+
+
+async def _fetch(ref: Any) -> Any:
+    return await ref
 
 
 def _is_actor(source: Any) -> bool:
@@ -99,7 +149,8 @@ class Subscription:
         kwargs = {"epoch": self.epoch, "timeout": self.poll_timeout}
         if _is_actor(self.source):
             read = await self.source.poll.remote(self.kind, self.cursor, self.key, **kwargs)
-            payloads = list(await asyncio.gather(*(entry.payload for entry in read.entries)))
+            cache = _PayloadCache.here()
+            payloads = list(await asyncio.gather(*(cache.get(entry.payload) for entry in read.entries)))
             return read, payloads
         read = await self.source.poll(self.kind, self.cursor, self.key, **kwargs)
         return read, [entry.payload for entry in read.entries]
