@@ -342,3 +342,33 @@ def test_redis_killed_while_traders_trade_and_the_api_is_queried(ray_session: No
         counts = http.get("/live/trades/count").json()  # from the database: the fills of both traders, all of them
         assert counts == trade_counts(ledger) and counts["all"] >= 2
         assert http.get("/cache/stats").json()["by_kind"]["live_counts"].get("degraded", 0) >= 1
+
+
+def test_a_trader_on_several_symbols_decides_each_candle_while_it_streams(ray_session: None, make_simulator: Any,
+                                                                         store_root: Path) -> None:
+    """Several subscriptions in one trader process read the same feed batches: every symbol's candles are
+    decided live (not only by the catch-up at stop). A second fetch of a batch another subscription had
+    released hung in Ray 2.60 and stalled one symbol after a few candles; the consumer now shares the fetch."""
+    import ray
+
+    from tradpal_ray.trading.actor import ensure_feed, start_trader, stop_trader
+
+    symbols = ("BTC/USDT", "ETH/USDT", "SOL/USDT")
+    sim = make_simulator(list(symbols), speed=60.0, emit_interval=0.01)  # a 1m candle a second, frames every 10 ms
+    spec = TraderSpec(name="trio", strategy="sma_cross", symbols=symbols, timeframe="1m", store=str(store_root),
+                      params={"fast": 5, "slow": 20}, exchange_url=sim.url)
+    instance = "t-several"
+    handle = start_trader(spec, instance=instance)
+    ray.get(handle.ready.remote())
+    feed = ensure_feed(spec, instance)
+    ray.get(feed.ready.remote())
+    ledger = open_ledger(None, str(store_root))
+
+    def decided() -> dict[str, int]:
+        events = ledger.events("trio", "decision")
+        return {symbol: sum(1 for e in events if e.detail["symbol"] == symbol) for symbol in symbols}
+
+    wait_until(lambda: min(decided().values()) >= 12, 60, "a dozen live decisions on every symbol")
+    ray.get(feed.stop.remote())
+    ray.kill(feed)
+    assert stop_trader(instance, "trio", flatten=False)["status"] == "stopped"
