@@ -1,10 +1,12 @@
-"""Trading benchmark: decision latency and scale of paper trader actors on the live simulator. Prints one JSON object.
+"""Trading benchmark: decision latency and scale of paper traders on the live simulator. Prints one JSON object.
 
 Set-up (everything private, removed at the end): the exchange simulator in its own process
 (``--symbols`` synthetic symbols, ``--speed`` times real time: at 60x a 1-minute candle closes
 every wall second per symbol), one feed actor for them (as ``tradpal-ray trade start`` makes
-it), ``--traders`` paper trader actors (``sma_cross``, every trader on every symbol, the
-SQLite ledger under the store root: the default a laptop gets), a private Ray with 2 CPUs.
+it), ``--traders`` paper traders (``sma_cross``) in trader hosts of ``--per-host`` each, the
+SQLite ledger under the store root (the default a laptop gets), a private Ray with 2 CPUs.
+Scenarios (:data:`SCENARIOS`): ``latency`` (100 traders, one symbol), ``scale`` (200 traders,
+each on 20 symbols), ``scale-spread`` (200 traders, ten a symbol).
 
 * Decision latency: candle close at the exchange to the decision recorded. The close is the
   candle's close time on the simulator's clock, mapped to the wall clock (the simulator
@@ -16,11 +18,11 @@ SQLite ledger under the store root: the default a laptop gets), a private Ray wi
   lag (s of lag per s of run) and the first-third vs last-third medians. A run keeps up when
   the slope is under 0.05 and every trader decided on every candle closed up to 3 s before
   the end.
-* Memory: per trader actor process, RSS and USS (private memory; what each extra process costs).
+* Memory: per trader host process, RSS and USS (private memory; what each extra process costs).
 
 Peer: none. No other trading framework runs here under the same conditions (see ``PEER``).
 Findings on the 2-core, 24 GB reference machine: see README's Benchmarks section.
-Usage: ``python benchmarks/trading.py [--traders 20] [--symbols 1] [--speed 60] [--seconds 40] [--runs 3]``.
+Usage: ``python benchmarks/trading.py [--scenario latency] [--scenario scale] [--per-host 50] [--runs 3]``.
 """
 
 from __future__ import annotations
@@ -147,9 +149,10 @@ def session_capacity(sessions: int, symbols: int, candles: int) -> dict[str, Any
             book.start()
         wall, cpu = time.perf_counter(), time.process_time()
         for k in range(candles):
-            for book in books:
-                for name in names:
-                    book.on_candles(name, series[name][k:k + 1])
+            for name in names:  # as a trader host: a candle of a symbol to every session, their rows in one commit
+                with ledger.deferred():
+                    for book in books:
+                        book.on_candles(name, series[name][k:k + 1])
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         fills = ledger.fill_count()
         ledger.close()
@@ -160,12 +163,14 @@ def session_capacity(sessions: int, symbols: int, candles: int) -> dict[str, Any
             "traders_per_core_20_symbols_60x": round(decisions / wall / 20)}
 
 
-def run(traders: int, symbols: int, speed: float, seconds: float, warm_up: float) -> dict[str, Any]:
-    """One run: simulator, feed, ``traders`` trader actors for ``seconds`` after they are up; the figures."""
+def run(traders: int, symbols: int, speed: float, seconds: float, warm_up: float, per_host: int,
+        layout: str) -> dict[str, Any]:
+    """One run: simulator, feed, ``traders`` paper traders in hosts of ``per_host`` for ``seconds`` after they
+    are up; the figures. ``layout``: ``all`` (every trader on every symbol) or ``spread`` (trader i on symbol i mod n)."""
     import ray
 
     from tradpal_ray.trading._session import TraderSpec
-    from tradpal_ray.trading.actor import ensure_feed, start_trader, stop_trader
+    from tradpal_ray.trading.actor import ensure_feed, start_trader
 
     names = [f"S{k}/USDT" for k in range(symbols)]
     sim, clock = spawn(_serve_simulator, names, speed)
@@ -179,15 +184,18 @@ def run(traders: int, symbols: int, speed: float, seconds: float, warm_up: float
 
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
         try:
-            specs = [TraderSpec(name=f"t{i}", strategy="sma_cross", symbols=tuple(names), timeframe="1m", store=str(store),
-                                params={"fast": 5, "slow": 20}, exchange_url=url) for i in range(traders)]
-            feed = ensure_feed(specs[0], instance)  # as `trade start`: one feed for the traders of the same series
+            feed = ensure_feed(TraderSpec(name="feed", strategy="sma_cross", symbols=tuple(names), timeframe="1m",
+                                          store=str(store), exchange_url=url), instance)  # one feed, as `trade start`
             ray.get(feed.ready.remote())
+            specs = [TraderSpec(name=f"t{i}", strategy="sma_cross", timeframe="1m", store=str(store),
+                                symbols=tuple(names) if layout == "all" else (names[i % symbols],),
+                                params={"fast": 5, "slow": 20}, exchange_url=url) for i in range(traders)]
             started = time.monotonic()
-            handles = [start_trader(spec, instance=instance, max_restarts=0) for spec in specs]
-            ray.get([h.ready.remote() for h in handles])
+            handles = [start_trader(spec, instance=instance, max_restarts=0, per_host=per_host) for spec in specs]
+            ray.get([h.ready() for h in handles])
             up_s = time.monotonic() - started
-            pids = ray.get([h.__ray_call__.remote(lambda self: os.getpid()) for h in handles])
+            hosts = list({h.host._actor_id: h.host for h in handles}.values())
+            pids = ray.get([h.__ray_call__.remote(lambda self: os.getpid()) for h in hosts])
             begin_ms = time.time() * 1000.0 + warm_up * 1000.0
             deadline = time.monotonic() + warm_up + seconds
             memory = None
@@ -197,16 +205,14 @@ def run(traders: int, symbols: int, speed: float, seconds: float, warm_up: float
                 time.sleep(0.5)
             end_ms = time.time() * 1000.0
             ray.get(feed.stop.remote())
-            for spec in specs:
-                stop_trader(instance, spec.name, flatten=False)
-            ray.kill(feed)
-            figures = _behind(_lags(store, [s.name for s in specs], close_wall_ms), begin_ms, end_ms)
         finally:
             ray.shutdown()
             sim.terminate()
             sim.join(10)
-    return {"traders": traders, "symbols": symbols, "speed": speed, "seconds": seconds, "actors_up_s": round(up_s, 1),
-            **figures, "memory": memory, "load_average_1m": round(os.getloadavg()[0], 2)}
+        figures = _behind(_lags(store, [s.name for s in specs], close_wall_ms), begin_ms, end_ms)
+    return {"traders": traders, "symbols": symbols, "layout": layout, "per_host": per_host, "hosts": len(hosts),
+            "speed": speed, "seconds": seconds, "traders_up_s": round(up_s, 1), **figures, "memory": memory,
+            "load_average_1m": round(os.getloadavg()[0], 2)}
 
 
 def spread(values: list[float]) -> dict[str, float]:
@@ -214,15 +220,23 @@ def spread(values: list[float]) -> dict[str, float]:
     return {"min": min(values), "median": statistics.median(values), "max": max(values)}
 
 
-def main() -> None:
-    """Parse the options, run ``--runs`` times, print one JSON object."""
-    import psutil
+SCENARIOS = {
+    "latency": {"traders": 100, "symbols": 1, "layout": "all"},
+    "scale": {"traders": 200, "symbols": 20, "layout": "all"},
+    "scale-spread": {"traders": 200, "symbols": 20, "layout": "spread"},
+}
+"""The issue's two targets: p99 decision latency with 100 traders; 200 traders on 20 symbols at 60x
+(``scale``: each on all 20, 4,000 decisions a second; ``scale-spread``: ten on each symbol)."""
 
+
+def main() -> None:
+    """Parse the options, run each scenario ``--runs`` times, print one JSON object."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--traders", type=int, default=20,
-                        help="paper trader actors, each on every symbol (one process each, ~240 MB private memory: "
-                             "100 do not fit on a 24 GB machine)")
-    parser.add_argument("--symbols", type=int, default=1, help="simulated symbols the actors trade")
+    parser.add_argument("--scenario", action="append", choices=sorted(SCENARIOS),
+                        help="what to run (repeatable; default: latency and scale)")
+    parser.add_argument("--traders", type=int, help="override the scenario's number of paper traders")
+    parser.add_argument("--symbols", type=int, help="override the scenario's number of simulated symbols")
+    parser.add_argument("--per-host", type=int, default=50, help="traders a host process runs (TRADPAL_TRADERS_PER_HOST)")
     parser.add_argument("--speed", type=float, default=60.0, help="simulator speed (60: a 1m candle per second)")
     parser.add_argument("--seconds", type=float, default=40.0, help="measured seconds per run")
     parser.add_argument("--warm-up", type=float, default=10.0, help="seconds of candles not counted")
@@ -230,17 +244,22 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
     os.environ.setdefault("TRADPAL_LOG_LEVEL", "WARNING")
-    runs = [run(args.traders, args.symbols, args.speed, args.seconds, args.warm_up) for _ in range(args.runs)]
+    scenarios: dict[str, Any] = {}
+    for name in args.scenario or ["latency", "scale"]:
+        shape = {**SCENARIOS[name], **{k: v for k in ("traders", "symbols") if (v := getattr(args, k)) is not None}}
+        runs = [run(shape["traders"], shape["symbols"], args.speed, args.seconds, args.warm_up, args.per_host,
+                    shape["layout"]) for _ in range(args.runs)]
+        measured = [r for r in runs if r.get("decisions")]
+        summary = {key: spread([r[key] for r in measured]) for key in ("p50_ms", "p99_ms", "lag_slope_s_per_s",
+                                                                        "missing_decisions")} if measured else {}
+        summary["keeps_up"] = [r.get("keeps_up") for r in runs]
+        if uss := [r["memory"]["uss_mb_median"] for r in runs if r.get("memory")]:
+            summary["host_uss_mb"] = spread(uss)
+        scenarios[name] = {"shape": shape, "summary": summary, "runs": runs}
     capacity = [session_capacity(args.sessions, 20, 60) for _ in range(args.runs)]
-    measured = [r for r in runs if r.get("decisions")]
-    summary = {key: spread([r[key] for r in measured]) for key in ("p50_ms", "p99_ms", "lag_slope_s_per_s")} if measured else {}
-    summary["capacity_traders_per_core_20_symbols_60x"] = spread([c["traders_per_core_20_symbols_60x"] for c in capacity])
-    uss = [r["memory"]["uss_mb_median"] for r in runs if r.get("memory")]
-    if uss:
-        summary["trader_actor_uss_mb"] = spread(uss)
-        summary["memory_for_100_trader_actors_mb"] = round(100 * statistics.median(uss))
-        summary["memory_available_mb"] = round(psutil.virtual_memory().available / 2**20)
-    print(json.dumps({"benchmark": "trading", "runs": runs, "session_capacity": capacity, "summary": summary,
+    print(json.dumps({"benchmark": "trading", "scenarios": scenarios, "session_capacity": capacity,
+                      "capacity_traders_per_core_20_symbols_60x": spread([c["traders_per_core_20_symbols_60x"]
+                                                                          for c in capacity]),
                       "peer": PEER, "targets": {"p99_ms_100_traders": 50, "paper_traders_20_symbols_60x": 200}}))
 
 

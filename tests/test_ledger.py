@@ -191,22 +191,56 @@ def test_equity_events_and_traders(make_ledger: MakeLedger) -> None:
         ledger.upsert_trader("bad name/..", {}, "running")
 
 
+def test_deferred_rows_land_together_in_call_order(make_ledger: MakeLedger) -> None:
+    changes: list[str] = []
+    ledger = make_ledger()
+    ledger.on_change = changes.append
+    ledger.upsert_trader("t1", {}, "running")
+    ledger.upsert_trader("t2", {}, "running")
+    changes.clear()
+    with ledger.deferred():
+        for trader in ("t1", "t2"):
+            ledger.record_equity(trader, 60_000, 1.0, 1.0)
+            ledger.record_equity(trader, 60_000, 2.0, 2.0)  # the same point again in the batch: the last one counts
+            ledger.record_event(trader, "decision", {"n": 1})
+        with ledger.deferred():  # nested: the outer block writes
+            ledger.record_event("t1", "halt", {"n": 2})
+        assert ledger.equity("t1").empty and not ledger.events("t1") and not changes  # nothing visible yet
+    assert ledger.equity("t1").tolist() == ledger.equity("t2").tolist() == [2.0]
+    assert [(e.kind, e.detail) for e in ledger.events("t1")] == [("halt", {"n": 2}), ("decision", {"n": 1})]
+    assert sorted(changes) == ["equity", "event"]  # one notification per kind for the whole batch
+    with pytest.raises(RuntimeError), ledger.deferred():  # a failing block still writes what it queued
+        ledger.record_event("t2", "halt", {"n": 3})
+        raise RuntimeError("a trader failed")
+    assert ledger.events("t2")[0].detail == {"n": 3}
+
+
 def test_schema_is_versioned(make_ledger: MakeLedger, monkeypatch: pytest.MonkeyPatch) -> None:
     ledger = make_ledger()
-    assert ledger.schema_version() == _ledger.SCHEMA_VERSION == 1
-    assert ledger.migrate() == 1  # already there: nothing to do
+    assert ledger.schema_version() == _ledger.SCHEMA_VERSION == 2
+    assert ledger.migrate() == 2  # already there: nothing to do
+    # a version-1 database (before traders.host) is upgraded in place by the real upgrade step, its rows kept
+    ledger.upsert_trader("old", {"strategy": "sma_cross"}, "running")
+    versions = _ledger.schema_version
+    ledger.run(lambda c: (c.exec_driver_sql("ALTER TABLE traders DROP COLUMN host"),
+                          c.execute(sa.update(versions).values(version=1))))
+    assert ledger.schema_version() == 1
+    upgraded = make_ledger()
+    assert upgraded.schema_version() == 2 and [(t.name, t.host) for t in upgraded.traders()] == [("old", None)]
+    upgraded.set_host("old", "trader-host:i:h")
+    assert upgraded.traders()[0].host == "trader-host:i:h"
     added: list[int] = []
 
     def add_note_column(connection: sa.Connection) -> None:
         connection.exec_driver_sql("ALTER TABLE traders ADD COLUMN note TEXT")
         added.append(1)
 
-    monkeypatch.setattr(_ledger, "UPGRADES", (add_note_column,))
+    monkeypatch.setattr(_ledger, "UPGRADES", (*_ledger.UPGRADES, add_note_column))
+    monkeypatch.setattr(_ledger, "SCHEMA_VERSION", 3)
+    assert make_ledger().schema_version() == 3 and added == [1]
+    assert make_ledger().schema_version() == 3 and added == [1]  # upgraded once
     monkeypatch.setattr(_ledger, "SCHEMA_VERSION", 2)
-    assert make_ledger().schema_version() == 2 and added == [1]
-    assert make_ledger().schema_version() == 2 and added == [1]  # upgraded once
-    monkeypatch.setattr(_ledger, "SCHEMA_VERSION", 1)
-    with pytest.raises(ConfigError, match="schema version 2"):
+    with pytest.raises(ConfigError, match="schema version 3"):
         make_ledger()
 
 

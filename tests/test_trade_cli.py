@@ -7,6 +7,7 @@ exactly those of ``tradpal-ray backtest --json --trades`` on the candles the sto
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -90,6 +91,7 @@ def test_a_killed_trader_actor_restarts_and_rebuilds_from_the_ledger(ray_session
     import ray
 
     from tradpal_ray.backtest import BacktestConfig
+    from tradpal_ray.trading import open_ledger
     from tradpal_ray.trading._session import TraderSpec
     from tradpal_ray.trading.actor import ensure_feed, start_trader, stop_trader
 
@@ -98,18 +100,20 @@ def test_a_killed_trader_actor_restarts_and_rebuilds_from_the_ledger(ray_session
                       config=BacktestConfig(direction="longshort", stop_loss=0.03, take_profit=0.06, slippage_bps=2))
     instance = "t-restart"
     handle = start_trader(spec, instance=instance)
-    ray.get(handle.ready.remote())
-    feed = ensure_feed(spec, instance)
-    ray.get(feed.ready.remote())
     twin = TraderSpec(name="twin", strategy="ema_cross", symbols=(SYMBOL,), timeframe="1m", store=str(store_root),
                       exchange_url=replay_sim.url)
+    twin_handle = start_trader(twin, instance=instance)
+    assert twin_handle.host._actor_id == handle.host._actor_id  # paper traders share a host process
+    ray.get([handle.ready(), twin_handle.ready()])
+    feed = ensure_feed(spec, instance)
+    ray.get(feed.ready.remote())
     assert ensure_feed(twin, instance)._actor_id == feed._actor_id  # traders of the same series share its feed
 
     def wait_status(done: Any, timeout: float = 60.0) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
-                status = ray.get(handle.status.remote(), timeout=10)
+                status = ray.get(handle.status(), timeout=10)
             except ray.exceptions.RayActorError:  # between the crash and the restart
                 continue
             if done(status):
@@ -119,13 +123,19 @@ def test_a_killed_trader_actor_restarts_and_rebuilds_from_the_ledger(ray_session
 
     before = wait_status(lambda s: s["candles"] >= 40)
     assert not before["restarted"]
-    ray.kill(handle, no_restart=False)  # a crash: Ray restarts it, __init__ rebuilds from the ledger and store
+    ray.kill(handle.host, no_restart=False)  # a crash: Ray restarts its host, which rebuilds it from the ledger and store
     after = wait_status(lambda s: s["restarted"] and s["candles"] >= 20)  # candles counted since the restart
     assert after["status"] == "running"
+    twin_after = ray.get(twin_handle.status())  # the host rebuilt every trader it ran, from the ledger
+    assert twin_after["restarted"] and twin_after["status"] == "running" and twin_after["candles"] >= 1
     ray.get(feed.stop.remote())
     ray.kill(feed)
     final = stop_trader(instance, "phoenix", flatten=False)
     assert final["status"] == "stopped"
+    assert stop_trader(instance, "twin", flatten=False)["status"] == "stopped"
+    stored = [int(t) for t in CandleStore(store_root).read("binance", SYMBOL, "1m").index.as_unit("ms").asi8]
+    decided = sorted(e.detail["time_ms"] for e in open_ledger(None, str(store_root)).events("twin", kind="decision"))
+    assert decided == stored[stored.index(decided[0]):]  # across the crash: every candle once
     code, out, err = run_cli("trade", "export", "phoenix", "--store", str(store_root), "--json")
     assert code == 0, err
     assert_same_trades(json.loads(out)["trades"], closed_backtest_trades(run_cli, store_root))
@@ -159,6 +169,7 @@ def test_every_builtin_long_and_longshort_on_one_replayed_feed_equals_backtest(r
     import ray
 
     from tradpal_ray.backtest import BacktestConfig
+    from tradpal_ray.trading import open_ledger
     from tradpal_ray.trading._session import TraderSpec
     from tradpal_ray.trading.actor import ensure_feed, start_trader, stop_trader
 
@@ -167,15 +178,27 @@ def test_every_builtin_long_and_longshort_on_one_replayed_feed_equals_backtest(r
                         store=str(store_root), exchange_url=replay_sim.url,
                         config=BacktestConfig(direction=direction, stop_loss=0.03, take_profit=0.06, slippage_bps=2))
              for strategy in BUILTINS for direction in ("long", "longshort")]
-    handles = [start_trader(spec, instance=instance) for spec in specs]
-    ray.get([handle.ready.remote() for handle in handles])
+    handles = [start_trader(spec, instance=instance, per_host=3) for spec in specs]
+    ray.get([handle.ready() for handle in handles])
+    assert len({h.host._actor_id for h in handles}) == 4  # ten traders, three a host
     feed = ensure_feed(specs[0], instance)  # one feed for all ten
     deadline = time.monotonic() + 120
-    while min(s["candles"] for s in ray.get([h.status.remote() for h in handles])) < 150:
+    while min(s["candles"] for s in ray.get([h.status() for h in handles])) < 30:
         assert time.monotonic() < deadline, "the traders saw too few candles"
         time.sleep(0.5)  # polling the traders' status until each has seen enough candles
+    # a trader joining a host whose follow of the feed already runs trades every candle from its start on
+    late = dataclasses.replace(specs[0], name="late")
+    late_handle = start_trader(late, instance=instance, per_host=3)
+    ray.get(late_handle.ready())
+    while min(s["candles"] for s in ray.get([h.status() for h in [*handles, late_handle]])) < 150:
+        assert time.monotonic() < deadline, "the traders saw too few candles"
+        time.sleep(0.5)
     ray.get(feed.stop.remote())
     ray.kill(feed)
+    assert stop_trader(instance, "late", flatten=False)["status"] == "stopped"
+    stored = [int(t) for t in CandleStore(store_root).read("binance", SYMBOL, "1m").index.as_unit("ms").asi8]
+    decided = sorted(e.detail["time_ms"] for e in open_ledger(None, str(store_root)).events("late", kind="decision"))
+    assert len(decided) >= 100 and decided == stored[stored.index(decided[0]):]  # none missed, none twice, to the end
     total = 0
     for spec in specs:
         assert stop_trader(instance, spec.name, flatten=False)["status"] == "stopped"
@@ -211,10 +234,10 @@ def test_exchange_broker_on_the_simulator_ledger_equals_the_accounts_record(ray_
                       config=BacktestConfig(stop_loss=0.03, take_profit=0.06))
     instance = "t-exchange"
     handle = start_trader(spec, instance=instance, credentials=(DEFAULT_API_KEY, DEFAULT_API_SECRET))
-    ray.get(handle.ready.remote())
+    ray.get(handle.ready())
     feed = ensure_feed(spec, instance)
     deadline = time.monotonic() + 120
-    while (status := ray.get(handle.status.remote()))["candles"] < 150:
+    while (status := ray.get(handle.status()))["candles"] < 150:
         assert time.monotonic() < deadline and status["status"] == "running", status
         time.sleep(0.5)  # polling the trader's status until it has seen enough candles
     ray.get(feed.stop.remote())

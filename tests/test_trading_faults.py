@@ -87,7 +87,7 @@ def trader_status(handle: Any) -> dict[str, Any] | None:
     import ray
 
     try:
-        return ray.get(handle.status.remote(), timeout=10)
+        return ray.get(handle.status(), timeout=10)
     except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
         return None
 
@@ -138,7 +138,7 @@ def test_feed_disconnects_and_freezes_while_a_paper_trader_trades(ray_session: N
     spec = paper_spec("feedfault", store_root, replay_sim.url)
     instance = "t-feedfault"
     handle = start_trader(spec, instance=instance)
-    ray.get(handle.ready.remote())
+    ray.get(handle.ready())
     # the trader's own feed, with a 2 s watchdog so that a 3 s freeze is noticed and the stream redialled
     feed = start_feed(dataclasses.replace(feed_config(spec), stale_after=2.0), instance=instance, max_restarts=-1)
     ray.get(feed.ready.remote())
@@ -172,8 +172,8 @@ def test_a_trader_killed_between_sending_and_recording_reconciles_the_order_once
                       store=str(store_root), exchange_url=exchange_sim.url, broker="exchange")
     instance = "t-sigkill"
     handle = start_trader(spec, instance=instance, credentials=KEYS)
-    ray.get(handle.ready.remote())
-    pid = ray.get(handle.__ray_call__.remote(lambda actor: os.getpid()))
+    ray.get(handle.ready())
+    pid = ray.get(handle.host.__ray_call__.remote(lambda actor: os.getpid()))
     # Every REST call answers 3 s late: the order lands, then the trader waits 3 s for its trades (and the fill).
     exchange_sim.inject("latency", ms=3000)
     feed = ensure_feed(spec, instance)
@@ -275,15 +275,16 @@ def test_postgres_restarted_while_a_trader_writes(ray_session: None, replay_sim:
     spec = paper_spec("pgrestart", store_root, replay_sim.url)
     instance = "t-pgrestart"
     handle = start_trader(spec, instance=instance, ledger_url=url)
-    ray.get(handle.ready.remote())
+    ray.get(handle.ready())
     feed = ensure_feed(spec, instance)
     processed = wait_candles(handle, 40)["candles"]
     for _ in range(2):
         server.restart("immediate")  # a crash and a start: the trader's writes in between are retried
         processed = wait_candles(handle, processed + 50)["candles"]
+    ledger = open_ledger(url, str(store_root))
+    wait_until(lambda: ledger.fill_count("pgrestart") >= 4, 60, "four fills")  # enough trading to compare
     final = stop_all(feed, instance, "pgrestart", flatten=False)
     assert final["status"] == "stopped"
-    ledger = open_ledger(url, str(store_root))
     fills = ledger.tables["fills"]
     ids = ledger.read(lambda c: c.execute(sa.select(fills.c.fill_id).where(fills.c.trader == "pgrestart")).scalars().all())
     assert len(ids) == len(set(ids)) >= 4
@@ -305,7 +306,7 @@ def test_redis_killed_while_traders_trade_and_the_api_is_queried(ray_session: No
     specs = [dataclasses.replace(paper_spec(f"r{i}", store_root, replay_sim.url), params={"fast": 2, "slow": 5 + i})
              for i in range(2)]  # quick crosses: fills before and after the kill
     handles = [start_trader(spec, instance=instance, redis_url=redis.url) for spec in specs]
-    ray.get([h.ready.remote() for h in handles])
+    ray.get([h.ready() for h in handles])
     feed = ensure_feed(specs[0], instance)
     paths = ("/live/trades/count", "/live/stats", "/live/traders", "/live/traders/r0/equity")
     answers: list[tuple[str, int]] = []
@@ -359,7 +360,7 @@ def test_a_trader_on_several_symbols_decides_each_candle_while_it_streams(ray_se
                       params={"fast": 5, "slow": 20}, exchange_url=sim.url)
     instance = "t-several"
     handle = start_trader(spec, instance=instance)
-    ray.get(handle.ready.remote())
+    ray.get(handle.ready())
     feed = ensure_feed(spec, instance)
     ray.get(feed.ready.remote())
     ledger = open_ledger(None, str(store_root))

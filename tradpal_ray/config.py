@@ -28,6 +28,8 @@ class Settings(BaseSettings):
     db_url: SecretStr = SecretStr("")
     """The trade ledger's database (``postgresql://user:pass@host/db``); empty: ``<store>/ledger.sqlite``.
     May hold a password, hence secret."""
+    traders_per_host: int = 50
+    """Traders one Ray actor process runs (a process costs ~240 MB; one host shares feed reads and commits)."""
     exchange: str = "binance"
     exchange_url: str | None = None
     """Override of the exchange's REST/WS base URL, e.g. the local simulator."""

@@ -1,7 +1,8 @@
 """``tradpal-ray trade``: paper traders on live feeds (start, list, stop, export).
 
-``trade start`` starts a trader actor per ``--name`` (``trader:<instance>:<name>``) and a feed
-for its symbols when no running feed of the instance serves them. On a Ray cluster
+``trade start`` starts a trader per ``--name`` in a trader host actor (``traders:<instance>:...``,
+up to ``TRADPAL_TRADERS_PER_HOST`` paper traders a process) and a feed for its symbols when no
+running feed of the instance serves them. On a Ray cluster
 (``--address``) the actors are detached and the command returns once the trader is up; on a
 private local Ray it runs until ``--duration`` or Ctrl-C, then stops the feed (which stores
 every closed candle) and the trader (which trades them first). ``trade list`` and
@@ -134,11 +135,12 @@ def start(
     keys = (settings.exchange_api_key, settings.exchange_secret)
     credentials = None if None in keys else (keys[0].get_secret_value(), keys[1].get_secret_value())
     run_traders(specs, instance_name(instance, settings.store), _db_url(settings, db_url), address,
-                duration, json_output, credentials, settings.redis_url.get_secret_value())
+                duration, json_output, credentials, settings.redis_url.get_secret_value(), settings.traders_per_host)
 
 
 def run_traders(specs: list[Any], instance: str, db_url: str | None, address: str | None, duration: float | None,
-                json_output: bool, credentials: tuple[str, str] | None = None, redis_url: str | None = None) -> None:
+                json_output: bool, credentials: tuple[str, str] | None = None, redis_url: str | None = None,
+                per_host: int | None = None) -> None:
     """Start the traders (then their feeds) and, on a private Ray, watch them until ``duration`` or Ctrl-C."""
     import ray
 
@@ -149,8 +151,8 @@ def run_traders(specs: list[Any], instance: str, db_url: str | None, address: st
     detached = mode != "local"
     try:
         handles = [start_trader(spec, instance=instance, ledger_url=db_url, detached=detached, credentials=credentials,
-                                redis_url=redis_url) for spec in specs]
-        ready = [_unwrap_get(ray, handle.ready.remote()) for handle in handles]  # books rebuilt before the feed starts
+                                redis_url=redis_url, per_host=per_host) for spec in specs]
+        ready = [_unwrap_get(ray, handle.ready()) for handle in handles]  # books rebuilt before the feed starts
         feeds = {}
         for spec in specs:
             feed = ensure_feed(spec, instance, detached=detached)

@@ -10,7 +10,9 @@ Every write is one transaction, retried as a whole on a lost connection (a resta
 server, a locked SQLite file) until ``retry_s`` runs out; the inserts are idempotent
 (client order id, fill id: ``INSERT ... ON CONFLICT DO NOTHING RETURNING``), so a retry after a commit whose answer was lost changes nothing.
 After each committed change ``on_change(kind)`` is called (kinds: :data:`CHANGE_KINDS`),
-e.g. to invalidate the live statistics cache.
+e.g. to invalidate the live statistics cache. Inside :meth:`Ledger.deferred` the per-candle rows
+(equity points, events) of many traders are queued and written together: one transaction
+of two bulk inserts instead of two transactions per trader and candle.
 
 Schema versions: ``schema_version`` holds the version a database is at. A fresh database
 gets the current tables (``metadata.create_all``) and the latest version. To change the
@@ -21,10 +23,13 @@ connection it receives); databases are upgraded at start, in one transaction, un
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 import os
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -64,7 +69,7 @@ traders = sa.Table(
     "traders", metadata,
     sa.Column("name", Name, primary_key=True), sa.Column("config", sa.Text, nullable=False),
     sa.Column("status", sa.String(32), nullable=False), sa.Column("reason", sa.Text),
-    sa.Column("updated_ms", sa.BigInteger, nullable=False),
+    sa.Column("updated_ms", sa.BigInteger, nullable=False), sa.Column("host", sa.String(160)),
 )
 orders = sa.Table(
     "orders", metadata,
@@ -117,7 +122,14 @@ events = sa.Table(
     sa.Index("events_trader_kind", "trader", "kind", "id"),
 )
 
-UPGRADES: tuple[Callable[[Connection], None], ...] = ()
+
+
+def _add_trader_host(connection: Connection) -> None:
+    """Version 2: ``traders.host``, the Ray actor hosting the trader (a restarted host finds its traders)."""
+    connection.execute(sa.text("ALTER TABLE traders ADD COLUMN host VARCHAR(160)"))
+
+
+UPGRADES: tuple[Callable[[Connection], None], ...] = (_add_trader_host,)
 """Upgrade steps: ``UPGRADES[i]`` takes a database from version ``i + 1`` to ``i + 2``."""
 SCHEMA_VERSION = 1 + len(UPGRADES)
 MIGRATION_LOCK = 7_461_726_164
@@ -133,6 +145,8 @@ class TraderRecord:
     status: str
     reason: str | None
     updated_ms: int
+    host: str | None = None
+    """The Ray actor that hosts it (``trader-host:...``), None for a trader run outside a host."""
 
 
 @dataclass(frozen=True)
@@ -287,6 +301,7 @@ class Ledger:
         self.retries = 0
         """Transactions retried after a transient failure, since the ledger opened."""
         self._failing = False
+        self._queue = threading.local()
 
     def close(self) -> None:
         """Close the pooled connections."""
@@ -298,11 +313,8 @@ class Ledger:
         ``retry_s`` runs out (then StoreError); ``on_change(change)`` after a commit, unless
         ``work`` returned 0 or False (nothing was written)."""
         result = self._transaction(work, read_only=False)
-        if change is not None and self.on_change is not None and result is not False and result != 0:
-            try:
-                self.on_change(change)
-            except Exception as exc:  # noqa: BLE001 - the write is committed; a notifier failure must not undo it
-                log.warning("ledger.on_change_failed", change=change, error=type(exc).__name__)
+        if change is not None and result is not False and result != 0:
+            self._notify(change)
         return result
 
     def read(self, work: Callable[[Connection], T]) -> T:
@@ -333,6 +345,54 @@ class Ledger:
             self._failing = False
             log.info("ledger.recovered", ledger=self.identity)
         return result
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        """Queue this thread's equity points and events until the block ends, then write them in one
+        transaction (bulk inserts, in call order; an event's time is when it is written).
+
+        What a host of many traders does per candle: the rows that every decision writes cost one
+        commit for all traders instead of two per trader. Orders and fills are never deferred (each
+        is its own transaction, before anything is sent). The queue is written even when the
+        block raises; StoreError if it cannot be.
+        """
+        if getattr(self._queue, "rows", None) is not None:
+            yield  # nested: the outer block writes
+            return
+        rows: dict[str, Any] = {"equity": {}, "event": []}
+        self._queue.rows = rows
+        try:
+            yield
+        finally:
+            self._queue.rows = None
+            self._write_queued(rows["equity"], rows["event"])
+
+    def _write_queued(self, points: dict[tuple[str, int], dict[str, Any]], queued: list[dict[str, Any]]) -> None:
+        if not points and not queued:
+            return
+
+        def work(connection: Connection) -> None:
+            if points:
+                connection.execute(self._equity_upsert, list(points.values()))
+            if queued:
+                written = now_ms()
+                connection.execute(events.insert(), [{**row, "time_ms": row["time_ms"] or written} for row in queued])
+
+        self._transaction(work, read_only=False)
+        for change, written in (("equity", points), ("event", queued)):
+            if written:
+                self._notify(change)
+
+    def _queued(self) -> dict[str, Any] | None:
+        return getattr(self._queue, "rows", None)
+
+    def _notify(self, change: str) -> None:
+        if self.on_change is None:
+            return
+        try:
+            self.on_change(change)
+        except Exception as exc:  # noqa: BLE001 - the write is committed; a notifier failure must not undo it
+            log.warning("ledger.on_change_failed", change=change, error=type(exc).__name__)
 
     def migrate(self) -> int:
         """Create the schema or upgrade it to :data:`SCHEMA_VERSION`; the version found before (0: none)."""
@@ -485,10 +545,18 @@ class Ledger:
     # --------------------------------------------------------------- equity
     def record_equity(self, trader: str, time_ms: int, equity: float, cash: float) -> None:
         """The trader's equity and cash at ``time_ms`` (a second snapshot at the same time replaces the first)."""
-        statement = self._insert(equity_points).values(trader=trader, time_ms=time_ms, equity=equity, cash=cash)
-        statement = statement.on_conflict_do_update(index_elements=["trader", "time_ms"],
-                                                    set_={"equity": equity, "cash": cash})
-        self.run(lambda c: c.execute(statement), "equity")
+        row = {"trader": trader, "time_ms": time_ms, "equity": equity, "cash": cash}
+        if (queued := self._queued()) is not None:
+            queued["equity"][trader, time_ms] = row
+            return
+        self.run(lambda c: c.execute(self._equity_upsert, [row]), "equity")
+
+    @functools.cached_property
+    def _equity_upsert(self) -> Any:
+        """Insert-or-replace of equity points (built once: building it costs more than running it)."""
+        statement = self._insert(equity_points)
+        return statement.on_conflict_do_update(index_elements=["trader", "time_ms"],
+                                               set_={"equity": statement.excluded.equity, "cash": statement.excluded.cash})
 
     def equity(self, trader: str) -> pd.Series:
         """The trader's equity snapshots, indexed by UTC time."""
@@ -501,9 +569,12 @@ class Ledger:
     # --------------------------------------------------------------- events
     def record_event(self, trader: str, kind: str, detail: dict[str, Any], time_ms: int | None = None) -> None:
         """Something the trader reports, with a JSON detail (e.g. kind ``decision``, detail ``{"latency_ms": 3.1}``)."""
-        statement = events.insert().values(trader=trader, time_ms=now_ms() if time_ms is None else time_ms, kind=kind,
-                                           detail=_encode(detail))
-        self.run(lambda c: c.execute(statement), "event")
+        row = {"trader": trader, "time_ms": time_ms, "kind": kind, "detail": _encode(detail)}
+        if (queued := self._queued()) is not None:
+            queued["event"].append(row)
+            return
+        row["time_ms"] = now_ms() if time_ms is None else time_ms
+        self.run(lambda c: c.execute(events.insert(), [row]), "event")
 
     def events(self, trader: str, kind: str | None = None, limit: int | None = None) -> list[LedgerEvent]:
         """The trader's events, newest first (of one kind, at most ``limit``)."""
@@ -514,9 +585,9 @@ class Ledger:
         return [LedgerEvent(r.trader, r.time_ms, r.kind, orjson.loads(r.detail)) for r in self.read(lambda c: c.execute(query).all())]
 
     # -------------------------------------------------------------- traders
-    def upsert_trader(self, name: str, config: dict[str, Any], status: str) -> None:
-        """Create or replace a trader's configuration and status (the reason is cleared)."""
-        values = {"config": _encode(config), "status": status, "reason": None, "updated_ms": now_ms()}
+    def upsert_trader(self, name: str, config: dict[str, Any], status: str, host: str | None = None) -> None:
+        """Create or replace a trader's configuration, status and host (the reason is cleared)."""
+        values = {"config": _encode(config), "status": status, "reason": None, "updated_ms": now_ms(), "host": host}
         statement = self._insert(traders).values(name=_trader_name(name), **values)
         self.run(lambda c: c.execute(statement.on_conflict_do_update(index_elements=["name"], set_=values)), "trader")
 
@@ -526,10 +597,16 @@ class Ledger:
         if not self.run(lambda c: c.execute(statement).rowcount, "trader"):
             raise DataError(f"no trader named {name!r} in the ledger")
 
+    def set_host(self, name: str, host: str | None) -> None:
+        """Record which Ray actor hosts the trader now (it moved, e.g. restarted by another command)."""
+        statement = traders.update().where(traders.c.name == name).values(host=host, updated_ms=now_ms())
+        if not self.run(lambda c: c.execute(statement).rowcount, "trader"):
+            raise DataError(f"no trader named {name!r} in the ledger")
+
     def traders(self) -> list[TraderRecord]:
         """Every trader, by name."""
         rows = self.read(lambda c: c.execute(sa.select(traders).order_by(traders.c.name)).all())
-        return [TraderRecord(r.name, orjson.loads(r.config), r.status, r.reason, r.updated_ms) for r in rows]
+        return [TraderRecord(r.name, orjson.loads(r.config), r.status, r.reason, r.updated_ms, r.host) for r in rows]
 
 
 def _order(row: sa.Row[Any]) -> Order:

@@ -107,9 +107,11 @@ class TraderSpec:
 class TraderSession:
     """One trader's paper books over its symbols, recorded in ``ledger`` (see the module)."""
 
-    def __init__(self, spec: TraderSpec, ledger: Ledger, *, exchange_client: Any = None) -> None:
+    def __init__(self, spec: TraderSpec, ledger: Ledger, *, exchange_client: Any = None, host: str | None = None) -> None:
         self.spec = spec
         self.ledger = ledger
+        self.host = host
+        """The Ray actor hosting this session, recorded in the ledger (a restarted host finds its traders)."""
         self.exchange_client = exchange_client
         """A ccxt client (sync) with the account's keys, for ``broker="exchange"``."""
         self.store = CandleStore(spec.store)
@@ -126,9 +128,12 @@ class TraderSession:
         """Register the trader (or find it after a restart) and rebuild each symbol's books; trade missed candles."""
         known = {t.name: t for t in self.ledger.traders()}.get(self.spec.name)
         if known is None or known.status == STOPPED:
-            self.ledger.upsert_trader(self.spec.name, self.spec.to_dict(), RUNNING)
-        elif known.status == HALTED:
-            self.status, self.reason = HALTED, known.reason
+            self.ledger.upsert_trader(self.spec.name, self.spec.to_dict(), RUNNING, host=self.host)
+        else:
+            if known.host != self.host:
+                self.ledger.set_host(self.spec.name, self.host)
+            if known.status == HALTED:
+                self.status, self.reason = HALTED, known.reason
         processed = self._processed()
         for symbol in self.spec.symbols:
             self._rebuild(symbol, processed.get(symbol))
@@ -212,12 +217,18 @@ class TraderSession:
         self.last_candle[symbol] = candle
         self.first_ms.setdefault(symbol, candle.time_ms)
         self.candles += 1
-        books = self._books()
-        self.ledger.record_equity(self.spec.name, candle.time_ms, sum(b["equity"] for b in books.values()),
-                                  sum(b["cash"] for b in books.values()))
+        if self.exchange_traders:
+            books = self._books()
+            equity, cash = sum(b["equity"] for b in books.values()), sum(b["cash"] for b in books.values())
+            symbol_equity = books[symbol]["equity"]
+        else:  # paper books only: their brokers know (no ledger read per candle)
+            equity = sum(t.broker.equity for t in self.traders.values())
+            cash = sum(t.broker.cash for t in self.traders.values())
+            symbol_equity = self.traders[symbol].broker.equity
+        self.ledger.record_equity(self.spec.name, candle.time_ms, equity, cash)
         self.ledger.record_event(self.spec.name, DECISION_EVENT, {
             "symbol": symbol, "time_ms": candle.time_ms, "first_ms": self.first_ms[symbol],
-            "equity": books[symbol]["equity"], "latency_ms": round((time.perf_counter() - started) * 1000, 3)})
+            "equity": symbol_equity, "latency_ms": round((time.perf_counter() - started) * 1000, 3)})
         if self.spec.backtest is not None and closed:
             self.ledger.record_event(self.spec.name, DIVERGENCE_EVENT, self.report()["divergence"])
         if halt and self.status != HALTED:

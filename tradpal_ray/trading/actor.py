@@ -1,19 +1,30 @@
-"""TraderActor: a restartable Ray actor around one :class:`~tradpal_ray.trading._session.TraderSession`.
+"""Trader hosts: restartable Ray actors, each running many traders on the feeds' closed candles.
 
-Named ``trader:<instance>:<name>`` in the ``tradpal`` namespace. It follows a feed actor's
-closed candles of each of its symbols (``feeds.consumer.subscribe`` with the candle store:
-each candle exactly once, in order, across lag and feed restarts) and hands them to the
-session. On a restart (``max_restarts``) ``__init__`` runs again and the session rebuilds
-itself from the ledger and the candle store. Many traders share one feed:
-:func:`ensure_feed` reuses a running feed of the instance that serves the symbols and
-timeframe, or starts one with the feeds package's :func:`~tradpal_ray.feeds.actor.start_feed`.
+A trader is a :class:`~tradpal_ray.trading._session.TraderSession`; a host
+(``traders:<instance>:<group>-<n>`` in the ``tradpal`` namespace) runs up to
+``traders_per_host`` of them in one process. Why not an actor per trader: a Ray worker
+process costs about 240 MB of private memory (100 traders would not fit in 24 GB), and each
+would fetch every feed batch and commit its own rows. A host follows each (feed, symbol,
+timeframe) once (``feeds.consumer.subscribe`` with the candle store: every closed candle
+exactly once, in order, across lag and feed restarts), hands each candle to every session on
+that symbol, and writes their per-candle rows in one transaction (:meth:`Ledger.deferred`).
+Paper traders of the same ledger share hosts; an exchange trader gets a host of its own (the
+account's API keys are that actor's arguments, never in the ledger or a log).
+
+On a restart (``max_restarts``) a host runs ``__init__`` again and rebuilds every trader the
+ledger records as hosted by it and not stopped: the sessions rebuild themselves from the
+ledger and the candle store. Many traders share one feed: :func:`ensure_feed` reuses a
+running feed of the instance that serves the symbols and timeframe, or starts one with the
+feeds package's :func:`~tradpal_ray.feeds.actor.start_feed`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import hashlib
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
@@ -27,19 +38,23 @@ from tradpal_ray.feeds.feed import FeedConfig
 from tradpal_ray.log import get_logger
 from tradpal_ray.trading._changes import LiveCacheNotifier
 from tradpal_ray.trading._exchange import exchange_client
-from tradpal_ray.trading._ledger import open_ledger
+from tradpal_ray.trading._ledger import ledger_identity, open_ledger
 from tradpal_ray.trading._paper import Candle
-from tradpal_ray.trading._session import TraderSession, TraderSpec
+from tradpal_ray.trading._session import HALTED, STOPPED, TraderSession, TraderSpec
 
 log = get_logger(__name__)
 
 FEED_WAIT_S = 0.2
 """Pause between looks for the feed actor while it is not up yet."""
+RECENT_CANDLES = 256
+"""Candles a follow remembers: a trader joining it trades those the store does not hold yet
+(the feed publishes a candle before it stores it, within ``store_within`` seconds)."""
+HOST_PREFIX = "traders"
 
 
-def trader_actor_name(instance: str, name: str) -> str:
-    """``trader:<instance>:<name>``."""
-    return f"trader:{instance}:{name}"
+def host_prefix(instance: str) -> str:
+    """``traders:<instance>:``, the start of every trader host's actor name of the instance."""
+    return f"{HOST_PREFIX}:{instance}:"
 
 
 def feed_config(spec: TraderSpec) -> FeedConfig:
@@ -57,79 +72,188 @@ def batch_candles(batch: pa.RecordBatch) -> list[Candle]:
     return [Candle(t, o, h, lo, c, v) for t, o, h, lo, c, v in zip(times, *columns, strict=True)]
 
 
-class TraderActor:
-    """Thin Ray shell: the session (rebuilt on every (re)start) fed by the feed's closed candles."""
+@dataclass
+class _Follow:
+    """One subscription of a host (feed, symbol, timeframe) and the sessions it feeds."""
 
-    def __init__(self, spec: TraderSpec, ledger_url: str | None, feed_name: str,
+    feed: str
+    symbol: str
+    timeframe: str
+    members: list[TraderSession] = field(default_factory=list)
+    recent: collections.deque[Candle] = field(default_factory=lambda: collections.deque(maxlen=RECENT_CANDLES))
+    task: asyncio.Task[None] | None = None
+
+
+class TraderHost:
+    """Thin Ray shell around many sessions: start, follow the feeds, fan candles out, stop (see the module)."""
+
+    def __init__(self, name: str, instance: str, ledger_url: str | None, store: str,
                  credentials: tuple[str, str] | None = None, redis_url: str | None = None) -> None:
-        self.spec = spec
-        self.feed_name = feed_name
-        client = None if spec.broker != "exchange" else exchange_client(spec.exchange, spec.exchange_url, credentials,
-                                                                         sandbox=spec.sandbox)
-        ledger = open_ledger(ledger_url, spec.store)
-        ledger.on_change = LiveCacheNotifier(redis_url, ledger.identity)  # live statistics see every write at once
-        self.session = TraderSession(spec, ledger, exchange_client=client)
+        self.name = name
+        self.instance = instance
+        self.credentials = credentials
+        self.ledger = open_ledger(ledger_url, store)
+        self.ledger.on_change = LiveCacheNotifier(redis_url, self.ledger.identity)  # live statistics see every write
+        self.sessions: dict[str, TraderSession] = {}
+        self.starts: dict[str, asyncio.Task[None]] = {}
+        self.failed: set[str] = set()
+        self.follows: dict[tuple[str, str, str], _Follow] = {}
         self._lock = asyncio.Lock()
-        self._follows: list[asyncio.Task[None]] = []
         self.restarted = ray.get_runtime_context().was_current_actor_reconstructed
-        self._start = asyncio.get_running_loop().create_task(self._boot())
-        log.info("trader.actor_up", trader=spec.name, feed=feed_name, restarted=self.restarted)
+        if self.restarted:  # the traders this host ran before the crash, from the ledger
+            for record in self.ledger.traders():
+                if record.host == name and record.status != STOPPED:
+                    spec = TraderSpec.from_dict(record.config)
+                    self._start(spec, None)
+        log.info("trader.host_up", host=name, restarted=self.restarted, traders=sorted(self.sessions))
 
-    async def _boot(self) -> None:
-        await asyncio.to_thread(self.session.start)
-        self._follows = [asyncio.create_task(self._follow(symbol)) for symbol in self.spec.symbols]
+    # ------------------------------------------------------------ traders
+    async def add(self, spec: TraderSpec, feed: str) -> None:
+        """Start a trader following ``feed`` (its books are rebuilt in the background: see :meth:`ready`)."""
+        if spec.name in self.sessions:
+            raise ConfigError(f"trader {spec.name} already runs in {self.name}")
+        self._start(spec, feed)
 
-    async def _feed(self) -> Any:
+    def _start(self, spec: TraderSpec, feed: str | None) -> None:
+        client = None if spec.broker != "exchange" else exchange_client(spec.exchange, spec.exchange_url,
+                                                                         self.credentials, sandbox=spec.sandbox)
+        session = TraderSession(spec, self.ledger, exchange_client=client, host=self.name)
+        self.sessions[spec.name] = session
+        self.failed.discard(spec.name)
+        self.starts[spec.name] = asyncio.get_running_loop().create_task(self._boot(session, feed))
+
+    async def _boot(self, session: TraderSession, feed: str | None) -> None:
+        spec = session.spec
+        try:
+            await asyncio.to_thread(session.start)
+            if feed is None:  # restarted: the feed that serves it now, or the one it starts
+                feed = await asyncio.to_thread(serving_feed, spec, self.instance) or actor_name(feed_config(spec),
+                                                                                                 self.instance)
+        except BaseException:
+            self.sessions.pop(spec.name, None)
+            raise
+        async with self._lock:
+            for symbol in spec.symbols:
+                follow = self.follows.get((feed, symbol, spec.timeframe))
+                if follow is None:
+                    follow = self.follows[feed, symbol, spec.timeframe] = _Follow(feed, symbol, spec.timeframe)
+                    last = session.last_candle.get(symbol)
+                    follow.task = asyncio.create_task(self._follow(follow, spec, None if last is None else last.time_ms))
+                else:  # the follow runs: the candles it delivered that the store may not hold yet
+                    await asyncio.to_thread(self._join, session, symbol, list(follow.recent))
+                follow.members.append(session)
+        log.info("trader.hosted", trader=spec.name, host=self.name, feed=feed)
+
+    @staticmethod
+    def _join(session: TraderSession, symbol: str, recent: list[Candle]) -> None:
+        session.catch_up(symbol)
+        session.on_candles(symbol, recent)
+
+    async def _feed(self, name: str) -> Any:
         while True:  # the feed may be started after its traders (they warm up first)
             try:
-                return ray.get_actor(self.feed_name, namespace=NAMESPACE)
+                return ray.get_actor(name, namespace=NAMESPACE)
             except ValueError:
                 await asyncio.sleep(FEED_WAIT_S)
 
-    async def _follow(self, symbol: str) -> None:
-        subscription = subscribe(await self._feed(), symbol, self.spec.timeframe, store=self.spec.store,
-                                 exchange=self.spec.exchange)
-        last = self.session.last_candle.get(symbol)
-        subscription.last_closed = None if last is None else last.time_ms
+    async def _follow(self, follow: _Follow, spec: TraderSpec, last_ms: int | None) -> None:
+        subscription = subscribe(await self._feed(follow.feed), follow.symbol, follow.timeframe, store=spec.store,
+                                 exchange=spec.exchange)
+        subscription.last_closed = last_ms
         async for batch in subscription:
             candles = batch_candles(batch)
             if candles:
                 async with self._lock:
+                    follow.recent.extend(candles)
+                    await asyncio.to_thread(self._dispatch, follow.symbol, candles, list(follow.members))
+
+    def _dispatch(self, symbol: str, candles: list[Candle], members: list[TraderSession]) -> None:
+        """Every session on the symbol trades the candles; their equity and decision rows in one transaction.
+        A session that fails (an exchange refusal, a ledger outage past its retries) halts, saying why."""
+        failures: list[tuple[TraderSession, Exception]] = []
+        try:
+            with self.ledger.deferred():
+                for session in members:
+                    if session.spec.name in self.failed:
+                        continue
                     try:
-                        await asyncio.to_thread(self.session.on_candles, symbol, candles)
-                    except Exception as exc:  # an exchange refusal, a ledger outage past its retries: halt, say why
-                        log.exception("trader.failed", trader=self.spec.name, symbol=symbol)
-                        await asyncio.to_thread(self.session.halt, f"error on {symbol}: {type(exc).__name__}: {exc}")
-                        return
+                        session.on_candles(symbol, candles)
+                    except Exception as exc:  # noqa: BLE001 - one trader's failure must not stop the others
+                        failures.append((session, exc))
+        except Exception as exc:  # noqa: BLE001 - the batch of rows could not be written: every member halts
+            failures = [(session, exc) for session in members if session.spec.name not in self.failed]
+        for session, exc in failures:
+            self.failed.add(session.spec.name)
+            log.error("trader.failed", trader=session.spec.name, symbol=symbol, error=f"{type(exc).__name__}: {exc}")
+            try:
+                session.halt(f"error on {symbol}: {type(exc).__name__}: {exc}")
+            except Exception as halt_error:  # noqa: BLE001 - the ledger is down: the status says it in memory
+                session.status, session.reason = HALTED, f"error on {symbol}: {type(halt_error).__name__}"
 
-    async def ready(self) -> dict[str, Any]:
-        """Wait until the books are rebuilt (raises the session's ConfigError/DataError); the status."""
-        await asyncio.shield(self._start)
-        return await self.status()
+    # ------------------------------------------------------------ calls
+    async def ready(self, name: str) -> dict[str, Any]:
+        """Wait until the trader's books are rebuilt (raises its ConfigError/DataError); its status."""
+        start = self.starts.get(name)
+        if start is None:
+            raise ConfigError(f"no trader {name} in {self.name}")
+        await asyncio.shield(start)
+        return await self.status(name)
 
-    async def status(self) -> dict[str, Any]:
-        """See :meth:`TraderSession.report`; ``restarted``: this actor was restarted by Ray after a crash."""
-        return {**self.session.report(), "restarted": self.restarted}
+    async def status(self, name: str) -> dict[str, Any]:
+        """See :meth:`TraderSession.report`; ``restarted``: its host was restarted by Ray after a crash."""
+        session = self.sessions.get(name)
+        if session is None:
+            raise ConfigError(f"no trader {name} in {self.name}")
+        return {**session.report(), "restarted": self.restarted, "host": self.name}
 
-    async def stop(self, flatten: bool = False) -> dict[str, Any]:
+    async def names(self) -> list[str]:
+        """The traders this host runs."""
+        return sorted(self.sessions)
+
+    async def stop(self, name: str, flatten: bool = False) -> dict[str, Any]:
         """Stop following, trade the candles stored but not seen yet, then stop (``flatten``: close positions).
 
         Stop the feed first (it stores every closed candle when it stops) to trade up to its last candle.
         """
-        await asyncio.shield(self._start)
-        for task in self._follows:
-            task.cancel()
-        await asyncio.gather(*self._follows, return_exceptions=True)
+        await self.ready(name)
         async with self._lock:
-            for symbol in self.spec.symbols:
-                await asyncio.to_thread(self.session.catch_up, symbol)
-            await asyncio.to_thread(self.session.stop, flatten=flatten)
-        return await self.status()
+            session = self.sessions[name]
+            for key, follow in list(self.follows.items()):
+                if session in follow.members:
+                    follow.members.remove(session)
+                if not follow.members and follow.task is not None:
+                    follow.task.cancel()
+                    await asyncio.gather(follow.task, return_exceptions=True)
+                    del self.follows[key]
+            if name not in self.failed:
+                for symbol in session.spec.symbols:
+                    await asyncio.to_thread(session.catch_up, symbol)
+            await asyncio.to_thread(session.stop, flatten=flatten)
+            final = await self.status(name)
+            del self.sessions[name], self.starts[name]
+        return final
+
+
+@dataclass(frozen=True)
+class TraderHandle:
+    """A trader in its host: each call returns an ObjectRef, as an actor method's ``.remote`` does."""
+
+    host: Any
+    """The host's actor handle (``ray.kill`` it to crash every trader it runs)."""
+    name: str
+
+    def ready(self) -> ray.ObjectRef:
+        """Its status once its books are rebuilt."""
+        return self.host.ready.remote(self.name)
+
+    def status(self) -> ray.ObjectRef:
+        """Its status (:meth:`TraderSession.report`)."""
+        return self.host.status.remote(self.name)
 
 
 def serving_feed(spec: TraderSpec, instance: str) -> str | None:
     """The name of a running feed actor of the instance that serves the trader's symbols and timeframe, or None."""
-    for name in _feeds(instance):
+    for name in _named(lambda n: n.startswith("feed:") and n.endswith(f"@{instance}")):
         handle = ray.get_actor(name, namespace=NAMESPACE)
         try:
             status = ray.get(handle.status.remote(), timeout=10)
@@ -152,49 +276,86 @@ def ensure_feed(spec: TraderSpec, instance: str, *, detached: bool = False) -> r
     return start_feed(feed_config(spec), instance=instance, if_running="reuse", max_restarts=-1, detached=detached)
 
 
-def _feeds(instance: str) -> list[str]:
+def _named(keep: Any) -> list[str]:
     from ray.util import list_named_actors
 
     return sorted(a["name"] for a in list_named_actors(all_namespaces=True)
-                  if a.get("namespace") == NAMESPACE and a["name"].startswith("feed:") and a["name"].endswith(f"@{instance}"))
+                  if a.get("namespace") == NAMESPACE and keep(a["name"]))
+
+
+def _hosts(instance: str) -> list[str]:
+    return _named(lambda n: n.startswith(host_prefix(instance)))
 
 
 def start_trader(spec: TraderSpec, *, instance: str, ledger_url: str | None = None, detached: bool = False,
                  max_restarts: int = -1, credentials: tuple[str, str] | None = None,
-                 redis_url: str | None = None) -> ray.actor.ActorHandle:
-    """Start (or find, after a driver restart) the trader actor; ConfigError if a trader of that name runs with
-    another configuration. ``ray.get(handle.ready.remote())`` waits for its books. ``credentials``
-    (API key, secret) are for the exchange broker: actor arguments, never in the ledger or a log.
-    ``redis_url``: the statistics cache whose live answers each ledger write invalidates."""
-    name = trader_actor_name(instance, spec.name)
+                 redis_url: str | None = None, per_host: int | None = None) -> TraderHandle:
+    """Start (or find, after a driver restart) the trader in a host; ConfigError if a trader of that name
+    runs with another configuration. ``ray.get(handle.ready())`` waits for its books.
+
+    A paper trader joins a host of the instance with the same ledger, cache and lifetime that
+    runs fewer than ``per_host`` traders (default: ``TRADPAL_TRADERS_PER_HOST``), or a new one; an exchange trader gets its own host,
+    with ``credentials`` (API key, secret) as its arguments. ``redis_url``: the statistics cache
+    whose live answers each ledger write invalidates.
+    """
+    if per_host is None:
+        from tradpal_ray.config import Settings
+
+        per_host = Settings().traders_per_host
+    if per_host < 1:
+        raise ConfigError(f"traders per host must be at least 1, got {per_host}")
     if (running := running_trader(instance, spec.name)) is not None:
-        current = ray.get(running.status.remote())
+        current = ray.get(running.status())
         if current.get("strategy") != spec.strategy or current.get("params") != dict(spec.params):
             raise ConfigError(f"trader {spec.name} already runs with {current.get('strategy')} {current.get('params')}; "
                               "stop it first or give another --name")
         return running
     feed = serving_feed(spec, instance) or actor_name(feed_config(spec), instance)
-    return ray.remote(TraderActor).options(
-        name=name, namespace=NAMESPACE, max_restarts=max_restarts, max_task_retries=-1 if max_restarts else 0,
-        lifetime="detached" if detached else None, num_cpus=0,
-    ).remote(spec, ledger_url, feed, credentials, redis_url)
+    if spec.broker == "exchange":
+        group, room = f"x-{spec.name}", 1
+    else:
+        key = f"{ledger_identity(ledger_url, spec.store)} {spec.store} {redis_url} {detached} {max_restarts}"
+        group, room = f"p{hashlib.sha256(key.encode()).hexdigest()[:8]}", per_host
+    host = _place(instance, group, room, detached=detached, max_restarts=max_restarts,
+                  args=(instance, ledger_url, spec.store, credentials, redis_url))
+    ray.get(host.add.remote(spec, feed))
+    return TraderHandle(host, spec.name)
 
 
-def running_trader(instance: str, name: str) -> ray.actor.ActorHandle | None:
-    """The running trader actor ``trader:<instance>:<name>``, or None."""
-    try:
-        return ray.get_actor(trader_actor_name(instance, name), namespace=NAMESPACE)
-    except ValueError:
-        return None
+def _place(instance: str, group: str, room: int, *, detached: bool, max_restarts: int, args: tuple[Any, ...]) -> Any:
+    """A host of the group with room for one more trader: a running one, else a new one."""
+    prefix = f"{host_prefix(instance)}{group}-"
+    names = [n for n in _hosts(instance) if n.startswith(prefix)]
+    handles = [ray.get_actor(n, namespace=NAMESPACE) for n in names]
+    for handle, hosted in zip(handles, ray.get([h.names.remote() for h in handles]), strict=True):
+        if len(hosted) < room:
+            return handle
+    taken = {n.removeprefix(prefix) for n in names}
+    name = prefix + str(next(k for k in range(len(names) + 1) if str(k) not in taken))
+    return ray.remote(TraderHost).options(
+        name=name, namespace=NAMESPACE, get_if_exists=True, max_restarts=max_restarts,
+        max_task_retries=-1 if max_restarts else 0, lifetime="detached" if detached else None, num_cpus=0,
+    ).remote(name, *args)
+
+
+def running_trader(instance: str, name: str) -> TraderHandle | None:
+    """The running trader ``name`` of the instance (in whichever host runs it), or None."""
+    handles = [ray.get_actor(n, namespace=NAMESPACE) for n in _hosts(instance)]
+    for handle, hosted in zip(handles, ray.get([h.names.remote() for h in handles]), strict=True):
+        if name in hosted:
+            return TraderHandle(handle, name)
+    return None
 
 
 def stop_trader(instance: str, name: str, *, flatten: bool, timeout_s: float = 60.0) -> dict[str, Any]:
-    """Stop a running trader (positions closed with ``flatten``, else left) and end its actor; its final status."""
-    handle = running_trader(instance, name)
-    if handle is None:
+    """Stop a running trader (positions closed with ``flatten``, else left); its final status. A host left
+    without traders ends."""
+    trader = running_trader(instance, name)
+    if trader is None:
         raise ConfigError(f"no trader {name} runs on this Ray cluster (instance {instance}); see `tradpal-ray trade list`")
     started = time.monotonic()
-    final = ray.get(handle.stop.remote(flatten=flatten), timeout=timeout_s)
-    ray.kill(handle, no_restart=True)
-    log.info("trader.actor_stopped", trader=name, seconds=round(time.monotonic() - started, 3))
+    final = ray.get(trader.host.stop.remote(name, flatten), timeout=timeout_s)
+    if not ray.get(trader.host.names.remote()):
+        ray.kill(trader.host, no_restart=True)
+    log.info("trader.stopped_in_host", trader=name, seconds=round(time.monotonic() - started, 3))
     return final
