@@ -4,7 +4,9 @@ Output: without ``--json``, rich tables (statistics, and trades with ``--trades`
 stderr, like every human-facing message of the CLI; with ``--json``, exactly one JSON
 object on stdout: ``{"strategy", "params", "config", "stats", "warnings"[, "trades"]}`` with
 NaN and infinities as null. Warnings (no unit affordable, data too short) are printed on
-stderr as ``warning: ...`` lines in both modes. The options defined here are shared by ``sweep``.
+stderr as ``warning: ...`` lines in both modes. The options defined here are shared by the other research
+commands: the data-source flags as one :class:`DataOptions` (:func:`with_data_options`), the cost and sizing
+flags as one :class:`CostOptions` (:func:`with_cost_options`).
 """
 
 from __future__ import annotations
@@ -23,10 +25,12 @@ from tradpal_ray.errors import ConfigError
 
 if TYPE_CHECKING:
     from tradpal_ray.backtest import BacktestConfig, BacktestResult, Bars
+    from tradpal_ray.config import Settings
 
 DataOption = Annotated[
     Path | None, typer.Option("--data", help="CSV or Parquet file with open/high/low/close/volume and a time.", show_default=False)
 ]
+SymbolOption = Annotated[str | None, typer.Option("--symbol", help="Symbol in the store, e.g. BTC/USDT.", show_default=False)]
 TimeframeOption = Annotated[str | None, typer.Option("--timeframe", help="Timeframe in the store, e.g. 1h.", show_default=False)]
 StrategyOption = Annotated[
     str,
@@ -51,6 +55,7 @@ StopLossOption = Annotated[
 TakeProfitOption = Annotated[
     float | None, typer.Option("--take-profit", help="Take-profit distance as a fraction of the entry price.", show_default=False)
 ]
+ParamOption = Annotated[list[str] | None, typer.Option("--param", help="Strategy parameter NAME=VALUE (repeatable).", show_default=False)]
 PeriodsOption = Annotated[float, typer.Option("--periods-per-year", help="Sharpe/Sortino annualisation: 365 crypto, 252 stocks.")]
 SinceOption = Annotated[str | None, typer.Option("--since", help="First bar time (ISO or ms), inclusive.", show_default=False)]
 UntilOption = Annotated[str | None, typer.Option("--until", help="End time (ISO or ms), exclusive.", show_default=False)]
@@ -88,24 +93,33 @@ _COST_FLAGS: dict[str, Any] = {
 }
 
 
-def with_cost_options(*, periods: bool = True) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Give a Typer command the shared cost and sizing flags (``--cash`` ... ``--periods-per-year``,
-    which ``periods=False`` leaves out); the command receives them as one ``costs: CostOptions``."""
-    names = [name for name in _COST_FLAGS if periods or name != "periods_per_year"]
-    defaults = CostOptions()
+def _gathered(into: str, options: type[Any], flags: dict[str, Any],
+              after: dict[str, str] | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A decorator giving a Typer command ``flags`` (name: annotated option, default from ``options()``) in place of
+    its parameter ``into``, which receives their values as one ``options`` object. ``after`` puts a flag right after
+    another parameter of the command instead, where its --help has always listed it."""
+    defaults, after = options(), after or {}
 
     def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
-        signature = inspect.signature(command, eval_str=True)
-        own = [p for p in signature.parameters.values() if p.name != "costs"]
-        flags = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=getattr(defaults, name),
-                                   annotation=_COST_FLAGS[name]) for name in names]
+        def flag(name: str) -> inspect.Parameter:
+            return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=getattr(defaults, name),
+                                     annotation=flags[name])
+
+        signature, parameters = inspect.signature(command, eval_str=True), []
+        for own in signature.parameters.values():
+            if own.name == into:
+                parameters += [flag(name) for name in flags if name not in after]
+            else:
+                parameters += [own.replace(kind=inspect.Parameter.KEYWORD_ONLY)]
+                parameters += [flag(name) for name in flags if after.get(name) == own.name]
+        if missing := set(flags) - {p.name for p in parameters}:
+            raise TypeError(f"{command.__name__}: no parameter {into!r} or {sorted(after.values())} for {sorted(missing)}")
 
         @functools.wraps(command)
         def wrapper(**given: Any) -> Any:
-            costs = CostOptions(**{name: given.pop(name) for name in names})
-            return command(**given, costs=costs)
+            gathered = options(**{name: given.pop(name) for name in flags})
+            return command(**given, **{into: gathered})
 
-        parameters = own + flags
         wrapper.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
         wrapper.__annotations__ = {p.name: p.annotation for p in parameters}
         return wrapper
@@ -113,22 +127,64 @@ def with_cost_options(*, periods: bool = True) -> Callable[[Callable[..., Any]],
     return decorate
 
 
-def load_cli_bars(
-    data: Path | None, store: str | None, exchange: str | None, symbol: str | None, timeframe: str | None,
-    since: str | None, until: str | None, drop_bad: bool,
-) -> tuple[Bars, float | None]:
-    """Bars from ``--data FILE`` or from the store, with the series' recorded size unit (None for a file)."""
+def with_cost_options(*, periods: bool = True) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Give a Typer command the shared cost and sizing flags (``--cash`` ... ``--periods-per-year``,
+    which ``periods=False`` leaves out); the command receives them as one ``costs: CostOptions``."""
+    return _gathered("costs", CostOptions, {name: option for name, option in _COST_FLAGS.items()
+                                            if periods or name != "periods_per_year"})
+
+
+@dataclass(frozen=True)
+class DataOptions:
+    """Where a command's bars come from, as given on the command line: a data file, or series of the store."""
+
+    data: Path | None = None
+    store: str | None = None
+    exchange: str | None = None
+    symbols: str | None = None
+    """The text of ``--symbols`` (comma-separated) or ``--symbol``, whichever flag the command takes."""
+    timeframe: str | None = None
+    since: str | None = None
+    until: str | None = None
+
+    def settings(self) -> Settings:
+        """The settings with ``--store`` and ``--exchange`` on top (see :func:`settings_for`)."""
+        return settings_for(store=self.store, exchange=self.exchange)
+
+    def file(self) -> Path | None:
+        """The ``--data`` file, or None for the store; ConfigError when it is missing or given with store series."""
+        if self.data is None:
+            return None
+        if self.symbols or self.timeframe:
+            raise ConfigError("give either --data FILE or --symbols/--timeframe, not both")
+        if not self.data.exists():
+            raise ConfigError(f"no such file: {self.data}")
+        return self.data
+
+
+def with_data_options(symbols: Any, *, period_after: str | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Give a Typer command the shared data-source flags (``--data --store --exchange``, ``symbols``: its own
+    ``--symbol(s)`` option, ``--timeframe --since --until``) in place of its parameter ``source: DataOptions``;
+    ``--since``/``--until`` follow its parameter ``period_after`` when given, else ``--timeframe``."""
+    flags = {"data": DataOption, "store": StoreOption, "exchange": ExchangeOption, "symbols": symbols,
+             "timeframe": TimeframeOption, "since": SinceOption, "until": UntilOption}
+    return _gathered("source", DataOptions, flags, {"since": period_after, "until": period_after} if period_after else None)
+
+
+def load_cli_bars(source: DataOptions, drop_bad: bool) -> tuple[Bars, float | None]:
+    """Bars from ``--data FILE`` or from the store (``--symbol``), with the series' recorded size unit (None for a file)."""
     from tradpal_ray.backtest import load_bars, load_store_bars
     from tradpal_ray.market.schema import timeframe_ms
 
-    if data is not None:
-        if store or symbol or timeframe:
+    symbol, timeframe, since, until = source.symbols, source.timeframe, source.since, source.until
+    if source.data is not None:
+        if source.store or symbol or timeframe:
             raise ConfigError("give either --data FILE or --store/--symbol/--timeframe, not both")
-        return load_bars(data, since=since, until=until, drop_bad=drop_bad), None
+        return load_bars(source.data, since=since, until=until, drop_bad=drop_bad), None
     if not symbol or not timeframe:
         raise ConfigError("give --data FILE, or --symbol and --timeframe to read from the store")
     timeframe_ms(timeframe)
-    settings = settings_for(store=store, exchange=exchange)
+    settings = source.settings()
     from tradpal_ray.market.markets import MarketInfoStore
 
     bars = load_store_bars(settings.store, settings.exchange, symbol, timeframe, since=since, until=until, drop_bad=drop_bad)
@@ -166,16 +222,11 @@ def render(result: BacktestResult, *, trades: bool) -> None:
 
 @app.command()
 @with_cost_options()
+@with_data_options(SymbolOption, period_after="param")
 def backtest(
-    data: DataOption = None,
-    store: StoreOption = None,
-    exchange: ExchangeOption = None,
-    symbol: Annotated[str | None, typer.Option("--symbol", help="Symbol in the store, e.g. BTC/USDT.", show_default=False)] = None,
-    timeframe: TimeframeOption = None,
+    source: DataOptions = DataOptions(),
     strategy: StrategyOption = "sma_cross",
-    param: Annotated[list[str] | None, typer.Option("--param", help="Strategy parameter NAME=VALUE (repeatable).", show_default=False)] = None,
-    since: SinceOption = None,
-    until: UntilOption = None,
+    param: ParamOption = None,
     drop_bad: Annotated[bool, typer.Option("--drop-bad", help="Drop bad rows instead of failing.")] = False,
     json_output: JsonOption = False,
     trades: Annotated[bool, typer.Option("--trades", help="Include the trade list.")] = False,
@@ -188,7 +239,7 @@ def backtest(
     params = parse_params(param or [])
     costs.config()  # bad costs fail before any data is read
     strat = get_strategy(strategy)
-    bars, market_unit = load_cli_bars(data, store, exchange, symbol, timeframe, since, until, drop_bad)
+    bars, market_unit = load_cli_bars(source, drop_bad)
     config = costs.config(market_unit)
     result = run_backtest(bars, strat, params, config)
     for warning in result.warnings:

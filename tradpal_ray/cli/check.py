@@ -13,32 +13,20 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from tradpal_ray.cli.app import AddressOption, ExchangeOption, StoreOption, app, console, emit_json
-from tradpal_ray.cli.backtest import (
-    DataOption,
-    JsonOption,
-    SinceOption,
-    TimeframeOption,
-    UntilOption,
-    load_cli_bars,
-)
+from tradpal_ray.cli.app import AddressOption, app, console, emit_json
+from tradpal_ray.cli.backtest import DataOptions, JsonOption, ParamOption, SymbolOption, load_cli_bars, with_data_options
 
 if TYPE_CHECKING:
     from tradpal_ray.validation import LookaheadReport
 
 
 @app.command("check-strategy")
+@with_data_options(SymbolOption)
 def check_strategy(
     strategy: Annotated[str, typer.Argument(help="A built-in or registered name, module.path:function, or path/to/file.py:function.",
                                             show_default=False)],
-    data: DataOption = None,
-    store: StoreOption = None,
-    exchange: ExchangeOption = None,
-    symbol: Annotated[str | None, typer.Option("--symbol", help="Symbol in the store, e.g. BTC/USDT.", show_default=False)] = None,
-    timeframe: TimeframeOption = None,
-    since: SinceOption = None,
-    until: UntilOption = None,
-    param: Annotated[list[str] | None, typer.Option("--param", help="Strategy parameter NAME=VALUE (repeatable).", show_default=False)] = None,
+    source: DataOptions = DataOptions(),
+    param: ParamOption = None,
     prefixes: Annotated[int, typer.Option("--prefixes", help="Prefixes to recompute: every one when the series is no longer, "
                                                              "else each bar the strategy signals on, then bars spread evenly.")] = 1000,
     executor: Annotated[str | None, typer.Option("--executor", help="local (in process) or ray (parallel tasks). "
@@ -54,7 +42,7 @@ def check_strategy(
 
     params = parse_params(param or [])
     chosen = check_executor(executor or ("ray" if address or os.environ.get("RAY_ADDRESS") else "local"))
-    bars, _ = load_cli_bars(data, store, exchange, symbol, timeframe, since, until, drop_bad=False)
+    bars, _ = load_cli_bars(source, drop_bad=False)
     report = run_check(bars, strategy, params, prefixes=prefixes, executor=chosen, address=address)
     if json_output:
         emit_json(report.to_dict())

@@ -11,39 +11,21 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from tradpal_ray.cli.app import (
-    AddressOption,
-    ExchangeOption,
-    StoreOption,
-    app,
-    console,
-    emit_json,
-    settings_for,
-)
-from tradpal_ray.cli.backtest import (
-    CostOptions,
-    DataOption,
-    JsonOption,
-    SinceOption,
-    StrategyOption,
-    TimeframeOption,
-    UntilOption,
-    with_cost_options,
-)
+from tradpal_ray.cli.app import AddressOption, app, console, emit_json
+from tradpal_ray.cli.backtest import CostOptions, DataOptions, JsonOption, StrategyOption, with_cost_options, with_data_options
 from tradpal_ray.errors import ConfigError
 
 if TYPE_CHECKING:
     from tradpal_ray.runs import OptimizeOutcome, OptimizeRequest
 
+OneSymbolOption = Annotated[str | None, typer.Option("--symbols", help="One symbol in the store.", show_default=False)]
+
 
 @app.command()
 @with_cost_options()
+@with_data_options(OneSymbolOption, period_after="trials_per_task")
 def optimize(
-    data: DataOption = None,
-    store: StoreOption = None,
-    exchange: ExchangeOption = None,
-    symbols: Annotated[str | None, typer.Option("--symbols", help="One symbol in the store.", show_default=False)] = None,
-    timeframe: TimeframeOption = None,
+    source: DataOptions = DataOptions(),
     strategy: StrategyOption = "sma_cross",
     space: Annotated[
         list[str] | None,
@@ -64,8 +46,6 @@ def optimize(
                                                 show_default=False)] = None,
     trials_per_task: Annotated[int | None, typer.Option("--trials-per-task", help="Trials one task evaluates "
                                                         "(default: from --trials and --workers).", show_default=False)] = None,
-    since: SinceOption = None,
-    until: UntilOption = None,
     executor: Annotated[str, typer.Option("--executor", help="auto (Ray when a cluster is given or running or --workers "
                                                              "is above 1, else in process), local, or ray.")] = "auto",
     resume: Annotated[str | None, typer.Option("--resume", help="Finish run RUN_ID to its number of trials.",
@@ -77,7 +57,7 @@ def optimize(
     costs: CostOptions = CostOptions(),
 ) -> None:
     """Search a strategy's parameters with Optuna's samplers; the run persists under <store>/runs/<run_id>."""
-    settings = settings_for(store=store, exchange=exchange)
+    settings = source.settings()
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -95,12 +75,11 @@ def optimize(
     if not resume:
         config = costs.config()
         dims = parse_space(space or [])
-        request = _request(data, symbols, timeframe, settings.store, settings.exchange, since, until,
-                           strategy=strategy, space={name: dim.spec for name, dim in dims.items()},
-                           objectives=tuple(objective or ["sharpe"]), trials=trials, sampler=sampler, seed=seed,
-                           config=config, trials_per_task=trials_per_task)
+        request = _request(source, settings.store, settings.exchange, strategy=strategy,
+                           space={name: dim.spec for name, dim in dims.items()}, objectives=tuple(objective or ["sharpe"]),
+                           trials=trials, sampler=sampler, seed=seed, config=config, trials_per_task=trials_per_task)
         request.check()  # strategy, space, objectives, sampler: all checked before any data, cluster or output
-        if costs.size_unit is None and not data:
+        if costs.size_unit is None and not source.data:
             request = _with_market_unit(request, settings.store)
     columns = (TextColumn("optimize"), BarColumn(), MofNCompleteColumn(), TextColumn("trials"), TimeElapsedColumn())
     progress = Progress(*columns, console=console, transient=json_output)
@@ -125,21 +104,19 @@ def optimize(
         raise typer.Exit(1)
 
 
-def _request(data: Any, symbols: str | None, timeframe: str | None, store: str, exchange: str, since: str | None,
-             until: str | None, **fields: Any) -> OptimizeRequest:
+def _request(source: DataOptions, store: str, exchange: str, **fields: Any) -> OptimizeRequest:
+    """The search the flags ask for (``store``, ``exchange``: the settings'), before its checks."""
     from tradpal_ray.config import split_list
     from tradpal_ray.runs import BarsSource, OptimizeRequest
 
+    since, until = source.since, source.until
+    data = source.file()
     if data is not None:
-        if symbols or timeframe:
-            raise ConfigError("give either --data FILE or --symbols/--timeframe, not both")
-        if not data.exists():
-            raise ConfigError(f"no such file: {data}")
         return OptimizeRequest(source=BarsSource(data.stem, data_file=str(data), since=since, until=until), **fields)
-    wanted = split_list(symbols)
-    if len(wanted) != 1 or not timeframe:
+    wanted = split_list(source.symbols)
+    if len(wanted) != 1 or not source.timeframe:
         raise ConfigError("give --data FILE, or one --symbols SYMBOL and --timeframe to read from the store")
-    return OptimizeRequest(source=BarsSource(wanted[0], store=store, exchange=exchange, timeframe=timeframe,
+    return OptimizeRequest(source=BarsSource(wanted[0], store=store, exchange=exchange, timeframe=source.timeframe,
                                              since=since, until=until), **fields)
 
 

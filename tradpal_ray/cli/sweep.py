@@ -16,17 +16,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from tradpal_ray.cli.app import AddressOption, ExchangeOption, StoreOption, app, console, emit_json, settings_for
-from tradpal_ray.cli.backtest import (
-    CostOptions,
-    DataOption,
-    JsonOption,
-    SinceOption,
-    StrategyOption,
-    TimeframeOption,
-    UntilOption,
-    with_cost_options,
-)
+from tradpal_ray.cli.app import AddressOption, app, console, emit_json
+from tradpal_ray.cli.backtest import CostOptions, DataOptions, JsonOption, StrategyOption, with_cost_options, with_data_options
 from tradpal_ray.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -49,20 +40,15 @@ AllowChangedCodeOption = Annotated[bool, typer.Option("--allow-changed-code", he
 
 @app.command()
 @with_cost_options()
+@with_data_options(SymbolsOption, period_after="top")
 def sweep(
-    data: DataOption = None,
-    store: StoreOption = None,
-    exchange: ExchangeOption = None,
-    symbols: SymbolsOption = None,
-    timeframe: TimeframeOption = None,
+    source: DataOptions = DataOptions(),
     strategy: StrategyOption = "sma_cross",
     grid: GridOption = None,
     samples: Annotated[int | None, typer.Option("--samples", help="Random sample of N combinations instead of the full grid.", show_default=False)] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of --samples.")] = 0,
     metric: Annotated[str, typer.Option("--metric", help="Rank by this metric (see `tradpal-ray metrics`).")] = "sharpe",
     top: Annotated[int, typer.Option("--top", help="Results to list (0 = all).")] = 20,
-    since: SinceOption = None,
-    until: UntilOption = None,
     executor: ExecutorOption = "auto",
     max_combos: Annotated[int, typer.Option("--max-combos", help="Refuse grids with more combinations than this.")] = 10_000_000,
     resume: ResumeOption = None,
@@ -81,7 +67,7 @@ def sweep(
         raise ConfigError("--top must be >= 0 (0 lists all)")
     if max_combos <= 0:
         raise ConfigError("--max-combos must be positive")
-    settings = settings_for(store=store, exchange=exchange)
+    settings = source.settings()
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from tradpal_ray.runs import EXECUTORS, LookaheadFound, check_partitions, run_sweep
@@ -93,8 +79,7 @@ def sweep(
     request, no_market = None, []
     if not resume:
         config = costs.config()
-        request = _request(data, symbols, timeframe, strategy, grid or [], samples, seed, metric, since, until,
-                           settings.exchange, config, max_combos)
+        request = _request(source, settings.exchange, strategy, grid or [], samples, seed, metric, config, max_combos)
         request.check()  # strategy, grid, metric, times: all checked before any data, cluster or output
         if costs.size_unit is None:
             request, no_market = request.with_market_units(settings.store)
@@ -133,27 +118,25 @@ def sweep(
 
 
 def _request(
-    data: Any, symbols: str | None, timeframe: str | None, strategy: str, grid: list[str], samples: int | None,
-    seed: int, metric: str, since: str | None, until: str | None, exchange: str, config: Any, max_combos: int,
+    source: DataOptions, exchange: str, strategy: str, grid: list[str], samples: int | None, seed: int, metric: str,
+    config: Any, max_combos: int,
 ) -> SweepRequest:
+    """The sweep the flags ask for (``exchange``: the settings' exchange), before its checks."""
     from tradpal_ray.backtest import parse_grid
     from tradpal_ray.config import split_list
     from tradpal_ray.runs import SweepRequest
 
     if not grid:
         raise ConfigError("give at least one --grid NAME=START:STOP:STEP (or NAME=A,B,C)")
-    common = dict(strategy=strategy, grid=parse_grid(grid), since=since, until=until, config=config, metric=metric,
-                  samples=samples, seed=seed, max_combos=max_combos)
+    common = dict(strategy=strategy, grid=parse_grid(grid), since=source.since, until=source.until, config=config,
+                  metric=metric, samples=samples, seed=seed, max_combos=max_combos)
+    data = source.file()
     if data is not None:
-        if symbols or timeframe:
-            raise ConfigError("give either --data FILE or --symbols/--timeframe, not both")
-        if not data.exists():
-            raise ConfigError(f"no such file: {data}")
         return SweepRequest(data_file=str(data), **common)
-    wanted = split_list(symbols)
-    if not wanted or not timeframe:
+    wanted = split_list(source.symbols)
+    if not wanted or not source.timeframe:
         raise ConfigError("give --data FILE, or --symbols and --timeframe to read from the store")
-    return SweepRequest(symbols=wanted, exchange=exchange, timeframe=timeframe, **common)
+    return SweepRequest(symbols=wanted, exchange=exchange, timeframe=source.timeframe, **common)
 
 
 def _finite(value: Any) -> Any:

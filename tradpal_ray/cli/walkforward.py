@@ -12,32 +12,9 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from tradpal_ray.cli.app import (
-    AddressOption,
-    ExchangeOption,
-    StoreOption,
-    app,
-    console,
-    emit_json,
-    settings_for,
-)
-from tradpal_ray.cli.backtest import (
-    CostOptions,
-    DataOption,
-    JsonOption,
-    SinceOption,
-    StrategyOption,
-    TimeframeOption,
-    UntilOption,
-    with_cost_options,
-)
-from tradpal_ray.cli.sweep import (
-    AllowChangedCodeOption,
-    ExecutorOption,
-    GridOption,
-    ResumeOption,
-    SymbolsOption,
-)
+from tradpal_ray.cli.app import AddressOption, app, console, emit_json
+from tradpal_ray.cli.backtest import CostOptions, DataOptions, JsonOption, StrategyOption, with_cost_options, with_data_options
+from tradpal_ray.cli.sweep import AllowChangedCodeOption, ExecutorOption, GridOption, ResumeOption, SymbolsOption
 from tradpal_ray.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -49,12 +26,9 @@ CV_METHODS = ("walkforward", "cpcv")
 
 @app.command()
 @with_cost_options()
+@with_data_options(SymbolsOption, period_after="embargo")
 def walkforward(
-    data: DataOption = None,
-    store: StoreOption = None,
-    exchange: ExchangeOption = None,
-    symbols: SymbolsOption = None,
-    timeframe: TimeframeOption = None,
+    source: DataOptions = DataOptions(),
     strategy: StrategyOption = "sma_cross",
     grid: GridOption = None,
     train: Annotated[str, typer.Option("--train", help="Training window, e.g. 180d.")] = "180d",
@@ -74,8 +48,6 @@ def walkforward(
     test_groups: Annotated[int, typer.Option("--test-groups", help="CPCV: test groups k per split.")] = 2,
     purge: Annotated[int, typer.Option("--purge", help="CPCV: days dropped from training on each side of a test group.")] = 0,
     embargo: Annotated[int, typer.Option("--embargo", help="CPCV: further days dropped from training after a test group.")] = 0,
-    since: SinceOption = None,
-    until: UntilOption = None,
     executor: ExecutorOption = "auto",
     resume: ResumeOption = None,
     allow_changed_code: AllowChangedCodeOption = False,
@@ -86,7 +58,7 @@ def walkforward(
     """Walk a strategy's grid forward (or CPCV it); a walk-forward persists under <store>/runs/<run_id>."""
     if cv not in CV_METHODS:
         raise ConfigError(f"--cv must be one of {', '.join(CV_METHODS)}, got {cv!r}")
-    settings = settings_for(store=store, exchange=exchange)
+    settings = source.settings()
     from tradpal_ray.cli.sweep import _request
     from tradpal_ray.runs import (
         EXECUTORS,
@@ -100,8 +72,7 @@ def walkforward(
     request = None
     if not resume:
         config = costs.config()
-        swept = _request(data, symbols, timeframe, strategy, grid or [], None, 0, "sharpe", since, until,
-                         settings.exchange, config, 10_000_000)
+        swept = _request(source, settings.exchange, strategy, grid or [], None, 0, "sharpe", config, 10_000_000)
         request = WalkForwardRequest(swept, WalkForwardSpec(train, test, step, anchored, objective, warmup, search, trials, seed))
         if cv == "cpcv":
             request.spec.check()

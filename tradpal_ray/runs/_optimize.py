@@ -54,7 +54,6 @@ from tradpal_ray.backtest.strategies import Strategy
 from tradpal_ray.backtest.sweep import sweep
 from tradpal_ray.errors import ConfigError
 from tradpal_ray.log import get_logger
-from tradpal_ray.market.schema import timeframe_ms, to_ms
 from tradpal_ray.runs._manifest import RunManifest, new_run_id
 from tradpal_ray.runs._request import BarsSource
 from tradpal_ray.runs._runner import ProgressCallback, chunk_table, resume_request
@@ -235,14 +234,7 @@ class OptimizeRequest:
             raise ConfigError("the cmaes sampler optimises one objective; use nsga2 or tpe for several")
         if self.trials_per_task is not None and self.trials_per_task <= 0:
             raise ConfigError(f"--trials-per-task must be positive, got {self.trials_per_task}")
-        source = self.source
-        if not source.data_file:
-            if not source.timeframe:
-                raise ConfigError("a search over the store needs a timeframe")
-            timeframe_ms(source.timeframe)
-        since, until = to_ms(source.since), to_ms(source.until)
-        if since is not None and until is not None and since >= until:
-            raise ConfigError(f"--since {source.since} is not before --until {source.until}")
+        self.source.check("search")
         goals = [find_objective(ref) for ref in self.objectives]
         ref = strategy_ref(self.strategy)
         strat = ref.load()

@@ -29,6 +29,19 @@ class BarsSource:
     since: str | None = None
     until: str | None = None
 
+    def check(self, work: str) -> None:
+        """Check what can be without the bars: a store series' timeframe, and ``since`` before ``until``.
+
+        ConfigError naming ``work`` (``sweep``, ``search``: what the source is for) and the bad part.
+        """
+        if not self.data_file:
+            if not self.timeframe:
+                raise ConfigError(f"a {work} over the store needs a timeframe")
+            timeframe_ms(self.timeframe)
+        since, until = to_ms(self.since), to_ms(self.until)
+        if since is not None and until is not None and since >= until:
+            raise ConfigError(f"--since {self.since} is not before --until {self.until}")
+
     def load(self) -> Bars:
         """Read and validate the bars (DataError when they are bad or missing)."""
         if self.data_file:
@@ -90,13 +103,7 @@ class SweepRequest:
         """
         if not (self.data_file or self.symbols):
             raise ConfigError("no symbols to sweep")
-        if not self.data_file:
-            if not self.timeframe:
-                raise ConfigError("a sweep over the store needs a timeframe")
-            timeframe_ms(self.timeframe)
-        since, until = to_ms(self.since), to_ms(self.until)
-        if since is not None and until is not None and since >= until:
-            raise ConfigError(f"--since {self.since} is not before --until {self.until}")
+        self.sources("")[0].check("sweep")  # the symbols' sources differ only in their symbol
         metric(self.metric)
         ref = strategy_ref(self.strategy)
         strat = ref.load()
