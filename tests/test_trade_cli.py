@@ -84,6 +84,7 @@ def test_trader_on_a_replayed_feed_equals_backtest_on_the_stored_candles(replay_
     code, out, _ = run_cli("trade", "list", "--store", str(store_root), "--json")
     listed = {row["name"]: row for row in json.loads(out)}
     assert listed["e2e"]["status"] == "stopped" and listed["e2e"]["closed_trades"] >= 3
+    assert listed["e2e"]["host"].startswith("traders:")  # the host actor that ran it
 
 
 def test_a_killed_trader_actor_restarts_and_rebuilds_from_the_ledger(ray_session: None, replay_sim: Any,

@@ -71,7 +71,7 @@ def _ledger(store: str | None, db_url: str | None) -> Ledger:
 @trade_app.command("start")
 @with_cost_options(periods=False)
 def start(
-    name: Annotated[str | None, typer.Option("--name", help="The trader's name (ledger rows, actor name).",
+    name: Annotated[str | None, typer.Option("--name", help="The trader's name (ledger rows, order ids).",
                                              show_default=False)] = None,
     strategy: StrategyOption = "sma_cross",
     param: Annotated[list[str] | None, typer.Option("--param", help="Strategy parameter k=v (repeatable).", show_default=False)] = None,
@@ -223,7 +223,7 @@ def list_traders(
         rows.append({"name": record.name, "status": record.status, "reason": record.reason,
                      "strategy": record.config.get("strategy"), "params": record.config.get("params"),
                      "symbols": record.config.get("symbols"), "timeframe": record.config.get("timeframe"),
-                     "positions": positions, "closed_trades": len(ledger.closed_trades(record.name)),
+                     "positions": positions, "closed_trades": len(ledger.closed_trades(record.name)), "host": record.host,
                      "backtest": record.config.get("backtest")})
     if json_output:
         emit_json(rows)

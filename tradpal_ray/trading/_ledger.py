@@ -606,7 +606,16 @@ class Ledger:
     def traders(self) -> list[TraderRecord]:
         """Every trader, by name."""
         rows = self.read(lambda c: c.execute(sa.select(traders).order_by(traders.c.name)).all())
-        return [TraderRecord(r.name, orjson.loads(r.config), r.status, r.reason, r.updated_ms, r.host) for r in rows]
+        return [_trader(r) for r in rows]
+
+    def trader(self, name: str) -> TraderRecord | None:
+        """One trader by name, or None."""
+        row = self.read(lambda c: c.execute(sa.select(traders).where(traders.c.name == name)).first())
+        return None if row is None else _trader(row)
+
+
+def _trader(row: sa.Row[Any]) -> TraderRecord:
+    return TraderRecord(row.name, orjson.loads(row.config), row.status, row.reason, row.updated_ms, row.host)
 
 
 def _order(row: sa.Row[Any]) -> Order:

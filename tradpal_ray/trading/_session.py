@@ -1,6 +1,6 @@
 """A trader with its books in the ledger: a :class:`PaperTrader` per symbol, every order and fill recorded. No Ray.
 
-:class:`TraderSession` is what the trader actor runs. It writes one ledger row per decided
+:class:`TraderSession` is what a trader host actor runs, one per trader. It writes one ledger row per decided
 order, one per fill (idempotent by client order id and fill id), an equity snapshot and a
 ``decision`` event per processed candle (with its latency; the restart point), and the trader's status with the
 reason of a halt; a trader with backtest figures (the incubator's) a ``divergence`` event
@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from tradpal_ray.backtest.engine import BacktestConfig
+from tradpal_ray.backtest.strategies import get_strategy
 from tradpal_ray.errors import ConfigError
 from tradpal_ray.log import get_logger
 from tradpal_ray.market.store import CandleStore
@@ -115,6 +116,8 @@ class TraderSession:
         self.exchange_client = exchange_client
         """A ccxt client (sync) with the account's keys, for ``broker="exchange"``."""
         self.store = CandleStore(spec.store)
+        self.strategy = get_strategy(spec.strategy)
+        """Resolved once: a reference is loaded (and hashed) once per trader, not once per symbol."""
         self.traders: dict[str, PaperTrader] = {}
         self.exchange_traders: dict[str, ExchangeTrader] = {}
         self.last_candle: dict[str, Candle] = {}
@@ -126,7 +129,7 @@ class TraderSession:
     # ------------------------------------------------------------ start
     def start(self) -> None:
         """Register the trader (or find it after a restart) and rebuild each symbol's books; trade missed candles."""
-        known = {t.name: t for t in self.ledger.traders()}.get(self.spec.name)
+        known = self.ledger.trader(self.spec.name)
         if known is None or known.status == STOPPED:
             self.ledger.upsert_trader(self.spec.name, self.spec.to_dict(), RUNNING, host=self.host)
         else:
@@ -159,7 +162,7 @@ class TraderSession:
     def _rebuild(self, symbol: str, processed: Mapping[str, Any] | None) -> None:
         spec = self.spec
         config = spec.symbol_config(symbol)
-        core = TraderCore(spec.name, symbol, spec.timeframe, spec.strategy, spec.params, config, window=spec.window)
+        core = TraderCore(spec.name, symbol, spec.timeframe, self.strategy, spec.params, config, window=spec.window)
         trader = PaperTrader.new(core, spec.limits)
         trader.halted = self.reason if self.status == HALTED else None
         last = None if processed is None else int(processed["time_ms"])

@@ -36,6 +36,7 @@ from tradpal_ray.feeds.actor import NAMESPACE, actor_name, start_feed
 from tradpal_ray.feeds.consumer import subscribe
 from tradpal_ray.feeds.feed import FeedConfig
 from tradpal_ray.log import get_logger
+from tradpal_ray.market.schema import timeframe_ms
 from tradpal_ray.trading._changes import LiveCacheNotifier
 from tradpal_ray.trading._exchange import exchange_client
 from tradpal_ray.trading._ledger import ledger_identity, open_ledger
@@ -146,7 +147,11 @@ class TraderHost:
 
     @staticmethod
     def _join(session: TraderSession, symbol: str, recent: list[Candle]) -> None:
-        session.catch_up(symbol)
+        """Trade what the follow delivered before the session joined: from the store unless the follow's
+        recent candles reach back to the session's last one, then those."""
+        last = session.last_candle.get(symbol)
+        if last is None or not recent or recent[0].time_ms > last.time_ms + timeframe_ms(session.spec.timeframe):
+            session.catch_up(symbol)
         session.on_candles(symbol, recent)
 
     async def _feed(self, name: str) -> Any:
