@@ -19,6 +19,7 @@ from typing import Any
 import pandas as pd
 import pytest
 from backtesting.test import GOOG
+from test_metrics import scrape_until
 
 from tradpal_ray.market import CandleStore
 
@@ -194,6 +195,10 @@ def test_every_builtin_long_and_longshort_on_one_replayed_feed_equals_backtest(r
     while min(s["candles"] for s in ray.get([h.status() for h in [*handles, late_handle]])) < 150:
         assert time.monotonic() < deadline, "the traders saw too few candles"
         time.sleep(0.5)
+    names = {"ray_tradpal_trader_decisions_total", "ray_tradpal_trader_dispatch_ms_count", "ray_tradpal_traders"}
+    while (found := scrape_until(names))["ray_tradpal_trader_decisions_total"] < 11 * 30 or found["ray_tradpal_traders"] < 11:
+        assert time.monotonic() < deadline + 60, f"the hosts' metrics never reached the export port: {found}"
+        time.sleep(1.0)  # polling an exporter that flushes every few seconds
     ray.get(feed.stop.remote())
     ray.kill(feed)
     assert stop_trader(instance, "late", flatten=False)["status"] == "stopped"

@@ -40,6 +40,7 @@ from tradpal_ray.market.schema import timeframe_ms
 from tradpal_ray.trading._changes import LiveCacheNotifier
 from tradpal_ray.trading._exchange import exchange_client
 from tradpal_ray.trading._ledger import ledger_identity, open_ledger
+from tradpal_ray.trading._metrics import TraderHostMetrics
 from tradpal_ray.trading._paper import Candle
 from tradpal_ray.trading._session import HALTED, STOPPED, TraderSession, TraderSpec
 
@@ -100,6 +101,7 @@ class TraderHost:
         self.failed: set[str] = set()
         self.follows: dict[tuple[str, str, str], _Follow] = {}
         self._lock = asyncio.Lock()
+        self.metrics = TraderHostMetrics(name)
         self.restarted = ray.get_runtime_context().was_current_actor_reconstructed
         if self.restarted:  # the traders this host ran before the crash, from the ledger
             for record in self.ledger.traders():
@@ -122,6 +124,7 @@ class TraderHost:
         self.sessions[spec.name] = session
         self.failed.discard(spec.name)
         self.starts[spec.name] = asyncio.get_running_loop().create_task(self._boot(session, feed))
+        self.metrics.traders(len(self.sessions))
 
     async def _boot(self, session: TraderSession, feed: str | None) -> None:
         spec = session.spec
@@ -176,6 +179,7 @@ class TraderHost:
         """Every session on the symbol trades the candles; their equity and decision rows in one transaction.
         A session that fails (an exchange refusal, a ledger outage past its retries) halts, saying why."""
         failures: list[tuple[TraderSession, Exception]] = []
+        started, decided = time.perf_counter(), sum(session.candles for session in members)
         try:
             with self.ledger.deferred():
                 for session in members:
@@ -187,6 +191,8 @@ class TraderHost:
                         failures.append((session, exc))
         except Exception as exc:  # noqa: BLE001 - the batch of rows could not be written: every member halts
             failures = [(session, exc) for session in members if session.spec.name not in self.failed]
+        self.metrics.dispatched(sum(session.candles for session in members) - decided,
+                                (time.perf_counter() - started) * 1000.0, len(self.sessions))
         for session, exc in failures:
             self.failed.add(session.spec.name)
             log.error("trader.failed", trader=session.spec.name, symbol=symbol, error=f"{type(exc).__name__}: {exc}")
@@ -236,6 +242,7 @@ class TraderHost:
             await asyncio.to_thread(session.stop, flatten=flatten)
             final = await self.status(name)
             del self.sessions[name], self.starts[name]
+            self.metrics.traders(len(self.sessions))
         return final
 
 
