@@ -169,8 +169,9 @@ def run(traders: int, symbols: int, speed: float, seconds: float, warm_up: float
     are up; the figures. ``layout``: ``all`` (every trader on every symbol) or ``spread`` (trader i on symbol i mod n)."""
     import ray
 
+    from tradpal_ray.feeds.actor import actor_name
     from tradpal_ray.trading._session import TraderSpec
-    from tradpal_ray.trading.actor import ensure_feed, start_trader
+    from tradpal_ray.trading.actor import ensure_feed, feed_config, start_trader
 
     names = [f"S{k}/USDT" for k in range(symbols)]
     sim, clock = spawn(_serve_simulator, names, speed)
@@ -184,18 +185,28 @@ def run(traders: int, symbols: int, speed: float, seconds: float, warm_up: float
 
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
         try:
-            feed = ensure_feed(TraderSpec(name="feed", strategy="sma_cross", symbols=tuple(names), timeframe="1m",
-                                          store=str(store), exchange_url=url), instance)  # one feed, as `trade start`
+            series = TraderSpec(name="feed", strategy="sma_cross", symbols=tuple(names), timeframe="1m", store=str(store),
+                                exchange_url=url)
+            feed = ensure_feed(series, instance)  # the store's history first: what the traders warm up on
             ray.get(feed.ready.remote())
+            ray.get(feed.stop.remote())
+            ray.kill(feed)
             specs = [TraderSpec(name=f"t{i}", strategy="sma_cross", timeframe="1m", store=str(store),
                                 symbols=tuple(names) if layout == "all" else (names[i % symbols],),
                                 params={"fast": 5, "slow": 20}, exchange_url=url) for i in range(traders)]
             started = time.monotonic()
-            handles = [start_trader(spec, instance=instance, max_restarts=0, per_host=per_host) for spec in specs]
+            feed_name = actor_name(feed_config(series), instance)
+            handles = [start_trader(spec, instance=instance, max_restarts=0, per_host=per_host, feed=feed_name)
+                       for spec in specs]
             ray.get([h.ready() for h in handles])
             up_s = time.monotonic() - started
+            feed = ensure_feed(series, instance)  # as `trade start`: the traders are ready, then one feed streams
+            ray.get(feed.ready.remote())
             hosts = list({h.host._actor_id: h.host for h in handles}.values())
             pids = ray.get([h.__ray_call__.remote(lambda self: os.getpid()) for h in hosts])
+            # The feed fills the gap since its first start (the traders' start-up): measure once they caught up.
+            latest = {h.host._actor_id: h for h in handles}.values()  # the last trader started in each host
+            caught_up_s = _catch_up(list(latest), lambda: (clock["sim_ms"] + (time.time() * 1000.0 - clock["wall_ms"]) * speed))
             begin_ms = time.time() * 1000.0 + warm_up * 1000.0
             deadline = time.monotonic() + warm_up + seconds
             memory = None
@@ -211,8 +222,24 @@ def run(traders: int, symbols: int, speed: float, seconds: float, warm_up: float
             sim.join(10)
         figures = _behind(_lags(store, [s.name for s in specs], close_wall_ms), begin_ms, end_ms)
     return {"traders": traders, "symbols": symbols, "layout": layout, "per_host": per_host, "hosts": len(hosts),
-            "speed": speed, "seconds": seconds, "traders_up_s": round(up_s, 1), **figures, "memory": memory,
+            "speed": speed, "seconds": seconds, "traders_up_s": round(up_s, 1), "caught_up_s": caught_up_s, **figures,
+            "memory": memory,
             "load_average_1m": round(os.getloadavg()[0], 2)}
+
+
+def _catch_up(traders: list[Any], sim_now_ms: Any, timeout_s: float = 300.0) -> float | None:
+    """Seconds until every given trader has decided on the last closed candle but one of each of its symbols
+    (None: not within ``timeout_s``; the run is then measured behind)."""
+    import ray
+
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        due = (sim_now_ms() // STEP_MS - 2) * STEP_MS  # open time of the candle before the last closed one
+        statuses = ray.get([t.status() for t in traders])
+        if all((s["symbols"][k]["last_candle_ms"] or 0) >= due for s in statuses for k in s["symbols"]):
+            return round(time.monotonic() - started, 1)
+        time.sleep(0.5)  # polling the traders' progress
+    return None
 
 
 def spread(values: list[float]) -> dict[str, float]:

@@ -12,12 +12,15 @@ import dataclasses
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from backtesting.test import EURUSD, GOOG
 from market_data import write_goog
 
 from tradpal_ray.backtest import BacktestConfig, backtest, prepare_bars, strategies
+from tradpal_ray.backtest.data import Bars
+from tradpal_ray.backtest.strategies import strategy_from_function
 from tradpal_ray.market import CandleStore, candles_table
 from tradpal_ray.trading import Ledger, open_ledger
 from tradpal_ray.trading._paper import Candle, trades_frame
@@ -77,6 +80,23 @@ def test_a_repeated_candle_is_ignored() -> None:
         again.on_candle(candle, now_ms=0)
         again.on_candle(candle, now_ms=0)
     assert trades_frame(again.broker.trades).equals(trades_frame(trader.broker.trades)) and len(once) > 0
+
+
+def test_the_signal_window_index_is_its_candles_times_across_gaps() -> None:
+    seen: list[pd.DatetimeIndex] = []
+
+    def spy(bars: Bars) -> tuple[np.ndarray, np.ndarray]:  # records the index the core hands the strategy
+        seen.append(bars.index)
+        return np.zeros(len(bars), dtype=bool), np.zeros(len(bars), dtype=bool)
+
+    core = TraderCore("t", "X/USDT", "1m", strategy_from_function(spy), {}, BacktestConfig(), window=20)
+    times = [60_000 * k for k in [*range(50), *range(53, 120), *range(400, 470)]]  # on the grid, two gaps
+    for t in times:
+        core.on_candle(Candle(t, 1.0, 1.0, 1.0, 1.0, 1.0), 0.0)
+    assert len(seen) == len(times)
+    for k, index in enumerate(seen):
+        want = pd.DatetimeIndex(pd.to_datetime(times[max(0, k - 19):k + 1], unit="ms", utc=True), name="time")
+        assert index.equals(want) and index.dtype == want.dtype and index.name == "time", k
 
 
 def test_orders_have_deterministic_ids_for_the_fill_candle() -> None:

@@ -301,14 +301,15 @@ def _hosts(instance: str) -> list[str]:
 
 def start_trader(spec: TraderSpec, *, instance: str, ledger_url: str | None = None, detached: bool = False,
                  max_restarts: int = -1, credentials: tuple[str, str] | None = None,
-                 redis_url: str | None = None, per_host: int | None = None) -> TraderHandle:
+                 redis_url: str | None = None, per_host: int | None = None, feed: str | None = None) -> TraderHandle:
     """Start (or find, after a driver restart) the trader in a host; ConfigError if a trader of that name
     runs with another configuration. ``ray.get(handle.ready())`` waits for its books.
 
     A paper trader joins a host of the instance with the same ledger, cache and lifetime that
     runs fewer than ``per_host`` traders (default: ``TRADPAL_TRADERS_PER_HOST``), or a new one; an exchange trader gets its own host,
     with ``credentials`` (API key, secret) as its arguments. ``redis_url``: the statistics cache
-    whose live answers each ledger write invalidates.
+    whose live answers each ledger write invalidates. ``feed``: the name of the feed actor to follow
+    (default: the one :func:`serving_feed` finds, else :func:`feed_config`'s, started by :func:`ensure_feed`).
     """
     if per_host is None:
         from tradpal_ray.config import Settings
@@ -322,7 +323,7 @@ def start_trader(spec: TraderSpec, *, instance: str, ledger_url: str | None = No
             raise ConfigError(f"trader {spec.name} already runs with {current.get('strategy')} {current.get('params')}; "
                               "stop it first or give another --name")
         return running
-    feed = serving_feed(spec, instance) or actor_name(feed_config(spec), instance)
+    feed = feed or serving_feed(spec, instance) or actor_name(feed_config(spec), instance)
     if spec.broker == "exchange":
         group, room = f"x-{spec.name}", 1
     else:
