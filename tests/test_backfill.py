@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -161,7 +161,7 @@ def cli(*args: str, store: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_fetch_command(sim: SimulatorThread, tmp_path: Path) -> None:
+def test_fetch_command(sim: SimulatorThread, tmp_path: Path, run_cli: Callable[..., tuple[int, str, str]]) -> None:
     ok = cli("fetch", "--symbols", "BTC/USDT", "--since", "2024-02-29T20:00", "--until", "2024-02-29T22:00",
              "--exchange-url", sim.url, store=tmp_path)
     assert ok.returncode == 0, ok.stderr
@@ -191,9 +191,9 @@ def test_fetch_command(sim: SimulatorThread, tmp_path: Path) -> None:
         (["--symbols", "BTC/USDT", "--since", "yesterday-ish"], "not a time"),
         (["--symbols", "BTC/USDT", "--since", "2024-02-29", "--exchange", "nosuchex"], "unknown exchange 'nosuchex'"),
     ]:
-        bad = cli("fetch", *args, "--exchange-url", sim.url, store=tmp_path)
-        assert bad.returncode == 2, bad.stderr
-        assert message in bad.stderr and "Traceback" not in bad.stderr
+        code, _, err = run_cli("fetch", *args, "--exchange-url", sim.url, "--store", str(tmp_path))  # in-process: no start-up
+        assert code == 2, err
+        assert message in err and "Traceback" not in err
 
 
 def test_two_concurrent_fetch_runs_on_one_series_lose_nothing(sim: SimulatorThread, tmp_path: Path) -> None:

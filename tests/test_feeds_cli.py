@@ -6,12 +6,17 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pytest
 
 from tradpal_ray.market import CandleStore
+from tradpal_ray.sim import SimulatorThread, run_simulator
 
 
 def test_unknown_timeframe_lists_the_valid_ones(run_cli: Any) -> None:
@@ -32,15 +37,47 @@ def test_exchange_that_never_answers_gives_a_clear_error(run_cli: Any, store_roo
     assert time.monotonic() - started < 30
 
 
-def run_stream(sim: Any, store_root: Path, duration: float, timeframes: str = "1m") -> subprocess.CompletedProcess:
+@dataclass
+class StreamRun:
+    """A ``tradpal-ray stream`` subprocess (its own private Ray) against its own simulator and store."""
+
+    sim: SimulatorThread
+    store: Path
+    process: subprocess.Popen[str]
+
+    def finish(self) -> subprocess.CompletedProcess[str]:
+        """Wait for the run to end (it stops after its ``--duration``); its exit code and output."""
+        out, err = self.process.communicate(timeout=180)
+        return subprocess.CompletedProcess(self.process.args, self.process.returncode, out, err)
+
+
+def start_stream(sim: Any, store_root: Path, duration: float, timeframes: str) -> subprocess.Popen[str]:
     """``tradpal-ray stream`` against ``sim`` in a subprocess with its own private Ray."""
     env = {**os.environ, "TRADPAL_LOG_LEVEL": "WARNING"}
     env.pop("RAY_ADDRESS", None)
-    return subprocess.run(
+    return subprocess.Popen(
         [sys.executable, "-m", "tradpal_ray.cli", "stream", "--symbols", "BTC/USDT", "--timeframes", timeframes,
          "--exchange-url", sim.url, "--store", str(store_root), "--duration", str(duration)],
-        capture_output=True, text=True, timeout=180, env=env, check=False,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )
+
+
+@pytest.fixture(scope="module")
+def stream_runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, StreamRun]]:
+    """The module's two real runs, started together so that their start-ups and waits overlap:
+    ``flushes`` streams 1m and 5m candles for 3 s; ``silent`` streams 1m for 15 s from a simulator
+    whose WebSocket sends no data at all (stalled before the start, for the whole run)."""
+    with ExitStack() as stack:
+        runs = {}
+        for name, duration, timeframes, stalled in (("flushes", 3, "1m,5m", False), ("silent", 15, "1m", True)):
+            sim = stack.enter_context(run_simulator(["BTC/USDT"], speed=300.0, start="2024-03-01"))
+            if stalled:
+                sim.inject("stall")
+            store = tmp_path_factory.mktemp(name)
+            runs[name] = StreamRun(sim, store, start_stream(sim, store, duration, timeframes))
+            stack.callback(runs[name].process.wait, 30)  # at teardown, before its simulator stops:
+            stack.callback(runs[name].process.kill)  # killed (a no-op once it ended), then reaped
+        yield runs
 
 
 def stored_as_the_simulator_closed(sim: Any, store_root: Path) -> list[int]:
@@ -53,20 +90,20 @@ def stored_as_the_simulator_closed(sim: Any, store_root: Path) -> list[int]:
     return times
 
 
-def test_stream_runs_for_a_duration_and_flushes_everything(make_simulator: Any, store_root: Path) -> None:
-    sim = make_simulator(["BTC/USDT"], speed=300.0)
-    done = run_stream(sim, store_root, 3, "1m,5m")
+def test_stream_runs_for_a_duration_and_flushes_everything(stream_runs: dict[str, StreamRun]) -> None:
+    run = stream_runs["flushes"]
+    done = run.finish()
     assert done.returncode == 0, done.stderr[-2000:]
     assert "closed candles stored" in done.stderr
-    assert len(stored_as_the_simulator_closed(sim, store_root)) >= 5
-    assert (store_root / "feeds").is_dir()
+    assert len(stored_as_the_simulator_closed(run.sim, run.store)) >= 5
+    assert (run.store / "feeds").is_dir()
 
 
-def test_stream_started_while_the_exchange_stream_is_silent_stores_candles_over_rest(make_simulator: Any,
-                                                                                    store_root: Path) -> None:
-    sim = make_simulator(["BTC/USDT"], speed=300.0)
-    sim.inject("stall")  # no WebSocket data at all, for the whole run
-    done = run_stream(sim, store_root, 15)  # the default watchdog (10 s) reconnects once, and fetches over REST
+def test_stream_started_while_the_exchange_stream_is_silent_stores_candles_over_rest(
+    stream_runs: dict[str, StreamRun],
+) -> None:
+    run = stream_runs["silent"]
+    done = run.finish()  # the default watchdog (10 s) reconnects once, and fetches over REST
     assert done.returncode == 0, done.stderr[-2000:]
-    assert len(stored_as_the_simulator_closed(sim, store_root)) >= 20
-    assert sim.stats()["rest_requests"].get("/api/v3/klines", 0) > 0
+    assert len(stored_as_the_simulator_closed(run.sim, run.store)) >= 20
+    assert run.sim.stats()["rest_requests"].get("/api/v3/klines", 0) > 0

@@ -45,9 +45,10 @@ def _env(**extra: str) -> dict[str, str]:
     return {**env, "COLUMNS": "200", "RAY_AUTH_MODE": "token", **extra}
 
 
-def _stop(process: subprocess.Popen[str], timeout: float = 120) -> tuple[str, str]:
-    """Ctrl-C ``process`` (as a user would), wait for it, return its output."""
-    if process.poll() is None:
+def _stop(process: subprocess.Popen[str], timeout: float = 120, signal_first: bool = True) -> tuple[str, str]:
+    """Ctrl-C ``process`` (as a user would; ``signal_first=False``: let it end by itself), wait for it,
+    return its output (killed after ``timeout`` s)."""
+    if signal_first and process.poll() is None:
         process.send_signal(signal.SIGINT)
     try:
         return process.communicate(timeout=timeout)
@@ -177,14 +178,13 @@ def test_a_command_without_address_never_joins_a_strangers_ray(foreign_cluster: 
     probe = ("from tradpal_ray.cluster import connect; import ray; import sys; "
              "mode = connect(sys.argv[1] if len(sys.argv) > 1 else None, include_dashboard=False); "
              "print(mode, ray.get_runtime_context().gcs_address); ray.shutdown()")
-    alone = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=_env(),
-                           cwd=tmp_path, timeout=180, check=False)
-    assert alone.returncode == 0, alone.stderr[-2000:]
-    mode, address = alone.stdout.split()
+    alone, told = (subprocess.Popen([sys.executable, "-c", probe, *target], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    text=True, env=_env(), cwd=tmp_path) for target in ([], [foreign_cluster]))
+    (alone_out, alone_err), (told_out, told_err) = (_stop(p, 180, signal_first=False) for p in (alone, told))  # ran at once
+    assert alone.returncode == 0, alone_err[-2000:]
+    mode, address = alone_out.split()
     assert mode == "local" and address != foreign_cluster
-    told = subprocess.run([sys.executable, "-c", probe, foreign_cluster], capture_output=True, text=True,
-                          env=_env(), cwd=tmp_path, timeout=180, check=False)
-    assert told.returncode == 0 and told.stdout.split() == ["cluster", foreign_cluster], told.stderr[-2000:]
+    assert told.returncode == 0 and told_out.split() == ["cluster", foreign_cluster], told_err[-2000:]
 
 
 def _serve(address: str, store: Path, port: int, *extra: str) -> subprocess.Popen[str]:
@@ -223,21 +223,22 @@ def test_two_instances_on_one_cluster_never_replace_or_kill_each_other(
         wait_for(lambda: any(s.exchange == SIMULATOR for s in CandleStore(store_a).series()), timeout=150)
 
         # Another instance (another store) on the same cluster: its serve refuses, its stream runs
-        # beside ours under its own name and exits without touching ours.
+        # beside ours under its own name and exits without touching ours; a stream under our name
+        # refuses. The three are independent of each other: they run at once.
         second = _serve(foreign_cluster, store_b, free_port())
-        out, err = second.communicate(timeout=180)
+        other_stream = subprocess.Popen([*stream_cmd, "--store", str(store_b), "--duration", "3"],
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+        same_name = subprocess.Popen([*stream_cmd, "--store", str(store_b), "--name", instance_name(None, str(store_a)),
+                                      "--duration", "3"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     env=_env())
+        (_, err), (_, other_err), (_, same_err) = (_stop(p, 180, signal_first=False) for p in (second, other_stream, same_name))
         assert second.returncode == 2, err[-2000:]
         errors = [line for line in err.splitlines() if line.startswith("error:")]
         assert len(errors) == 1 and errors[0].startswith("error: Serve on this Ray cluster already runs stats-tp-")
         assert "Traceback" not in err
-        other_stream = subprocess.run([*stream_cmd, "--store", str(store_b), "--duration", "3"], capture_output=True,
-                                      text=True, env=_env(), timeout=180, check=False)
-        assert other_stream.returncode == 0, other_stream.stderr[-2000:]
-        same_name = subprocess.run([*stream_cmd, "--store", str(store_b), "--name", instance_name(None, str(store_a)),
-                                    "--duration", "3"], capture_output=True, text=True, env=_env(), timeout=180,
-                                   check=False)
-        assert same_name.returncode == 2 and "error: feed actor feed:sim:0@tp-" in same_name.stderr
-        assert "already runs" in same_name.stderr and "Traceback" not in same_name.stderr
+        assert other_stream.returncode == 0, other_err[-2000:]
+        assert same_name.returncode == 2 and "error: feed actor feed:sim:0@tp-" in same_err
+        assert "already runs" in same_err and "Traceback" not in same_err
         assert _symbols(port) == "AAA/USDT"  # the first API still answers with its own store
         assert streaming.poll() is None  # and the first feed still streams
 

@@ -41,12 +41,33 @@ def lone_script(tmp_path: Path) -> Path:
     return Path(shutil.copy(SCRIPT, home))
 
 
-def run_script(script: Path, *args: str, ray_address: str | None = None) -> subprocess.CompletedProcess[str]:
+def start_script(script: Path, *args: str, ray_address: str | None = None) -> subprocess.Popen[str]:
+    """Start ``script ARGS`` as ``ray submit`` runs it (in its own directory, RAY_ADDRESS only if given)."""
     env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
     if ray_address:
         env["RAY_ADDRESS"] = ray_address
-    return subprocess.run([sys.executable, str(script), *args], check=False, cwd=script.parent, env=env,
-                          capture_output=True, text=True, timeout=240)
+    return subprocess.Popen([sys.executable, str(script), *args], cwd=script.parent, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(*started: subprocess.Popen[str]) -> list[subprocess.CompletedProcess[str]]:
+    """Wait for scripts started together (independent runs overlap their start-up); each one's outcome."""
+    done = []
+    try:
+        for process in started:
+            out, err = process.communicate(timeout=240)
+            done.append(subprocess.CompletedProcess(process.args, process.returncode, out, err))
+    finally:
+        for process in started:
+            if process.poll() is None:
+                process.kill()
+                process.wait(timeout=30)
+    return done
+
+
+def run_script(script: Path, *args: str, ray_address: str | None = None) -> subprocess.CompletedProcess[str]:
+    [done] = finish(start_script(script, *args, ray_address=ray_address))
+    return done
 
 
 def test_universe_is_every_stored_symbol_of_the_exchange_and_timeframe(script_module: ModuleType) -> None:
@@ -99,11 +120,10 @@ def test_joins_the_running_cluster_sweeps_the_store_universe_and_prints_json(
 
 
 def test_help_and_bad_input(lone_script: Path, tmp_path: Path) -> None:
-    shown = run_script(lone_script, "--help")
+    shown, empty = finish(start_script(lone_script, "--help"),
+                          start_script(lone_script, "--store", str(tmp_path / "empty"), "--exchange", "test", "--grid", "fast=5"))
     assert shown.returncode == 0
     assert all(option in shown.stdout for option in ("--symbols", "--timeframe", "--grid", "--metric", "--top", "--json"))
-
-    empty = run_script(lone_script, "--store", str(tmp_path / "empty"), "--exchange", "test", "--grid", "fast=5")
     assert empty.returncode == 2 and empty.stderr.strip() == "error: give --timeframe: the store has no test candles"
 
 
@@ -131,9 +151,8 @@ def test_serve_stats_deploys_on_the_running_cluster_and_exits(ray_session: None,
 
 def test_serve_stats_help_and_refusals(tmp_path: Path) -> None:
     script = Path(shutil.copy(SERVE_SCRIPT, tmp_path))
-    shown = run_script(script, "--help")
+    shown, refused = finish(start_script(script, "--help"), start_script(script, "--host", "0.0.0.0"))
     assert shown.returncode == 0 and "ray submit cluster.yaml scripts/serve_stats.py" in shown.stdout
-    refused = run_script(script, "--host", "0.0.0.0")
     assert refused.returncode == 2 and "TRADPAL_API_KEYS" in refused.stderr and "Traceback" not in refused.stderr
 
 
@@ -145,10 +164,12 @@ def test_stream_script_streams_locally_then_stops_with_everything_stored(tmp_pat
 
     script = Path(shutil.copy(STREAM_SCRIPT, tmp_path))
     with run_simulator(["BTC/USDT", "ETH/USDT"], speed=120) as sim:
-        done = run_script(script, "--symbols", "BTC/USDT,ETH/USDT", "--exchange-url", sim.url, "--store",
-                          str(tmp_path / "store"), "--shards", "2", "--duration", "8", ray_address="local")
-        bad = run_script(script, "--symbols", "DOGE/USDT", "--exchange-url", sim.url, "--store",
-                         str(tmp_path / "store"), "--duration", "1", ray_address="local")
+        # Two private Rays at once: the refusal runs while the first one streams.
+        done, bad = finish(
+            start_script(script, "--symbols", "BTC/USDT,ETH/USDT", "--exchange-url", sim.url, "--store",
+                         str(tmp_path / "store"), "--shards", "2", "--duration", "8", ray_address="local"),
+            start_script(script, "--symbols", "DOGE/USDT", "--exchange-url", sim.url, "--store",
+                         str(tmp_path / "bad-store"), "--duration", "1", ray_address="local"))
     assert done.returncode == 0, done.stderr[-2000:]
     assert "feed:binance:0: ws, 1 symbols" in done.stdout and "feed:binance:1: ws, 1 symbols" in done.stdout
     stored = int(done.stdout.rsplit("stopped; ", 1)[1].split()[0])

@@ -193,7 +193,7 @@ def test_anchored_folds_grow_and_ray_tasks_give_the_in_process_results(tmp_path:
 RUNNER = textwrap.dedent("""
     import sys
     from tradpal_ray.runs import SweepRequest, WalkForwardRequest, WalkForwardSpec, run_walkforward
-    grid = {"fast": list(range(2, 120)), "slow": list(range(20, 260, 2))}
+    grid = {"fast": list(range(2, 120, 2)), "slow": list(range(20, 260, 2))}
     request = WalkForwardRequest(SweepRequest(sys.argv[3], grid, data_file=sys.argv[1]), WalkForwardSpec("730d", "180d"))
     run_walkforward(request, store=sys.argv[2], executor="local", chunk_size=300)
 """)
@@ -237,7 +237,7 @@ def test_a_killed_driver_is_resumed_to_identical_results(tmp_path: Path, run_cli
     assert code == 0, err
     resumed = json.loads(out)
     assert resumed["run_id"] == manifest.run_id and resumed["status"] == "complete"
-    grid = {"fast": list(range(2, 120)), "slow": list(range(20, 260, 2))}
+    grid = {"fast": list(range(2, 120, 2)), "slow": list(range(20, 260, 2))}
     fresh = run_walkforward(WalkForwardRequest(SweepRequest(ref, grid, data_file=csv), WalkForwardSpec("730d", "180d")),
                             store=str(tmp_path / "fresh"), executor="local")
     ours = RunStore(store).walkforward(manifest.run_id)
