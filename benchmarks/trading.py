@@ -227,7 +227,7 @@ def run(traders: int, symbols: int, speed: float, seconds: float, warm_up: float
             "load_average_1m": round(os.getloadavg()[0], 2)}
 
 
-def _catch_up(traders: list[Any], sim_now_ms: Any, timeout_s: float = 300.0) -> float | None:
+def _catch_up(traders: list[Any], sim_now_ms: Any, timeout_s: float = 120.0) -> float | None:
     """Seconds until every given trader has decided on the last closed candle but one of each of its symbols
     (None: not within ``timeout_s``; the run is then measured behind)."""
     import ray

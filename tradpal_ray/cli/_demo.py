@@ -172,11 +172,14 @@ def start_traders(settings: Settings, run_id: str, where: DemoRay, stack: contex
     console.rule("paper traders")
     specs = incubate(settings.store, run_id, DEMO_TRADERS, limits=RiskLimits(), exchange=settings.exchange,
                      exchange_url=settings.exchange_url, prefix="demo")
+    handles = []
     for spec in specs:
         handle = start_trader(spec, instance=where.instance, redis_url=where.redis_url)
         # The callback holds the handle: an actor that is not detached lives as long as a handle does.
         stack.callback(lambda name=spec.name, _handle=handle: stop_trader(where.instance, name, flatten=False))
-        ray.get(handle.ready(), timeout=120)
+        handles.append(handle)
+    ray.get([handle.ready() for handle in handles], timeout=120)  # their books are rebuilt side by side
+    for spec in specs:
         params = " ".join(f"{k}={v}" for k, v in spec.params.items())
         console.print(f"paper trader {spec.name}: {spec.strategy} {params} on {', '.join(spec.symbols)} "
                       f"{spec.timeframe} (backtest {spec.backtest['metric']} rank {spec.backtest['rank']})", highlight=False)

@@ -550,10 +550,15 @@ class CandleStore:
         logged and skipped; one inside a period directory is kept as a stray of that period
         (which then fails to read, naming it).
         """
-        try:
-            infos = self._fs.get_file_info(pafs.FileSelector(root, allow_not_found=True, recursive=True))
-        except OSError as exc:
-            raise StoreError(f"cannot list {self._relative(root)}: {exc}") from exc
+        for attempt in range(_READ_RETRIES):
+            try:
+                infos = self._fs.get_file_info(pafs.FileSelector(root, allow_not_found=True, recursive=True))
+                break
+            except FileNotFoundError as exc:  # a directory below vanished while it was listed (a compaction)
+                if attempt == _READ_RETRIES - 1:
+                    raise StoreError(f"cannot list {self._relative(root)}: it kept changing: {exc}") from exc
+            except OSError as exc:
+                raise StoreError(f"cannot list {self._relative(root)}: {exc}") from exc
         found: dict[tuple[str, ...], dict[str, _Partition]] = defaultdict(dict)
         for info in infos:
             if info.type != pafs.FileType.File:

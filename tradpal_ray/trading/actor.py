@@ -101,6 +101,7 @@ class TraderHost:
         self.failed: set[str] = set()
         self.follows: dict[tuple[str, str, str], _Follow] = {}
         self._lock = asyncio.Lock()
+        self._queue: list[tuple[_Follow, list[Candle], asyncio.Future[None]]] = []
         self.metrics = TraderHostMetrics(name)
         self.restarted = ray.get_runtime_context().was_current_actor_reconstructed
         if self.restarted:  # the traders this host ran before the crash, from the ledger
@@ -171,29 +172,45 @@ class TraderHost:
         async for batch in subscription:
             candles = batch_candles(batch)
             if candles:
-                async with self._lock:
-                    follow.recent.extend(candles)
-                    await asyncio.to_thread(self._dispatch, follow.symbol, candles, list(follow.members))
+                await self._hand_out(follow, candles)
 
-    def _dispatch(self, symbol: str, candles: list[Candle], members: list[TraderSession]) -> None:
-        """Every session on the symbol trades the candles; their equity and decision rows in one transaction.
+    async def _hand_out(self, follow: _Follow, candles: list[Candle]) -> None:
+        """Trade ``candles`` in every session of the follow; returns once they are. Batches of several
+        follows that arrive together (every symbol's candle closes at once) go out in one thread call
+        and one ledger transaction: one commit per host and candle, not one per symbol."""
+        done = asyncio.get_running_loop().create_future()
+        self._queue.append((follow, candles, done))
+        async with self._lock:
+            if not done.done():  # no other follow took this batch with its own
+                taken, self._queue = self._queue, []
+                for queued, queued_candles, _ in taken:
+                    queued.recent.extend(queued_candles)
+                await asyncio.to_thread(self._dispatch, [(f.symbol, c, list(f.members)) for f, c, _ in taken])
+                for _, _, finished in taken:
+                    finished.set_result(None)
+
+    def _dispatch(self, batches: list[tuple[str, list[Candle], list[TraderSession]]]) -> None:
+        """Each batch's sessions trade its candles; all their equity and decision rows in one transaction.
         A session that fails (an exchange refusal, a ledger outage past its retries) halts, saying why."""
-        failures: list[tuple[TraderSession, Exception]] = []
-        started, decided = time.perf_counter(), sum(session.candles for session in members)
+        failures: list[tuple[TraderSession, str, Exception]] = []
+        sessions = {id(session): session for _, _, members in batches for session in members}.values()
+        started, decided = time.perf_counter(), sum(session.candles for session in sessions)
         try:
             with self.ledger.deferred():
-                for session in members:
-                    if session.spec.name in self.failed:
-                        continue
-                    try:
-                        session.on_candles(symbol, candles)
-                    except Exception as exc:  # noqa: BLE001 - one trader's failure must not stop the others
-                        failures.append((session, exc))
-        except Exception as exc:  # noqa: BLE001 - the batch of rows could not be written: every member halts
-            failures = [(session, exc) for session in members if session.spec.name not in self.failed]
-        self.metrics.dispatched(sum(session.candles for session in members) - decided,
+                for symbol, candles, members in batches:
+                    for session in members:
+                        if session.spec.name in self.failed:
+                            continue
+                        try:
+                            session.on_candles(symbol, candles)
+                        except Exception as exc:  # noqa: BLE001 - one trader's failure must not stop the others
+                            self.failed.add(session.spec.name)
+                            failures.append((session, symbol, exc))
+        except Exception as exc:  # noqa: BLE001 - the rows could not be written: every session of the batches halts
+            failures += [(session, batches[0][0], exc) for session in sessions if session.spec.name not in self.failed]
+        self.metrics.dispatched(sum(session.candles for session in sessions) - decided,
                                 (time.perf_counter() - started) * 1000.0, len(self.sessions))
-        for session, exc in failures:
+        for session, symbol, exc in failures:
             self.failed.add(session.spec.name)
             log.error("trader.failed", trader=session.spec.name, symbol=symbol, error=f"{type(exc).__name__}: {exc}")
             try:
