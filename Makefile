@@ -36,10 +36,8 @@ chromium:
 demo: install redis postgresql
 	$(BIN)/tradpal-ray demo $(ARGS)
 
-# Byte-code caching on for the suite even where the environment turns it off: its ~100 CLI
-# subprocesses then import the package compiled once, not recompiled each time.
 test: install redis postgresql chromium
-	env -u PYTHONDONTWRITEBYTECODE $(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: install
 	@for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
