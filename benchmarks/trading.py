@@ -3,8 +3,9 @@
 Set-up (everything private, removed at the end): the exchange simulator in its own process
 (``--symbols`` synthetic symbols, ``--speed`` times real time: at 60x a 1-minute candle closes
 every wall second per symbol), one feed actor for them (as ``tradpal-ray trade start`` makes
-it), ``--traders`` paper traders (``sma_cross``) in trader hosts of ``--per-host`` each, the
-SQLite ledger under the store root (the default a laptop gets), a private Ray with 2 CPUs.
+it), ``--traders`` paper traders (``sma_cross``, each with its own parameters:
+:func:`trader_params`) in trader hosts of ``--per-host`` each, the SQLite ledger under the
+store root (the default a laptop gets), a private Ray with 2 CPUs.
 Scenarios (:data:`SCENARIOS`): ``latency`` (100 traders, one symbol), ``scale`` (200 traders,
 each on 20 symbols), ``scale-spread`` (200 traders, ten a symbol).
 
@@ -41,6 +42,12 @@ import numpy as np
 from _serving import spawn
 
 STEP_MS = 60_000
+
+
+def trader_params(i: int) -> dict[str, int]:
+    """Trader ``i``'s ``sma_cross`` parameters: 200 distinct pairs (fast 3-12, slow 20-39), as an
+    incubator's top results differ, so no two of the first 200 traders compute the same signal."""
+    return {"fast": 3 + i % 10, "slow": 20 + (i // 10) % 20}
 PEER = {"figure": None, "reason": "no peer measured under the same conditions: freqtrade 2026.9 does install from "
         "the package registry, but it polls the exchange's REST API on its own throttle (default 5 s) and pointing "
         "it at the simulator was not done; a bare ccxt loop is not a trader"}
@@ -52,7 +59,9 @@ def _serve_simulator(ports: Any, symbols: list[str], speed: float) -> None:
     from tradpal_ray.sim.runner import new_event_loop
 
     async def serve() -> None:
-        sim = ExchangeSimulator(symbols, speed=speed, emit_interval=0.01)
+        # Updates of forming candles every 50 ms (3 simulated s at 60x; Binance pushes a kline every 2 s);
+        # a closing kline goes out at its close either way.
+        sim = ExchangeSimulator(symbols, speed=speed, emit_interval=0.05)
         await sim.start()
         ports.put({"port": sim.port, "sim_ms": sim.now_ms(), "wall_ms": time.time() * 1000.0})
         await asyncio.Event().wait()
@@ -131,6 +140,7 @@ def session_capacity(sessions: int, symbols: int, candles: int) -> dict[str, Any
     from tradpal_ray.trading import open_ledger
     from tradpal_ray.trading._paper import Candle
     from tradpal_ray.trading._session import TraderSession, TraderSpec
+    from tradpal_ray.trading._trader import SharedSignals
 
     names = [f"S{k}/USDT" for k in range(symbols)]
     source = SyntheticSource(names)
@@ -143,8 +153,10 @@ def session_capacity(sessions: int, symbols: int, candles: int) -> dict[str, Any
                         for t, o, h, lo, c, v in zip(bars.t, bars.o, bars.h, bars.l, bars.c, bars.v, strict=True)]
     with tempfile.TemporaryDirectory(prefix="tradebench-") as tmp:
         ledger = open_ledger(None, tmp)
+        shared = SharedSignals()  # as a trader host: its sessions share bars and indicators
         books = [TraderSession(TraderSpec(name=f"c{i}", strategy="sma_cross", symbols=tuple(names), timeframe="1m",
-                                          store=tmp, params={"fast": 5, "slow": 20}), ledger) for i in range(sessions)]
+                                          store=tmp, params=trader_params(i)), ledger, shared=shared)
+                 for i in range(sessions)]
         for book in books:
             book.start()
         wall, cpu = time.perf_counter(), time.process_time()
@@ -193,7 +205,7 @@ def run(traders: int, symbols: int, speed: float, seconds: float, warm_up: float
             ray.kill(feed)
             specs = [TraderSpec(name=f"t{i}", strategy="sma_cross", timeframe="1m", store=str(store),
                                 symbols=tuple(names) if layout == "all" else (names[i % symbols],),
-                                params={"fast": 5, "slow": 20}, exchange_url=url) for i in range(traders)]
+                                params=trader_params(i), exchange_url=url) for i in range(traders)]
             started = time.monotonic()
             feed_name = actor_name(feed_config(series), instance)
             handles = [start_trader(spec, instance=instance, max_restarts=0, per_host=per_host, feed=feed_name)

@@ -52,17 +52,25 @@ async def wait_for(condition: Callable[[], bool], timeout: float = 15.0, what: s
         await asyncio.sleep(0.02)
 
 
+CLOSED_ONLY = "5m"
+"""The Recorder's subscription of this timeframe asks for closed candles only (a trader's), the other for every update."""
+
+
 class Recorder:
     """Consumes a feed's candle subscriptions and remembers every closed candle seen, in order."""
 
     def __init__(self, feed: Feed, store: Path | None) -> None:
         self.seen: dict[str, list[tuple]] = {tf: [] for tf in TIMEFRAMES}
+        self.forming_only: dict[str, int] = dict.fromkeys(TIMEFRAMES, 0)
+        """Batches delivered without a closed candle in them, per timeframe."""
         self.tasks = [asyncio.create_task(self._consume(feed, tf, store)) for tf in TIMEFRAMES]
 
     async def _consume(self, feed: Feed, timeframe: str, store: Path | None) -> None:
-        async for batch in subscribe(feed, SYMBOL, timeframe, store=str(store) if store else None, poll_timeout=0.2):
+        async for batch in subscribe(feed, SYMBOL, timeframe, store=str(store) if store else None, poll_timeout=0.2,
+                                     closed_only=timeframe == CLOSED_ONLY):
             table = pa.Table.from_batches([batch])
             closed = table.filter(table.column("closed")).select(OHLCV)
+            self.forming_only[timeframe] += not closed.num_rows
             self.seen[timeframe] += list(zip(*(closed.column(c).to_pylist() for c in OHLCV)))
 
     async def stop(self) -> None:
@@ -115,6 +123,7 @@ async def finish_and_check(sim: Any, feed: Feed, recorder: Recorder, store: Path
         expected = [row for t, row in zip(times, zip(*(stored.column(c).to_pylist() for c in OHLCV))) if t > after[tf]]
         assert recorder.seen[tf] == expected, f"{tf}: consumer saw a different sequence"
         counts[tf] = len(times)
+    assert recorder.forming_only[CLOSED_ONLY] == 0, "a closed-only subscription was handed a batch without a closed candle"
     return counts
 
 

@@ -193,11 +193,13 @@ def test_candle_buffer_batch() -> None:
     buf = CandleBuffer()
     buf.add("BTC/USDT", "1m", [CandleRow(0, 1, 2, 0.5, 1.5, 3, False, 5), CandleRow(0, 1, 2, 0.5, 1.5, 4, True, 6)], 1.0)
     buf.add("ETH/USDT", "5m", [CandleRow(STEP * 5, 1, 2, 0.5, 1.5, 3, True, 7)], 2.0)
+    buf.add("SOL/USDT", "1m", [CandleRow(0, 1, 2, 0.5, 1.5, 3, False, 8)], 3.0)
     assert buf.first_at == 1.0
-    batch, keys = buf.take()
-    assert batch.schema == CANDLE_BATCH_SCHEMA and batch.num_rows == 3
-    assert keys == {("BTC/USDT", "1m"), ("ETH/USDT", "5m")}
-    assert batch.column("closed").to_pylist() == [False, True, True]
+    batch, keys, closed = buf.take()
+    assert batch.schema == CANDLE_BATCH_SCHEMA and batch.num_rows == 4
+    assert keys == {("BTC/USDT", "1m"), ("ETH/USDT", "5m"), ("SOL/USDT", "1m")}
+    assert closed == {("BTC/USDT", "1m"), ("ETH/USDT", "5m")}  # SOL's candle is still forming
+    assert batch.column("closed").to_pylist() == [False, True, True, False]
     assert len(buf) == 0 and buf.first_at is None
 
 
@@ -294,6 +296,16 @@ def test_ring_read_filters_by_key_and_pages() -> None:
     read = ring.read(None, "a", limit=2)
     assert [e.payload for e in read.entries] == [1, 3] and read.cursor == 4
     assert [e.payload for e in ring.read(read.cursor, "a").entries] == [5]
+
+
+def test_ring_read_closed_only_skips_batches_without_a_closed_candle_of_the_key() -> None:
+    ring = BatchRing(capacity=10)
+    ring.append("forming", frozenset({"a", "b"}))
+    ring.append("b closed", frozenset({"a", "b"}), closed=frozenset({"b"}))
+    ring.append("a closed", frozenset({"a"}), closed=frozenset({"a"}))
+    assert [e.payload for e in ring.read(None, "a", closed_only=True).entries] == ["a closed"]
+    assert [e.payload for e in ring.read(None, "a").entries] == ["forming", "b closed", "a closed"]
+    assert ring.read(None, "a", closed_only=True).cursor == 3
 
 
 def test_config_rejects_bad_input() -> None:

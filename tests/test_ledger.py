@@ -215,6 +215,24 @@ def test_deferred_rows_land_together_in_call_order(make_ledger: MakeLedger) -> N
     assert ledger.events("t2")[0].detail == {"n": 3}
 
 
+def test_deferred_orders_and_fills_land_with_the_batch_and_undeferred_ones_at_once(make_ledger: MakeLedger) -> None:
+    changes: list[str] = []
+    ledger = make_ledger(on_change=changes.append)
+    paper, sent = order("t1", 60_000, "buy", 2.0), order("t2", 60_000, "buy", 1.0)
+    with ledger.deferred():  # a paper trader's order, its fill and status join the batch, in call order
+        assert ledger.record_order(paper, defer=True) is None
+        assert ledger.record_fill(fill_of(paper, 100.0, 0.2, 60_000), defer=True) is None
+        assert ledger.update_order(paper.client_order_id, "filled", defer=True) is None
+        ledger.record_equity("t1", 60_000, 1.0, 1.0)
+        assert ledger.record_order(sent) is True  # an exchange order: committed before it is sent
+        assert ledger.order(sent.client_order_id) is not None and changes == ["order"]
+        assert ledger.order(paper.client_order_id) is None and ledger.fill_count("t1") == 0
+    assert ledger.order(paper.client_order_id).status == "filled"
+    assert ledger.position("t1", SYMBOL) == Position("t1", SYMBOL, 2.0, 100.0, 0.2, 0.0, 60_000)
+    assert ledger.equity("t1").tolist() == [1.0]
+    assert changes == ["order", "order", "fill", "equity"]  # the batch's changes once each, after its commit
+
+
 def test_schema_is_versioned(make_ledger: MakeLedger, monkeypatch: pytest.MonkeyPatch) -> None:
     ledger = make_ledger()
     assert ledger.schema_version() == _ledger.SCHEMA_VERSION == 2

@@ -374,6 +374,26 @@ def test_closed_candles_over_ws_equal_rest(simulator: Any) -> None:
     run(body)
 
 
+def test_a_closing_kline_goes_out_at_the_close_not_with_the_next_update(make_simulator: Any) -> None:
+    # Updates every 5 wall seconds (600 simulated seconds); a 1m candle closes every 0.5 s of wall time.
+    sim = make_simulator(["BTC/USDT"], speed=120.0, emit_interval=5.0)
+
+    async def body() -> list[int]:
+        client = await RawClient.connect(sim.url, "btcusdt@kline_1m")
+        delays = []
+        while len(delays) < 3:
+            event = await client.next_json()
+            if event["k"]["x"]:
+                delays.append(event["E"] - event["k"]["T"])  # simulated ms from the close to the event
+        await client.close()
+        return delays
+
+    delays = run(body)
+    # With the next periodic update a close would be up to 600,000 simulated ms late; at the close, it is
+    # a few ms of wall time late (0.5 s allowed: 60,000 simulated ms).
+    assert all(0 < d <= 60_000 for d in delays), delays
+
+
 def test_bad_client_frames_get_error_replies_and_connection_survives(
     simulator: Any,
 ) -> None:

@@ -8,6 +8,7 @@ the incubator. The Ray end to end is in ``test_trade_cli.py``.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 from pathlib import Path
@@ -20,13 +21,15 @@ from market_data import write_goog
 
 from tradpal_ray.backtest import BacktestConfig, backtest, prepare_bars, strategies
 from tradpal_ray.backtest.data import Bars
+from tradpal_ray.backtest.engine import NO_CHANGE
+from tradpal_ray.backtest.indicators import cached, cross_above, cross_below, sma
 from tradpal_ray.backtest.strategies import strategy_from_function
 from tradpal_ray.market import CandleStore, candles_table
 from tradpal_ray.trading import Ledger, open_ledger
 from tradpal_ray.trading._paper import Candle, trades_frame
 from tradpal_ray.trading._risk import RiskGuard, RiskLimits
 from tradpal_ray.trading._session import TraderSession, TraderSpec, candles_of
-from tradpal_ray.trading._trader import PaperTrader, TraderCore
+from tradpal_ray.trading._trader import PaperTrader, SharedSignals, TraderCore
 
 BUILTINS = ("sma_cross", "ema_cross", "rsi_reversion", "bollinger_breakout", "macd")
 FRAMES = {"GOOG": GOOG.rename(columns=str.lower), "EURUSD": EURUSD.rename(columns=str.lower)}
@@ -156,6 +159,61 @@ def test_a_halted_trader_sends_nothing_more() -> None:
     assert len(orders) == 1 and trader.halted and trader.halted.startswith("max orders per minute")
     assert trader.pending is None or trader.pending is orders[0]
 
+
+def above_window_mean(bars: Bars) -> tuple[np.ndarray, np.ndarray]:
+    """In above the mean close of the whole window, out below: a signal that depends on every candle in the window."""
+    mean = bars.close.mean()
+    return bars.close > mean, bars.close < mean
+
+
+def test_cores_sharing_signals_decide_as_each_alone() -> None:
+    frame = FRAMES["GOOG"]
+    bars = candles_of(frame.iloc[:1200])
+    shared = SharedSignals()  # one host's: cores of several strategies, parameters and window lengths on one series
+    window_mean = strategy_from_function(above_window_mean)
+    setups = [(name, params, window) for name, params in (("sma_cross", {"fast": 10, "slow": 30}),
+                                                          ("sma_cross", {"fast": 10, "slow": 40}),
+                                                          ("sma_cross", {"fast": 10, "slow": 30}), ("ema_cross", {}),
+                                                          ("macd", {}), (window_mean, {})) for window in (None, 600)]
+    pairs = [(TraderCore("a", "X/USDT", "1d", name, params, window=window, shared=shared),
+              TraderCore("b", "X/USDT", "1d", name, params, window=window)) for name, params, window in setups]
+    late = (TraderCore("a", "X/USDT", "1d", window_mean, {}, shared=shared), TraderCore("b", "X/USDT", "1d", window_mean, {}))
+    for core in late:  # joins at candle 700 with a shorter window: shares once its window holds the same candles
+        core.warm_up(frame.iloc[400:700])
+    # The same symbol and times on another exchange (other prices): its windows are never shared with the others.
+    elsewhere = (TraderCore("a", "X/USDT", "1d", window_mean, {}, shared=shared), TraderCore("b", "X/USDT", "1d", window_mean, {}))
+    decided = 0
+    for k, candle in enumerate(bars):
+        units = float(k % 3 - 1)  # long, flat and short in turn: entries and exits both count
+        for together, alone in [*pairs, *([late] if k >= 700 else [])]:
+            target = together.on_candle(candle, units)
+            assert target == alone.on_candle(candle, units), (k, together.strategy.name, together.window)
+            decided += target != NO_CHANGE
+        there = dataclasses.replace(candle, close=candle.close + k * 0.5)
+        assert elsewhere[0].on_candle(there, units) == elsewhere[1].on_candle(there, units), k
+    assert decided > 100
+
+
+def test_cores_sharing_signals_compute_each_indicator_and_signal_once_a_candle() -> None:
+    calls: collections.Counter[object] = collections.Counter()
+
+    @cached
+    def counted_mean(values: np.ndarray, n: int) -> np.ndarray:
+        calls[n] += 1
+        return sma(values, n)
+
+    def crossing(bars: Bars, fast: int = 5, slow: int = 20) -> tuple[np.ndarray, np.ndarray]:
+        calls["strategy"] += 1
+        f, s = counted_mean(bars.close, fast), counted_mean(bars.close, slow)
+        return cross_above(f, s), cross_below(f, s)
+
+    strat, shared = strategy_from_function(crossing), SharedSignals()
+    cores = [TraderCore(f"c{i}", "X/USDT", "1d", strat, params, shared=shared)
+             for i, params in enumerate(({"fast": 5, "slow": 20}, {"fast": 5, "slow": 20}, {"fast": 5, "slow": 30}))]
+    for candle in candles_of(FRAMES["GOOG"].iloc[:50]):
+        for core in cores:
+            core.on_candle(candle, 0.0)
+    assert calls == {"strategy": 100, 5: 50, 20: 50, 30: 50}  # the two equal cores: one signal; SMA(5): once for all
 
 # ---------------------------------------------------------------- the session: books in the ledger (SQLite)
 SESSION_CONFIG = BacktestConfig(direction="longshort", stop_loss=0.04, take_profit=0.08, slippage_bps=2)

@@ -28,14 +28,16 @@ _CACHE: contextvars.ContextVar[_Cache | None] = contextvars.ContextVar("tradpal_
 
 
 @contextmanager
-def indicator_cache(*inputs: np.ndarray) -> Iterator[dict[tuple[Any, ...], np.ndarray]]:
+def indicator_cache(*inputs: np.ndarray, store: dict[tuple[Any, ...], np.ndarray] | None = None
+                    ) -> Iterator[dict[tuple[Any, ...], np.ndarray]]:
     """Within this block, cached indicators of the ``inputs`` arrays are computed once per arguments.
 
     Only calls whose array arguments are all among ``inputs`` (the bars' columns, alive for
     the whole block) are memoized; an indicator of a derived array is computed each time,
-    so the cache never grows with the number of parameter combinations.
+    so the cache never grows with the number of parameter combinations. ``store``: the
+    results of an earlier block on the same ``inputs`` (kept alive meanwhile), to reuse them.
     """
-    store: dict[tuple[Any, ...], np.ndarray] = {}
+    store = {} if store is None else store
     token = _CACHE.set((frozenset(id(a) for a in inputs), store))
     try:
         yield store

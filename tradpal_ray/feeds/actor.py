@@ -58,10 +58,12 @@ class FeedActor:
         return self.feed.status()
 
     async def poll(self, kind: str, cursor: int | None = None, key: Hashable | None = None, *,
-                   epoch: str | None = None, timeout: float = 1.0, limit: int = 64) -> RingRead:
+                   epoch: str | None = None, timeout: float = 1.0, limit: int = 64,
+                   closed_only: bool = False) -> RingRead:
         """See :meth:`Feed.poll`; payloads are ObjectRefs of Arrow record batches."""
         await asyncio.shield(self._start)
-        return await self.feed.poll(kind, cursor, key, epoch=epoch, timeout=timeout, limit=limit)
+        return await self.feed.poll(kind, cursor, key, epoch=epoch, timeout=timeout, limit=limit,
+                                    closed_only=closed_only)
 
     async def latest(self, symbol: str, timeframe: str, n: int = 100) -> pd.DataFrame:
         """See :meth:`Feed.latest`."""

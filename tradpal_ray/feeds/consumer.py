@@ -89,10 +89,13 @@ class Subscription:
     """Async iterator of Arrow record batches of one series (candles) or one symbol (trades)."""
 
     def __init__(self, source: Any, kind: str, key: Hashable, *, store: str | None = None,
-                 exchange: str = "binance", poll_timeout: float = 1.0, retry_interval: float = 0.2) -> None:
+                 exchange: str = "binance", poll_timeout: float = 1.0, retry_interval: float = 0.2,
+                 closed_only: bool = False) -> None:
         self.source = source
         self.kind = kind
         self.key = key
+        self.closed_only = closed_only
+        """Candles: only batches with a closed candle of the series (see :meth:`Feed.poll`)."""
         self.store = CandleStore(store) if store else None
         self.exchange = exchange
         self.poll_timeout = poll_timeout
@@ -146,7 +149,7 @@ class Subscription:
                 self._ready.append(batch)
 
     async def _poll(self) -> tuple[RingRead, list[Any]]:
-        kwargs = {"epoch": self.epoch, "timeout": self.poll_timeout}
+        kwargs = {"epoch": self.epoch, "timeout": self.poll_timeout, "closed_only": self.closed_only}
         if _is_actor(self.source):
             read = await self.source.poll.remote(self.kind, self.cursor, self.key, **kwargs)
             cache = _PayloadCache.here()
@@ -202,10 +205,11 @@ def _recoverable(exc: Exception) -> bool:
 
 
 def subscribe(source: Any, symbol: str, timeframe: str, *, store: str | None = None, exchange: str = "binance",
-              poll_timeout: float = 1.0) -> Subscription:
-    """Candle batches of one series as an async iterator (``store``: where to read missed candles)."""
+              poll_timeout: float = 1.0, closed_only: bool = False) -> Subscription:
+    """Candle batches of one series as an async iterator (``store``: where to read missed candles;
+    ``closed_only``: only batches that close a candle of it, not every update of the forming one)."""
     return Subscription(source, "candles", (symbol, timeframe), store=store, exchange=exchange,
-                        poll_timeout=poll_timeout)
+                        poll_timeout=poll_timeout, closed_only=closed_only)
 
 
 def subscribe_trades(source: Any, symbol: str, *, poll_timeout: float = 1.0) -> Subscription:

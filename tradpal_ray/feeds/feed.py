@@ -222,6 +222,8 @@ class Feed:
         self._unstored: set[tuple[str, str]] = set()
         self._held: dict[tuple[str, str], list[CandleRow]] = {}
         self._new_batch = asyncio.Event()
+        self._new_closed = asyncio.Event()
+        """Set by a flush that published a closed candle (what ``poll(closed_only=True)`` waits for)."""
         self._repair_wake = asyncio.Event()
         self._waiters = 0
         self._tasks: list[asyncio.Task] = []
@@ -306,6 +308,7 @@ class Feed:
                 await self.rest_client.close()
             self._ended = True  # everything is published: consumers may finish
             self._new_batch.set()
+            self._new_closed.set()
         log.info("feed.stopped", feed=self.name, stored=self.stored_rows, reconnects=self.reconnects)
         return self.status()
 
@@ -539,25 +542,30 @@ class Feed:
         """Publish buffered rows of ``kinds`` as batches (only those due unless ``force``); returns batches published."""
         cfg = self.config
         now = time.monotonic()
-        published = 0
+        published, any_closed = 0, False
         for kind, buffer in (("candles", self.candles), ("trades", self.trades)):
             if kind not in kinds or not len(buffer):
                 continue
             age = now - buffer.first_at
             if not (force or self._waiters or age >= cfg.flush_interval or len(buffer) >= cfg.flush_rows):
                 continue
+            closed: frozenset[Hashable] = frozenset()
             if kind == "candles":
-                batch, keys = self.candles.take()
+                batch, keys, closed = self.candles.take()
             else:
                 batch, keys, per_symbol = self.trades.take()
                 self._note_trades(per_symbol)
-            self.rings[kind].append(self._publish(batch), keys, batch.nbytes)
+            self.rings[kind].append(self._publish(batch), keys, batch.nbytes, closed)
+            any_closed = any_closed or bool(closed)
             self.metrics.messages(kind, batch.num_rows)
             self.metrics.flushed(kind, age * 1000.0)
             published += 1
         if published:
             self._new_batch.set()
             self._new_batch = asyncio.Event()
+            if any_closed:
+                self._new_closed.set()
+                self._new_closed = asyncio.Event()
             if self.metrics.enabled:
                 self._record_lag()
         return published
@@ -586,11 +594,14 @@ class Feed:
                 self.metrics.lag(symbol, now_ms - stats.last_event_ms)
 
     async def poll(self, kind: str, cursor: int | None = None, key: Hashable | None = None, *,
-                   epoch: str | None = None, timeout: float = 1.0, limit: int = 64) -> RingRead:
+                   epoch: str | None = None, timeout: float = 1.0, limit: int = 64,
+                   closed_only: bool = False) -> RingRead:
         """Batches of ``kind`` after ``cursor`` holding ``key``; waits up to ``timeout`` s for one.
 
         ``key`` is ``(symbol, timeframe)`` for candles and ``symbol`` for trades. A cursor of
         another ``epoch`` (a previous incarnation of the feed) restarts at the oldest batch.
+        ``closed_only`` (candles): only batches with a closed candle of ``key``; the consumer
+        is not woken by the updates of candles still forming (a trader's subscription).
         """
         if kind not in self.rings:
             raise ConfigError(f"unknown batch kind {kind!r}; valid: {', '.join(KINDS)}")
@@ -601,7 +612,7 @@ class Feed:
             cursor = None
         deadline = time.monotonic() + timeout
         while True:
-            read = ring.read(cursor, key, limit)
+            read = ring.read(cursor, key, limit, closed_only)
             remaining = deadline - time.monotonic()
             if self._ended and not read.entries:
                 read.ended = True
@@ -610,7 +621,7 @@ class Feed:
             cursor = read.cursor
             if self.flush(force=True, kinds=(kind,)):  # rows arrived since the last flush: hand them over now
                 continue
-            event = self._new_batch
+            event = self._new_closed if closed_only else self._new_batch
             self._waiters += 1
             try:
                 await asyncio.wait_for(event.wait(), remaining)

@@ -87,8 +87,8 @@ class CandleBuffer:
         if self.rows and self.first_at is None:
             self.first_at = now
 
-    def take(self) -> tuple[pa.RecordBatch, frozenset[tuple[str, str]]]:
-        """The queued rows as a batch and the series in it (then empty)."""
+    def take(self) -> tuple[pa.RecordBatch, frozenset[tuple[str, str]], frozenset[tuple[str, str]]]:
+        """The queued rows as a batch, the series in it and those with a closed candle in it (then empty)."""
         rows, self.rows, self.first_at = self.rows, [], None
         cols = list(zip(*(r for _, _, r in rows)))
         batch = pa.record_batch(
@@ -102,7 +102,7 @@ class CandleBuffer:
             ],
             schema=CANDLE_BATCH_SCHEMA,
         )
-        return batch, frozenset((s, tf) for s, tf, _ in rows)
+        return batch, frozenset((s, tf) for s, tf, _ in rows), frozenset((s, tf) for s, tf, r in rows if r[6])
 
 
 _TRADE_EVENT_SCHEMA = pa.schema(
@@ -275,6 +275,8 @@ class RingEntry:
     payload: Any
     keys: frozenset[Hashable]
     nbytes: int = 0
+    closed: frozenset[Hashable] = frozenset()
+    """Candles: the series with a closed candle in the batch (what a consumer of closed candles waits for)."""
 
 
 @dataclass
@@ -311,11 +313,12 @@ class BatchRing:
     forced_evictions: int = 0
     nbytes: int = 0
 
-    def append(self, payload: Any, keys: frozenset[Hashable], nbytes: int = 0) -> int:
-        """Add a batch (of ``nbytes``); returns its sequence number."""
+    def append(self, payload: Any, keys: frozenset[Hashable], nbytes: int = 0,
+               closed: frozenset[Hashable] = frozenset()) -> int:
+        """Add a batch (of ``nbytes``; ``closed``: see :attr:`RingEntry.closed`); returns its sequence number."""
         seq = self.next_seq
         self.next_seq += 1
-        self.entries.append(RingEntry(seq, payload, keys, nbytes))
+        self.entries.append(RingEntry(seq, payload, keys, nbytes, closed))
         self.nbytes += nbytes
         self._evict()
         return seq
@@ -335,15 +338,17 @@ class BatchRing:
             self.nbytes -= entries.popleft().nbytes
             self.forced_evictions += 1
 
-    def read(self, cursor: int | None, key: Hashable | None = None, limit: int = 64) -> RingRead:
-        """Entries with ``seq >= cursor`` (None: the oldest kept) holding ``key`` (None: any)."""
+    def read(self, cursor: int | None, key: Hashable | None = None, limit: int = 64, closed_only: bool = False) -> RingRead:
+        """Entries with ``seq >= cursor`` (None: the oldest kept) holding ``key`` (None: any); with
+        ``closed_only``, only those holding a closed candle of ``key`` (:attr:`RingEntry.closed`)."""
         oldest = self.entries[0].seq if self.entries else self.next_seq
         if cursor is None or cursor > self.next_seq:
             cursor = oldest
         missed = (cursor, oldest - 1) if cursor < oldest else None
         start = max(cursor, oldest) - oldest
         picked = [
-            entry for entry in itertools.islice(self.entries, start, None) if key is None or key in entry.keys
+            entry for entry in itertools.islice(self.entries, start, None)
+            if key is None or key in (entry.closed if closed_only else entry.keys)
         ][:limit]
         next_cursor = picked[-1].seq + 1 if len(picked) == limit else self.next_seq
         return RingRead(self.epoch, picked, next_cursor, missed)

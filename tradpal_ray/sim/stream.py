@@ -36,6 +36,8 @@ MAX_BACKLOG = (
     200_000  # frames queued for one connection before the emitter waits for it
 )
 SLOW_CONSUMER_S = 10.0  # ... and how long it waits before dropping that connection
+CLOSE_MARGIN_S = 0.001
+"""A tick due at a candle's close comes this long after it (on the simulated clock's rounding side)."""
 MALFORMED_FRAME = '{"e":"kline","E":17000000000'  # truncated JSON
 
 
@@ -236,6 +238,7 @@ class StreamHub:
         self.connections: dict[int, Connection] = {}
         self.subscribers: dict[str, set[Connection]] = {}
         self.streams: dict[str, Stream] = {}
+        self._new_stream = asyncio.Event()
         self.total_connections = 0
         self.sent: Counter[str] = Counter()
         self.cursor = {symbol: clock.now_ms() for symbol in view.specs}
@@ -362,6 +365,7 @@ class StreamHub:
         for stream in streams:
             if method == "SUBSCRIBE":
                 self.streams[stream.name] = stream
+                self._new_stream.set()  # its candles' closes may come before the emitter's next tick
                 self.subscribers.setdefault(stream.name, set()).add(conn)
                 conn.streams.add(stream.name)
             elif stream.name in conn.streams:
@@ -388,9 +392,23 @@ class StreamHub:
             except Exception:
                 log.exception("sim.tick_failed")
             await self._wait_for_slow_clients()
-            await asyncio.sleep(
-                max(0.0, self.emit_interval - (time.monotonic() - started))
-            )
+            try:
+                await asyncio.wait_for(self._new_stream.wait(), self._until_next_tick(started))
+            except TimeoutError:
+                pass
+            self._new_stream.clear()
+
+    def _until_next_tick(self, started: float) -> float:
+        """Seconds to the next tick: ``emit_interval`` after the one at ``started``, or sooner, just
+        after the next close of a subscribed candle (Binance pushes the closing kline at the
+        close, not with the candle's next periodic update)."""
+        wait = max(0.0, self.emit_interval - (time.monotonic() - started))
+        steps = {TIMEFRAMES[s.timeframe] for s in self.streams.values() if s.kind == "kline" and s.timeframe}
+        if steps:
+            now = self.clock.now_ms()
+            close = min((now // step + 1) * step for step in steps)
+            wait = min(wait, (close - now) / (1000.0 * max(self.clock.speed, 1.0)) + CLOSE_MARGIN_S)
+        return wait
 
     async def _wait_for_slow_clients(self) -> None:
         for conn in [c for c in self.connections.values() if c.backlog > MAX_BACKLOG]:

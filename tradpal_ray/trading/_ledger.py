@@ -308,10 +308,14 @@ class Ledger:
         self.engine.dispose()
 
     # ------------------------------------------------------------- plumbing
-    def run(self, work: Callable[[Connection], T], change: str | None = None) -> T:
+    def run(self, work: Callable[[Connection], T], change: str | None = None, *, defer: bool = False) -> T | None:
         """``work(connection)`` in one write transaction, retried whole on a transient failure until
         ``retry_s`` runs out (then StoreError); ``on_change(change)`` after a commit, unless
-        ``work`` returned 0 or False (nothing was written)."""
+        ``work`` returned 0 or False (nothing was written). ``defer`` inside :meth:`deferred`:
+        ``work`` joins the block's transaction (in call order) and None is returned."""
+        if defer and (queued := self._queued()) is not None:
+            queued["work"].append((work, change))
+            return None
         result = self._transaction(work, read_only=False)
         if change is not None and result is not False and result != 0:
             self._notify(change)
@@ -352,36 +356,42 @@ class Ledger:
         transaction (bulk inserts, in call order; an event's time is when it is written).
 
         What a host of many traders does per candle: the rows that every decision writes cost one
-        commit for all traders instead of two per trader. Orders and fills are never deferred (each
-        is its own transaction, before anything is sent). The queue is written even when the
-        block raises; StoreError if it cannot be.
+        commit for all traders instead of two per trader. Orders and fills join only when written
+        with ``defer=True`` (paper traders: nothing is sent anywhere, and a fill still lands with
+        its position change), first and in call order; an exchange order never does (it is
+        committed before it is sent). The queue is written even when the block raises;
+        StoreError if it cannot be.
         """
         if getattr(self._queue, "rows", None) is not None:
             yield  # nested: the outer block writes
             return
-        rows: dict[str, Any] = {"equity": {}, "event": []}
+        rows: dict[str, Any] = {"work": [], "equity": {}, "event": []}
         self._queue.rows = rows
         try:
             yield
         finally:
             self._queue.rows = None
-            self._write_queued(rows["equity"], rows["event"])
+            self._write_queued(rows["work"], rows["equity"], rows["event"])
 
-    def _write_queued(self, points: dict[tuple[str, int], dict[str, Any]], queued: list[dict[str, Any]]) -> None:
-        if not points and not queued:
+    def _write_queued(self, works: list[tuple[Callable[[Connection], Any], str | None]],
+                      points: dict[tuple[str, int], dict[str, Any]], queued: list[dict[str, Any]]) -> None:
+        if not works and not points and not queued:
             return
 
-        def work(connection: Connection) -> None:
+        def work(connection: Connection) -> list[str]:
+            changed = [change for write, change in works if (done := write(connection)) is not False and done != 0
+                       and change is not None]
             if points:
                 connection.execute(self._equity_upsert, list(points.values()))
+                changed.append("equity")
             if queued:
                 written = now_ms()
                 connection.execute(events.insert(), [{**row, "time_ms": row["time_ms"] or written} for row in queued])
+                changed.append("event")
+            return changed
 
-        self._transaction(work, read_only=False)
-        for change, written in (("equity", points), ("event", queued)):
-            if written:
-                self._notify(change)
+        for change in dict.fromkeys(self._transaction(work, read_only=False)):
+            self._notify(change)
 
     def _queued(self) -> dict[str, Any] | None:
         return getattr(self._queue, "rows", None)
@@ -423,22 +433,24 @@ class Ledger:
         return int(self.read(lambda c: c.execute(sa.select(sa.func.max(schema_version.c.version))).scalar_one()))
 
     # --------------------------------------------------------------- orders
-    def record_order(self, order: Order) -> bool:
-        """Store a new order; False (nothing written) if its client order id is already there."""
+    def record_order(self, order: Order, *, defer: bool = False) -> bool | None:
+        """Store a new order; False (nothing written) if its client order id is already there
+        (None: deferred, see :meth:`deferred`)."""
         values = {**asdict(order), "updated_ms": order.created_ms}
         statement = (self._insert(orders).values(**values).on_conflict_do_nothing(index_elements=["client_order_id"])
                      .returning(orders.c.client_order_id))
-        return self.run(lambda c: c.execute(statement).first() is not None, "order")
+        return self.run(lambda c: c.execute(statement).first() is not None, "order", defer=defer)
 
-    def update_order(self, client_order_id: str, status: str, exchange_order_id: str | None = None) -> bool:
-        """Set an order's status (and the exchange's id when known); False if no such order."""
+    def update_order(self, client_order_id: str, status: str, exchange_order_id: str | None = None, *,
+                     defer: bool = False) -> bool | None:
+        """Set an order's status (and the exchange's id when known); False if no such order (None: deferred)."""
         if status not in ORDER_STATUSES:
             raise DataError(f"status must be one of {', '.join(ORDER_STATUSES)}, got {status!r}")
         values: dict[str, Any] = {"status": status, "updated_ms": now_ms()}
         if exchange_order_id is not None:
             values["exchange_order_id"] = exchange_order_id
         statement = orders.update().where(orders.c.client_order_id == client_order_id).values(**values)
-        return bool(self.run(lambda c: c.execute(statement).rowcount, "order"))
+        return self.run(lambda c: bool(c.execute(statement).rowcount), "order", defer=defer)
 
     def order(self, client_order_id: str) -> Order | None:
         """One order by its client id, or None."""
@@ -452,13 +464,14 @@ class Ledger:
         return [_order(row) for row in self.read(lambda c: c.execute(query).all())]
 
     # ---------------------------------------------------------------- fills
-    def record_fill(self, fill: Fill) -> Position:
-        """Store a fill and apply it to the position and the round-trip trades, in one transaction.
+    def record_fill(self, fill: Fill, *, defer: bool = False) -> Position | None:
+        """Store a fill and apply it to the position and the round-trip trades, in one transaction
+        (None: deferred, see :meth:`deferred`).
 
         Idempotent on ``fill_id``: a fill already recorded changes nothing and the current
         position is returned. The closing part's exit reason is its order's reason.
         """
-        return self.run(lambda connection: self._apply(connection, fill), "fill")
+        return self.run(lambda connection: self._apply(connection, fill), "fill", defer=defer)
 
     def _apply(self, connection: Connection, fill: Fill) -> Position:
         inserted = connection.execute(

@@ -31,7 +31,7 @@ from tradpal_ray.trading._ledger import Ledger
 from tradpal_ray.trading._models import TRADER_NAME, Fill, Order, client_order_id
 from tradpal_ray.trading._paper import Candle, PaperBroker
 from tradpal_ray.trading._risk import RiskGuard, RiskLimits
-from tradpal_ray.trading._trader import CandleOutcome, OrderIntent, PaperTrader, TraderCore
+from tradpal_ray.trading._trader import CandleOutcome, OrderIntent, PaperTrader, SharedSignals, TraderCore
 
 log = get_logger(__name__)
 
@@ -108,13 +108,19 @@ class TraderSpec:
 class TraderSession:
     """One trader's paper books over its symbols, recorded in ``ledger`` (see the module)."""
 
-    def __init__(self, spec: TraderSpec, ledger: Ledger, *, exchange_client: Any = None, host: str | None = None) -> None:
+    def __init__(self, spec: TraderSpec, ledger: Ledger, *, exchange_client: Any = None, host: str | None = None,
+                 shared: SharedSignals | None = None) -> None:
         self.spec = spec
         self.ledger = ledger
         self.host = host
         """The Ray actor hosting this session, recorded in the ledger (a restarted host finds its traders)."""
         self.exchange_client = exchange_client
         """A ccxt client (sync) with the account's keys, for ``broker="exchange"``."""
+        self.shared = shared
+        """Signals shared with the other sessions of the process (its host's), or None."""
+        self.defer_fills = spec.backtest is None
+        """Paper orders and fills join the host's per-candle transaction (:meth:`Ledger.deferred`), except
+        an incubator trader's: its divergence event reads its closed trades back from the ledger."""
         self.store = CandleStore(spec.store)
         self.strategy = get_strategy(spec.strategy)
         """Resolved once: a reference is loaded (and hashed) once per trader, not once per symbol."""
@@ -162,7 +168,8 @@ class TraderSession:
     def _rebuild(self, symbol: str, processed: Mapping[str, Any] | None) -> None:
         spec = self.spec
         config = spec.symbol_config(symbol)
-        core = TraderCore(spec.name, symbol, spec.timeframe, self.strategy, spec.params, config, window=spec.window)
+        core = TraderCore(spec.name, symbol, spec.timeframe, self.strategy, spec.params, config, window=spec.window,
+                          shared=self.shared)
         trader = PaperTrader.new(core, spec.limits)
         trader.halted = self.reason if self.status == HALTED else None
         last = None if processed is None else int(processed["time_ms"])
@@ -215,7 +222,7 @@ class TraderSession:
             outcome = self.traders[symbol].on_candle(candle)
             self._record_fills(symbol, outcome)
             if outcome.order is not None:
-                self.ledger.record_order(self._order(symbol, outcome.order, "signal"))
+                self.ledger.record_order(self._order(symbol, outcome.order, "signal"), defer=self.defer_fills)
             halt, closed = outcome.halt, any(not e.opens for e in outcome.executions)
         self.last_candle[symbol] = candle
         self.first_ms.setdefault(symbol, candle.time_ms)
@@ -265,13 +272,14 @@ class TraderSession:
             else:
                 order_id = client_order_id(self.spec.name, symbol, execution.time_ms, execution.side)
                 intent = OrderIntent(order_id, symbol, execution.side, 0, execution.time_ms, execution.units)
-                self.ledger.record_order(self._order(symbol, intent, _ORDER_REASON[execution.reason], execution.units))
+                self.ledger.record_order(self._order(symbol, intent, _ORDER_REASON[execution.reason], execution.units),
+                                         defer=self.defer_fills)
                 fill_id = f"{order_id}:0"
             self.ledger.record_fill(Fill(self.spec.name, order_id, fill_id, symbol, execution.side, execution.units,
-                                         execution.price, execution.fee, execution.time_ms))
-            self.ledger.update_order(order_id, "filled")
+                                         execution.price, execution.fee, execution.time_ms), defer=self.defer_fills)
+            self.ledger.update_order(order_id, "filled", defer=self.defer_fills)
         if outcome.filled_order is not None and not signal_fills:  # nothing affordable, or the account is dead
-            self.ledger.update_order(outcome.filled_order.client_order_id, "canceled")
+            self.ledger.update_order(outcome.filled_order.client_order_id, "canceled", defer=self.defer_fills)
 
     # ------------------------------------------------------------ control
     def halt(self, reason: str) -> None:

@@ -15,7 +15,7 @@ candle gives the fills of the previous decision and the next order.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +24,7 @@ import pandas as pd
 
 from tradpal_ray.backtest.data import Bars
 from tradpal_ray.backtest.engine import NO_CHANGE, BacktestConfig, next_target
+from tradpal_ray.backtest.indicators import indicator_cache
 from tradpal_ray.backtest.strategies import Strategy, get_strategy
 from tradpal_ray.market.schema import timeframe_ms
 from tradpal_ray.trading._models import client_order_id
@@ -71,7 +72,7 @@ class TraderCore:
 
     def __init__(self, name: str, symbol: str, timeframe: str, strategy: str | Strategy,
                  params: Mapping[str, Any] | None = None, config: BacktestConfig | None = None,
-                 *, window: int | None = None) -> None:
+                 *, window: int | None = None, shared: SharedSignals | None = None) -> None:
         self.name = name
         self.symbol = symbol
         self.step_ms = timeframe_ms(timeframe)
@@ -79,6 +80,9 @@ class TraderCore:
         self.params = self.strategy.resolve(params or {})
         self.config = config or BacktestConfig()
         self.window = window or signal_window(self.strategy, self.params)
+        self.shared = shared
+        """Where cores of one process share the newest candle's bars, indicators and signals (None: alone)."""
+        self.signal_key = _signal_key(self.strategy, self.params)
         self._direction = 1 if self.config.direction == "longshort" else 0
         self._times = np.empty(0, dtype=np.int64)
         self._ohlcv = np.empty((5, 0))
@@ -107,13 +111,21 @@ class TraderCore:
             self._ohlcv = np.ascontiguousarray(self._ohlcv[:, -self.window:])
 
     def signal(self) -> tuple[bool, bool]:
-        """(entry, exit) of the newest candle, computed on the window."""
+        """(entry, exit) of the newest candle, computed on the window (or taken from :attr:`shared`)."""
         n = min(len(self._times), self.window)
-        ohlcv = self._ohlcv[:, -n:]
-        bars = Bars(index=self._index(self._times[-n:]),
-                    open=np.ascontiguousarray(ohlcv[0]), high=np.ascontiguousarray(ohlcv[1]),
+        times, ohlcv = self._times[-n:], self._ohlcv[:, -n:]
+        if self.shared is not None:
+            return self.shared.signal(self, times, ohlcv)
+        return self.evaluate(self.bars(times, ohlcv))
+
+    def bars(self, times: np.ndarray, ohlcv: np.ndarray) -> Bars:
+        """The strategy's view of a window: ``times`` (ms) and its OHLCV rows."""
+        return Bars(index=self._index(times), open=np.ascontiguousarray(ohlcv[0]), high=np.ascontiguousarray(ohlcv[1]),
                     low=np.ascontiguousarray(ohlcv[2]), close=np.ascontiguousarray(ohlcv[3]),
-                    volume=np.ascontiguousarray(ohlcv[4]), day_end=np.zeros(n, dtype=np.bool_))
+                    volume=np.ascontiguousarray(ohlcv[4]), day_end=np.zeros(len(times), dtype=np.bool_))
+
+    def evaluate(self, bars: Bars) -> tuple[bool, bool]:
+        """(entry, exit) of the strategy on ``bars``' last bar."""
         entries, exits = self.strategy.signals(bars, self.params)
         return bool(entries[-1]), bool(exits[-1])
 
@@ -155,6 +167,58 @@ class TraderCore:
         fill_time = candle.time_ms + self.step_ms
         return OrderIntent(client_order_id(self.name, self.symbol, fill_time, side), self.symbol, side, target, fill_time,
                            abs(units) + opening)
+
+
+def _signal_key(strat: Strategy, params: Mapping[str, Any]) -> Hashable | None:
+    """What makes two cores' signals on the same bars equal: the strategy's function and parameter
+    values (None when a value is unhashable: that core's signals are never shared)."""
+    try:
+        key = (strat.func, tuple(sorted(params.items())))
+        hash(key)
+    except TypeError:
+        return None
+    return key
+
+
+@dataclass
+class _SharedWindow:
+    """One window's bars and what was computed on them for the newest candle."""
+
+    times: np.ndarray
+    ohlcv: np.ndarray
+    bars: Bars
+    indicators: dict[tuple[Any, ...], np.ndarray] = field(default_factory=dict)
+    signals: dict[Hashable, tuple[bool, bool]] = field(default_factory=dict)
+
+
+class SharedSignals:
+    """The newest candle's signals, shared by the trader cores of one process (a trader host).
+
+    Cores whose windows hold the same candles (same symbol, timeframe and length, compared
+    value for value) evaluate the strategy on one :class:`Bars`: each cached indicator
+    (:func:`~tradpal_ray.backtest.indicators.indicator_cache`) is computed once for all of
+    them, and each (strategy, parameters) once. The results are those a core computes alone;
+    only the work is shared. One entry per series and window length: the newest candle's.
+    """
+
+    def __init__(self) -> None:
+        self._windows: dict[tuple[str, int, int], _SharedWindow] = {}
+
+    def signal(self, core: TraderCore, times: np.ndarray, ohlcv: np.ndarray) -> tuple[bool, bool]:
+        """``core``'s (entry, exit) on its window ``times`` / ``ohlcv`` (see the class)."""
+        key = (core.symbol, core.step_ms, len(times))
+        window = self._windows.get(key)
+        if window is None or not (window.times[-1] == times[-1] and np.array_equal(window.times, times)
+                                  and np.array_equal(window.ohlcv, ohlcv)):
+            window = self._windows[key] = _SharedWindow(times, ohlcv, core.bars(times, ohlcv))
+        found = window.signals.get(core.signal_key) if core.signal_key is not None else None
+        if found is None:
+            bars = window.bars
+            with indicator_cache(bars.open, bars.high, bars.low, bars.close, bars.volume, store=window.indicators):
+                found = core.evaluate(bars)
+            if core.signal_key is not None:
+                window.signals[core.signal_key] = found
+        return found
 
 
 def estimate_units(config: BacktestConfig, cash: float, price: float) -> float:
