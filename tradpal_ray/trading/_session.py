@@ -227,14 +227,9 @@ class TraderSession:
         self.last_candle[symbol] = candle
         self.first_ms.setdefault(symbol, candle.time_ms)
         self.candles += 1
-        if self.exchange_traders:
-            books = self._books()
-            equity, cash = sum(b["equity"] for b in books.values()), sum(b["cash"] for b in books.values())
-            symbol_equity = books[symbol]["equity"]
-        else:  # paper books only: their brokers know (no ledger read per candle)
-            equity = sum(t.broker.equity for t in self.traders.values())
-            cash = sum(t.broker.cash for t in self.traders.values())
-            symbol_equity = self.traders[symbol].broker.equity
+        equity, cash = self._totals()
+        symbol_equity = (self.exchange_traders[symbol].equity if symbol in self.exchange_traders
+                         else self.traders[symbol].broker.equity)
         self.ledger.record_equity(self.spec.name, candle.time_ms, equity, cash)
         self.ledger.record_event(self.spec.name, DECISION_EVENT, {
             "symbol": symbol, "time_ms": candle.time_ms, "first_ms": self.first_ms[symbol],
@@ -243,6 +238,13 @@ class TraderSession:
             self.ledger.record_event(self.spec.name, DIVERGENCE_EVENT, self.report()["divergence"])
         if halt and self.status != HALTED:
             self.halt(halt)
+
+    def _totals(self) -> tuple[float, float]:
+        """Equity and cash over every symbol's book; paper books only: from their brokers (no ledger read)."""
+        if self.exchange_traders:
+            books = self._books().values()
+            return sum(b["equity"] for b in books), sum(b["cash"] for b in books)
+        return sum(t.broker.equity for t in self.traders.values()), sum(t.broker.cash for t in self.traders.values())
 
     def _books(self) -> dict[str, dict[str, Any]]:
         """Per symbol: units, entry price, equity and cash (the paper broker's, or the ledger's for the exchange)."""
