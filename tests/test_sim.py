@@ -58,6 +58,16 @@ async def until(
     raise AssertionError(f"timed out waiting for {what}")
 
 
+async def handled_until_now(exchange: Any) -> None:
+    """Ping each of ``exchange``'s WebSockets and wait for the pongs: every frame the server sent
+    before them has been handled by then (frames on one connection arrive in order)."""
+    clients = list(exchange.clients.values())
+    before = [client.lastPong for client in clients]
+    for client in clients:
+        await client.connection.ping()
+    await until(lambda: all(client.lastPong != last for client, last in zip(clients, before, strict=True)), "the pongs")
+
+
 class RawClient:
     """A bare aiohttp WebSocket client on the combined stream (pings surface as messages)."""
 
@@ -442,7 +452,8 @@ def test_bad_client_frames_get_error_replies_and_connection_survives(
 def test_close_and_abort_fail_the_pending_watch(simulator: Any, kind: str) -> None:
     async def body(ex: Any) -> None:
         await asyncio.wait_for(ex.watch_ohlcv("BTC/USDT", "1m"), DEADLINE_S)
-        simulator.inject("stall")  # no data from here on, so the next watch surely stays pending
+        simulator.inject("stall")  # no data from here on
+        await handled_until_now(ex)  # nor a frame sent just before the stall: the next watch surely stays pending
         pending = asyncio.ensure_future(ex.watch_ohlcv("BTC/USDT", "1m"))
         deadline = time.monotonic() + DEADLINE_S
         while not any(client.futures for client in ex.clients.values()):
