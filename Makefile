@@ -5,9 +5,9 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?= -q
-# Opt-in: `make test XDIST="-n 2 --dist loadfile --no-loadscope-reorder"` runs the suite on two pytest-xdist
-# workers, each module whole on one of them, in file order. Not the default yet: not proven stable on a 2-core box.
-XDIST  ?=
+# The suite on two pytest-xdist workers, each module whole on one of them, in file order: most of its
+# time is spent waiting on real services (Ray, PostgreSQL, Serve, subprocesses). XDIST= runs it in one process.
+XDIST  ?= -n 2 --dist loadfile --no-loadscope-reorder
 ARGS   ?=
 
 .PHONY: install redis postgresql chromium demo test bench clean

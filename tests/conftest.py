@@ -7,6 +7,7 @@ here start them once and tear them down.
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,11 @@ import hypothesis  # noqa: F401  (import now: a late import under pytest's asser
 import pytest
 
 os.environ.setdefault("TRADPAL_LOG_LEVEL", "WARNING")
+
+# A suite started in the background by a shell without job control inherits Ctrl-C (SIGINT) ignored, and
+# so would every CLI it starts: the tests that stop one with Ctrl-C would hang. Python's handler again.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 pytest_plugins = ["redis_fixtures", "pg_server"]
 

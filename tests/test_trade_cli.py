@@ -20,6 +20,7 @@ import pandas as pd
 import pytest
 from backtesting.test import GOOG
 from test_metrics import scrape_until
+from test_runs import wait_until
 
 from tradpal_ray.market import CandleStore
 
@@ -130,13 +131,15 @@ def test_a_killed_trader_actor_restarts_and_rebuilds_from_the_ledger(ray_session
     assert after["status"] == "running"
     twin_after = ray.get(twin_handle.status())  # the host rebuilt every trader it ran, from the ledger
     assert twin_after["restarted"] and twin_after["status"] == "running" and twin_after["candles"] >= 1
+    ledger = open_ledger(None, str(store_root))  # three round trips: what the comparison with backtest asks for
+    wait_until(lambda: len(ledger.closed_trades("phoenix")) >= 3, 60, "three closed trades")
     ray.get(feed.stop.remote())
     ray.kill(feed)
     final = stop_trader(instance, "phoenix", flatten=False)
     assert final["status"] == "stopped"
     assert stop_trader(instance, "twin", flatten=False)["status"] == "stopped"
     stored = [int(t) for t in CandleStore(store_root).read("binance", SYMBOL, "1m").index.as_unit("ms").asi8]
-    decided = sorted(e.detail["time_ms"] for e in open_ledger(None, str(store_root)).events("twin", kind="decision"))
+    decided = sorted(e.detail["time_ms"] for e in ledger.events("twin", kind="decision"))
     assert decided == stored[stored.index(decided[0]):]  # across the crash: every candle once
     code, out, err = run_cli("trade", "export", "phoenix", "--store", str(store_root), "--json")
     assert code == 0, err
