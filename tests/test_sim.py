@@ -390,13 +390,9 @@ def test_a_closing_kline_goes_out_at_the_close_not_with_the_next_update(make_sim
 
     async def body() -> list[int]:
         client = await RawClient.connect(sim.url, "btcusdt@kline_1m")
-        delays = []
-        while len(delays) < 3:
-            event = await client.next_json()
-            if event["k"]["x"]:
-                delays.append(event["E"] - event["k"]["T"])  # simulated ms from the close to the event
+        closing = [await client.next_json(lambda m: m["k"]["x"]) for _ in range(3)]
         await client.close()
-        return delays
+        return [event["E"] - event["k"]["T"] for event in closing]  # simulated ms from the close to the event
 
     delays = run(body)
     # With the next periodic update a close would be up to 600,000 simulated ms late; at the close, it is
@@ -756,11 +752,7 @@ def test_replay_dataframe_streams_candles_live(make_simulator: Any) -> None:
 
     async def body() -> list[dict]:
         client = await RawClient.connect(sim.url, "solusdt@kline_1h")
-        finals = []
-        while len(finals) < 3:
-            event = await client.next_json()
-            if event["k"]["x"]:
-                finals.append(event["k"])
+        finals = [(await client.next_json(lambda m: m["k"]["x"]))["k"] for _ in range(3)]
         await client.close()
         return finals
 

@@ -151,7 +151,8 @@ class TraderHost:
                     await asyncio.to_thread(self._join, session, symbol, list(follow.recent))
                 follow.members.append(session)
         # The books just built live as long as the trader: out of the collector's way. A full collection
-        # of a host's ~10^6 objects pauses every trader for ~0.3 s; after this it walks the new ones only.
+        # walks them all (400,000 objects for 50 traders in process: 170 ms, every trader paused); now
+        # it walks the newer ones only.
         gc.freeze()
         log.info("trader.hosted", trader=spec.name, host=self.name, feed=feed)
 
