@@ -56,14 +56,17 @@ def test_fast_mode_binds_the_api_to_the_host_and_haproxy_stats_to_every_interfac
     write_run(tmp_path, run_id(1))
     port, stats_port, metrics_port = free_port(), free_port(), free_port()
     env = {**os.environ, "TRADPAL_API_KEYS": "k-listeners", "PYTHONUNBUFFERED": "1",
-           "RAY_SERVE_HAPROXY_STATS_PORT": str(stats_port), "RAY_SERVE_HAPROXY_METRICS_PORT": str(metrics_port)}
+           "RAY_SERVE_HAPROXY_STATS_PORT": str(stats_port), "RAY_SERVE_HAPROXY_METRICS_PORT": str(metrics_port),
+           "RAY_SERVE_HAPROXY_STARTUP_TIMEOUT_S": "120"}  # Serve waits 30 s by default; a loaded machine may need more
     env.pop("RAY_ADDRESS", None)
-    with subprocess.Popen([sys.executable, "-c", CHILD, str(tmp_path), str(port)], env=env, text=True,
-                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL) as child:
+    errors = tmp_path / "child.stderr"
+    with errors.open("w") as stderr, subprocess.Popen([sys.executable, "-c", CHILD, str(tmp_path), str(port)], env=env,
+                                                       text=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                                       stderr=stderr) as child:
         try:
             # The URL line; Ray may print a line of its own first (a Serve controller task retried).
             url = next((line.strip() for line in child.stdout or () if line.startswith("http")), "")
-            assert url == f"http://127.0.0.1:{port}"
+            assert url == f"http://127.0.0.1:{port}", errors.read_text()[-3000:]
             haproxy = listeners(child.pid, "haproxy")
             # The API port follows --host; Ray renders HAProxy's stats and metrics binds as "*:port".
             assert haproxy == {("127.0.0.1", port), ("0.0.0.0", stats_port), ("0.0.0.0", metrics_port)}, haproxy
