@@ -333,6 +333,35 @@ def test_a_polling_consumer_gets_buffered_trades_without_waiting_for_the_flush_c
     assert second.entries == [] and second.cursor == first.cursor == 1
 
 
+def test_a_closed_candle_reaches_a_closed_only_consumer_at_once_and_forming_updates_wait() -> None:
+    feed = Feed(FeedConfig(symbols=("BTC/USDT",), flush_interval=60.0))  # not started: no flush loop runs
+    key = ("BTC/USDT", "1m")
+    feed.trackers[key] = CandleTracker(STEP)
+    feed.series[key] = StreamStats()
+
+    def vouch() -> None:  # a server-time sample asked for after the updates: they are applied
+        feed.observe_clock(ClockSample(2 * STEP, sent=time.monotonic(), received=time.monotonic()))
+
+    async def scenario() -> tuple[int, bool, RingRead]:
+        waiting = asyncio.ensure_future(feed.poll("candles", None, key, timeout=30.0, closed_only=True))
+        while not feed._waiting[True]:  # the consumer is waiting
+            await asyncio.sleep(0)
+        feed.kline("BTC/USDT", "1m", 0, 100, 101, 99, 100, 1.0, False, STEP // 2)
+        vouch()
+        due = feed.flush(force=False)  # a closed-only consumer does not force the flush cadence
+        for _ in range(3):
+            await asyncio.sleep(0)
+        woken = waiting.done()
+        feed.kline("BTC/USDT", "1m", 0, 100, 102, 99, 101, 2.0, True, STEP)
+        vouch()  # the close: flushed as soon as the loop is free
+        return due, woken, await asyncio.wait_for(waiting, 5.0)
+
+    due, woken, read = asyncio.run(scenario())
+    assert due == 0 and not woken
+    [entry] = read.entries
+    assert entry.payload.column("closed").to_pylist() == [False, True] and entry.payload.column("close").to_pylist() == [100, 101]
+
+
 def test_a_bad_candle_from_the_exchange_is_dropped_and_the_rest_stored(tmp_path: Path) -> None:
     feed = Feed(FeedConfig(symbols=("BTC/USDT",), store=str(tmp_path)))  # not started: no network
     feed.trackers[("BTC/USDT", "1m")] = CandleTracker(STEP)

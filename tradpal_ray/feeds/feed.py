@@ -16,9 +16,10 @@
   different values, and every ``rest_poll_interval`` in REST mode); each round reads the
   exchange's clock first, and only candles that ended before it count as closed;
 * the flush loop: buffered rows become one Arrow batch per kind at most every
-  ``flush_interval`` (sooner when ``flush_rows`` pile up, or every ``min_flush_interval``
-  while a consumer is waiting), handed to ``publish`` (``ray.put`` in the actor) and kept in
-  a bounded :class:`~tradpal_ray.feeds.publish.BatchRing`;
+  ``flush_interval`` (sooner when ``flush_rows`` pile up, every ``min_flush_interval`` while a
+  consumer waits for any batch, and at once for a closed candle while one waits for closed
+  candles only), handed to ``publish`` (``ray.put`` in the actor) and kept in a bounded
+  :class:`~tradpal_ray.feeds.publish.BatchRing`;
 * the store loop: every closed candle is upserted into the candle store within
   ``store_within`` seconds; ring entries are evicted only once their candles are stored;
 * status snapshots into :class:`~tradpal_ray.feeds.status_store.FeedStatusStore`.
@@ -225,7 +226,10 @@ class Feed:
         self._new_closed = asyncio.Event()
         """Set by a flush that published a closed candle (what ``poll(closed_only=True)`` waits for)."""
         self._repair_wake = asyncio.Event()
-        self._waiters = 0
+        self._waiting = {False: 0, True: 0}
+        """Consumers waiting, by ``closed_only``. For any batch: the flush loop then publishes every
+        ``min_flush_interval``; for closed candles only: a closed candle is then published at once."""
+        self._closed_flush_due = False
         self._tasks: list[asyncio.Task] = []
         self._stopped = False
         self._ended = False
@@ -411,7 +415,19 @@ class Feed:
             rows = [row for row in rows if not row.closed]
             self._store_wake.set()
         if rows:
-            self.candles.add(key[0], key[1], rows, now)
+            self._buffer(key, rows, now)
+
+    def _buffer(self, key: tuple[str, str], rows: list[CandleRow], now: float) -> None:
+        """Queue rows for the next flush; one holding a closed candle is flushed as soon as the loop
+        is free when a consumer waits for closed candles (a trader acts on the close: every ms counts)."""
+        self.candles.add(key[0], key[1], rows, now)
+        if self._waiting[True] and not self._closed_flush_due and any(row.closed for row in rows):
+            self._closed_flush_due = True
+            asyncio.get_running_loop().call_soon(self._flush_closed)
+
+    def _flush_closed(self) -> None:
+        self._closed_flush_due = False
+        self._flush_logged(force=True, kinds=("candles",))
 
     # -- stream supervision ---------------------------------------------------------------------
 
@@ -532,11 +548,13 @@ class Feed:
     async def _flush_loop(self) -> None:
         while True:
             await asyncio.sleep(self.config.min_flush_interval)
-            try:
-                self.flush(force=False)
-            except Exception as exc:  # never expected; a dead flush loop would silently stop publishing
-                log.error("feed.flush_failed", feed=self.name, error=f"{type(exc).__name__}: {str(exc)[:200]}",
-                          exc_info=exc)
+            self._flush_logged(force=False)
+
+    def _flush_logged(self, force: bool, kinds: tuple[str, ...] = KINDS) -> None:
+        try:
+            self.flush(force=force, kinds=kinds)
+        except Exception as exc:  # never expected; a dead flush loop would silently stop publishing
+            log.error("feed.flush_failed", feed=self.name, error=f"{type(exc).__name__}: {str(exc)[:200]}", exc_info=exc)
 
     def flush(self, force: bool = True, kinds: tuple[str, ...] = KINDS) -> int:
         """Publish buffered rows of ``kinds`` as batches (only those due unless ``force``); returns batches published."""
@@ -547,7 +565,7 @@ class Feed:
             if kind not in kinds or not len(buffer):
                 continue
             age = now - buffer.first_at
-            if not (force or self._waiters or age >= cfg.flush_interval or len(buffer) >= cfg.flush_rows):
+            if not (force or self._waiting[False] or age >= cfg.flush_interval or len(buffer) >= cfg.flush_rows):
                 continue
             closed: frozenset[Hashable] = frozenset()
             if kind == "candles":
@@ -622,13 +640,13 @@ class Feed:
             if self.flush(force=True, kinds=(kind,)):  # rows arrived since the last flush: hand them over now
                 continue
             event = self._new_closed if closed_only else self._new_batch
-            self._waiters += 1
+            self._waiting[closed_only] += 1
             try:
                 await asyncio.wait_for(event.wait(), remaining)
             except TimeoutError:
                 pass
             finally:
-                self._waiters -= 1
+                self._waiting[closed_only] -= 1
 
     # -- the durable store -------------------------------------------------------------------------------
 
@@ -673,7 +691,7 @@ class Feed:
                 self.stored_rows += len(rows)
             ring.persisted(covered)
             for key in releasable:  # stored now: publish them (and any held since)
-                self.candles.add(key[0], key[1], self._held.pop(key), time.monotonic())
+                self._buffer(key, self._held.pop(key), time.monotonic())
                 self._unstored.discard(key)
             return len(rows)
 

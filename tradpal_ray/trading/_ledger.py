@@ -282,6 +282,45 @@ def _trader_name(name: str) -> str:
     return name
 
 
+@dataclass(frozen=True)
+class _Statements:
+    """The statements of the per-fill path, built once per ledger and run with parameters: building
+    a statement (and its cache key) costs SQLAlchemy more than SQLite takes to run it. Bound
+    parameters of WHERE clauses start with ``_`` (the others name columns)."""
+
+    order_insert: Any
+    order_update: Any
+    order_reason: Any
+    fill_insert: Any
+    position: Any
+    position_locked: Any
+    """The position row, inserted flat if new, locked for this transaction (an upsert that changes nothing)."""
+    position_update: Any
+    trade_insert: Any
+    trade_update: Any
+    trade_entry_time: Any
+
+    @classmethod
+    def build(cls, insert: Callable[[sa.Table], Any]) -> _Statements:
+        """The statements for the dialect whose ``insert`` (with ON CONFLICT) is given."""
+        order_id, trade_id = sa.bindparam("_id"), sa.bindparam("_id")
+        key = (positions.c.trader == sa.bindparam("_trader")) & (positions.c.symbol == sa.bindparam("_symbol"))
+        return cls(
+            order_insert=insert(orders).on_conflict_do_nothing(index_elements=["client_order_id"])
+            .returning(orders.c.client_order_id),
+            order_update=orders.update().where(orders.c.client_order_id == order_id),
+            order_reason=sa.select(orders.c.reason).where(orders.c.client_order_id == order_id),
+            fill_insert=insert(fills).on_conflict_do_nothing(index_elements=["fill_id"]).returning(fills.c.fill_id),
+            position=sa.select(positions).where(key),
+            position_locked=(upsert := insert(positions)).on_conflict_do_update(
+                index_elements=["trader", "symbol"], set_={"trader": upsert.excluded.trader}).returning(*positions.c),
+            position_update=positions.update().where(key),
+            trade_insert=trades.insert().returning(trades.c.id),
+            trade_update=trades.update().where(trades.c.id == trade_id),
+            trade_entry_time=sa.select(trades.c.entry_time_ms).where(trades.c.id == trade_id),
+        )
+
+
 class Ledger:
     """The ledger over one database; thread-safe (a connection pool), shareable across processes."""
 
@@ -437,20 +476,17 @@ class Ledger:
         """Store a new order; False (nothing written) if its client order id is already there
         (None: deferred, see :meth:`deferred`)."""
         values = {**asdict(order), "updated_ms": order.created_ms}
-        statement = (self._insert(orders).values(**values).on_conflict_do_nothing(index_elements=["client_order_id"])
-                     .returning(orders.c.client_order_id))
-        return self.run(lambda c: c.execute(statement).first() is not None, "order", defer=defer)
+        return self.run(lambda c: c.execute(self._sql.order_insert, values).first() is not None, "order", defer=defer)
 
     def update_order(self, client_order_id: str, status: str, exchange_order_id: str | None = None, *,
                      defer: bool = False) -> bool | None:
         """Set an order's status (and the exchange's id when known); False if no such order (None: deferred)."""
         if status not in ORDER_STATUSES:
             raise DataError(f"status must be one of {', '.join(ORDER_STATUSES)}, got {status!r}")
-        values: dict[str, Any] = {"status": status, "updated_ms": now_ms()}
+        values: dict[str, Any] = {"_id": client_order_id, "status": status, "updated_ms": now_ms()}
         if exchange_order_id is not None:
             values["exchange_order_id"] = exchange_order_id
-        statement = orders.update().where(orders.c.client_order_id == client_order_id).values(**values)
-        return self.run(lambda c: bool(c.execute(statement).rowcount), "order", defer=defer)
+        return self.run(lambda c: bool(c.execute(self._sql.order_update, values).rowcount), "order", defer=defer)
 
     def order(self, client_order_id: str) -> Order | None:
         """One order by its client id, or None."""
@@ -474,47 +510,38 @@ class Ledger:
         return self.run(lambda connection: self._apply(connection, fill), "fill", defer=defer)
 
     def _apply(self, connection: Connection, fill: Fill) -> Position:
-        inserted = connection.execute(
-            self._insert(fills).values(**asdict(fill)).on_conflict_do_nothing(index_elements=["fill_id"])
-            .returning(fills.c.fill_id)
-        ).first()
-        if inserted is None:
+        sql = self._sql
+        if connection.execute(sql.fill_insert, asdict(fill)).first() is None:
             return self._position(connection, fill.trader, fill.symbol)
-        key = (positions.c.trader == fill.trader) & (positions.c.symbol == fill.symbol)
-        connection.execute(self._insert(positions).values(
-            trader=fill.trader, symbol=fill.symbol, units=0.0, entry_price=0.0, entry_fee=0.0, realized_pnl=0.0,
-            updated_ms=fill.time_ms,
-        ).on_conflict_do_nothing(index_elements=["trader", "symbol"]))
-        row = connection.execute(sa.select(positions).where(key).with_for_update()).one()
+        key = {"_trader": fill.trader, "_symbol": fill.symbol}
+        row = connection.execute(sql.position_locked, {"trader": fill.trader, "symbol": fill.symbol, "units": 0.0,
+                                                       "entry_price": 0.0, "entry_fee": 0.0, "realized_pnl": 0.0,
+                                                       "updated_ms": fill.time_ms}).one()
         before = Position(fill.trader, fill.symbol, row.units, row.entry_price, row.entry_fee, row.realized_pnl, row.updated_ms)
         after, closed = apply_fill(before, fill)
         trade_id = row.trade_id
         if closed is not None:
-            reason = connection.execute(
-                sa.select(orders.c.reason).where(orders.c.client_order_id == fill.client_order_id)
-            ).scalar() or "signal"
+            reason = connection.execute(sql.order_reason, {"_id": fill.client_order_id}).scalar() or "signal"
             exit_values = {"units": closed.units, "entry_fee": closed.entry_fee, "exit_time_ms": fill.time_ms,
                            "exit_price": closed.exit_price, "exit_fee": closed.exit_fee, "pnl": closed.pnl,
                            "return_pct": closed.return_pct, "exit_reason": reason}
             if after.units and (after.units > 0) == (before.units > 0):  # partial close: split a closed row off
-                entry_time = connection.execute(sa.select(trades.c.entry_time_ms).where(trades.c.id == trade_id)).scalar_one()
-                connection.execute(trades.insert().values(trader=fill.trader, symbol=fill.symbol, entry_time_ms=entry_time,
-                                                          entry_price=closed.entry_price, **exit_values))
+                entry_time = connection.execute(sql.trade_entry_time, {"_id": trade_id}).scalar_one()
+                connection.execute(sql.trade_insert, {"trader": fill.trader, "symbol": fill.symbol, "entry_time_ms": entry_time,
+                                                      "entry_price": closed.entry_price, **exit_values})
             else:
-                connection.execute(trades.update().where(trades.c.id == trade_id).values(**exit_values))
+                connection.execute(sql.trade_update, {"_id": trade_id, **exit_values})
                 trade_id = None
         if after.units:
             open_values = {"units": after.units, "entry_price": after.entry_price, "entry_fee": after.entry_fee}
             if trade_id is None:
-                trade_id = connection.execute(trades.insert().values(
-                    trader=fill.trader, symbol=fill.symbol, entry_time_ms=fill.time_ms, **open_values
-                ).returning(trades.c.id)).scalar_one()
+                trade_id = connection.execute(sql.trade_insert, {"trader": fill.trader, "symbol": fill.symbol,
+                                                                 "entry_time_ms": fill.time_ms, **open_values}).scalar_one()
             else:
-                connection.execute(trades.update().where(trades.c.id == trade_id).values(**open_values))
-        connection.execute(positions.update().where(key).values(
-            units=after.units, entry_price=after.entry_price, entry_fee=after.entry_fee,
-            realized_pnl=after.realized_pnl, updated_ms=after.updated_ms, trade_id=trade_id,
-        ))
+                connection.execute(sql.trade_update, {"_id": trade_id, **open_values})
+        connection.execute(sql.position_update, {**key, "units": after.units, "entry_price": after.entry_price,
+                                                 "entry_fee": after.entry_fee, "realized_pnl": after.realized_pnl,
+                                                 "updated_ms": after.updated_ms, "trade_id": trade_id})
         return after
 
     def fill_count(self, trader: str | None = None) -> int:
@@ -525,9 +552,7 @@ class Ledger:
         return int(self.read(lambda c: c.execute(query).scalar_one()))
 
     def _position(self, connection: Connection, trader: str, symbol: str) -> Position:
-        row = connection.execute(
-            sa.select(positions).where(positions.c.trader == trader, positions.c.symbol == symbol)
-        ).first()
+        row = connection.execute(self._sql.position, {"_trader": trader, "_symbol": symbol}).first()
         if row is None:
             return Position(trader, symbol)
         return Position(trader, symbol, row.units, row.entry_price, row.entry_fee, row.realized_pnl, row.updated_ms)
@@ -570,6 +595,10 @@ class Ledger:
         statement = self._insert(equity_points)
         return statement.on_conflict_do_update(index_elements=["trader", "time_ms"],
                                                set_={"equity": statement.excluded.equity, "cash": statement.excluded.cash})
+
+    @functools.cached_property
+    def _sql(self) -> _Statements:
+        return _Statements.build(self._insert)
 
     def equity(self, trader: str) -> pd.Series:
         """The trader's equity snapshots, indexed by UTC time."""

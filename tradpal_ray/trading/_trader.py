@@ -85,14 +85,17 @@ class TraderCore:
         self.signal_key = _signal_key(self.strategy, self.params)
         self._direction = 1 if self.config.direction == "longshort" else 0
         self._times = np.empty(0, dtype=np.int64)
+        """Open times (ms) of the window's candles, then free room: the window is ``[:_size]``."""
         self._ohlcv = np.empty((5, 0))
+        """OHLCV rows beside :attr:`_times`."""
+        self._size = 0
         self._grid_ms = np.empty(0, dtype=np.int64)
         self._grid = pd.DatetimeIndex([], dtype=_UTC_US, name="time")
 
     @property
     def last_time_ms(self) -> int | None:
         """Open time of the newest candle seen."""
-        return int(self._times[-1]) if len(self._times) else None
+        return int(self._times[self._size - 1]) if self._size else None
 
     def warm_up(self, history: pd.DataFrame) -> None:
         """Take closed candles (an OHLCV frame indexed by UTC time, e.g. from the candle store) without deciding."""
@@ -104,16 +107,36 @@ class TraderCore:
         self._append(times[keep], ohlcv[:, keep])
 
     def _append(self, times: np.ndarray, ohlcv: np.ndarray) -> None:
-        self._times = np.concatenate([self._times, times])
-        self._ohlcv = np.concatenate([self._ohlcv, ohlcv], axis=1)
-        if len(self._times) > 2 * self.window:  # trim in chunks: amortised O(1) per candle
-            self._times = self._times[-self.window:]
-            self._ohlcv = np.ascontiguousarray(self._ohlcv[:, -self.window:])
+        """Add candles after the window, in place (see :meth:`_room`)."""
+        start = self._room(len(times))
+        self._times[start:start + len(times)] = times
+        self._ohlcv[:, start:start + len(times)] = ohlcv
+        self._size = start + len(times)
+
+    def _append_one(self, candle: Candle) -> None:
+        start = self._room(1)
+        self._times[start] = candle.time_ms
+        self._ohlcv[:, start] = (candle.open, candle.high, candle.low, candle.close, candle.volume)
+        self._size = start + 1
+
+    def _room(self, count: int) -> int:
+        """Where ``count`` more candles go. When the buffer is full the newest ``window`` candles move to a
+        new one of twice that: amortised O(1) per candle, and views handed out before (a shared
+        window's bars) never change under their holder."""
+        size = self._size
+        if size + count > len(self._times):
+            keep = min(size, self.window)
+            room = max(2 * self.window, keep + count)
+            moved_times, moved_ohlcv = np.empty(room, dtype=np.int64), np.empty((5, room))
+            moved_times[:keep], moved_ohlcv[:, :keep] = self._times[size - keep:size], self._ohlcv[:, size - keep:size]
+            self._times, self._ohlcv, self._size = moved_times, moved_ohlcv, keep
+        return self._size
 
     def signal(self) -> tuple[bool, bool]:
         """(entry, exit) of the newest candle, computed on the window (or taken from :attr:`shared`)."""
-        n = min(len(self._times), self.window)
-        times, ohlcv = self._times[-n:], self._ohlcv[:, -n:]
+        end = self._size
+        start = max(end - self.window, 0)
+        times, ohlcv = self._times[start:end], self._ohlcv[:, start:end]
         if self.shared is not None:
             return self.shared.signal(self, times, ohlcv)
         return self.evaluate(self.bars(times, ohlcv))
@@ -145,8 +168,7 @@ class TraderCore:
         """The position target (-1, 0, 1 or NO_CHANGE) after this closed candle, holding ``units``."""
         if self.last_time_ms is not None and candle.time_ms <= self.last_time_ms:
             return NO_CHANGE  # already seen: exactly once, even if a source repeats it
-        self._append(np.array([candle.time_ms], dtype=np.int64),
-                     np.array([[candle.open], [candle.high], [candle.low], [candle.close], [candle.volume]]))
+        self._append_one(candle)
         return self.target(units)
 
     def target(self, units: float) -> int:
@@ -195,7 +217,7 @@ class SharedSignals:
     """The newest candle's signals, shared by the trader cores of one process (a trader host).
 
     Cores whose windows hold the same candles (same symbol, timeframe and length, compared
-    value for value) evaluate the strategy on one :class:`Bars`: each cached indicator
+    bit for bit) evaluate the strategy on one :class:`Bars`: each cached indicator
     (:func:`~tradpal_ray.backtest.indicators.indicator_cache`) is computed once for all of
     them, and each (strategy, parameters) once. The results are those a core computes alone;
     only the work is shared. One entry per series and window length: the newest candle's.
@@ -208,8 +230,8 @@ class SharedSignals:
         """``core``'s (entry, exit) on its window ``times`` / ``ohlcv`` (see the class)."""
         key = (core.symbol, core.step_ms, len(times))
         window = self._windows.get(key)
-        if window is None or not (window.times[-1] == times[-1] and np.array_equal(window.times, times)
-                                  and np.array_equal(window.ohlcv, ohlcv)):
+        if window is None or not (window.times[-1] == times[-1] and window.times.tobytes() == times.tobytes()
+                                  and window.ohlcv.tobytes() == ohlcv.tobytes()):  # bit for bit: cheaper than by value
             window = self._windows[key] = _SharedWindow(times, ohlcv, core.bars(times, ohlcv))
         found = window.signals.get(core.signal_key) if core.signal_key is not None else None
         if found is None:
