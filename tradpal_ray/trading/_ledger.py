@@ -30,7 +30,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, TypeVar
@@ -475,7 +475,7 @@ class Ledger:
     def record_order(self, order: Order, *, defer: bool = False) -> bool | None:
         """Store a new order; False (nothing written) if its client order id is already there
         (None: deferred, see :meth:`deferred`)."""
-        values = {**asdict(order), "updated_ms": order.created_ms}
+        values = {**vars(order), "updated_ms": order.created_ms}
         return self.run(lambda c: c.execute(self._sql.order_insert, values).first() is not None, "order", defer=defer)
 
     def update_order(self, client_order_id: str, status: str, exchange_order_id: str | None = None, *,
@@ -511,7 +511,7 @@ class Ledger:
 
     def _apply(self, connection: Connection, fill: Fill) -> Position:
         sql = self._sql
-        if connection.execute(sql.fill_insert, asdict(fill)).first() is None:
+        if connection.execute(sql.fill_insert, dict(vars(fill))).first() is None:
             return self._position(connection, fill.trader, fill.symbol)
         key = {"_trader": fill.trader, "_symbol": fill.symbol}
         row = connection.execute(sql.position_locked, {"trader": fill.trader, "symbol": fill.symbol, "units": 0.0,
