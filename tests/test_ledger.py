@@ -358,3 +358,19 @@ def test_sqlite_ledger_is_a_wal_file_in_the_store(store_root: Path) -> None:
         assert ledger.position("t", SYMBOL).units == 0.5  # a reader takes no lock: the committed state, at once
     assert ledger.position("t", SYMBOL).units == 5.0
     ledger.close()
+
+
+def test_sqlite_writers_take_turns_on_a_lock_file_that_hands_over_at_once(store_root: Path) -> None:
+    import fcntl
+
+    ledger = open_ledger(None, store_root)
+    done = threading.Event()
+    with (store_root / "ledger.sqlite-writer").open("a") as turn:
+        fcntl.flock(turn, fcntl.LOCK_EX)  # another process's writer has the turn
+        writer = threading.Thread(target=lambda: (ledger.record_event("t", "note", {}), done.set()))
+        writer.start()
+        assert not done.wait(1.0)  # no write while another holds the turn
+        assert ledger.events("t") == []  # reads take no turn
+    assert done.wait(30.0) and [e.kind for e in ledger.events("t")] == ["note"]  # the turn released: written
+    writer.join()
+    ledger.close()
