@@ -11,11 +11,13 @@ import contextlib
 import logging
 import os
 import socket
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from tradpal_ray.config import Settings
-from tradpal_ray.errors import ConfigError
+from tradpal_ray.errors import ConfigError, TradpalError
 from tradpal_ray.serve.settings import is_loopback
 
 
@@ -91,7 +93,6 @@ def deploy_stats(options: ServeOptions, store: str | None = None, *, app: str, r
     passed to the replicas explicitly (it is no secret); the Redis URL only through the environment.
     """
     from ray import serve as ray_serve
-    from ray.serve._private.api import serve_start
     from ray.serve.exceptions import RayServeException
 
     from tradpal_ray.serve.deployment import app as stats_app
@@ -111,7 +112,7 @@ def deploy_stats(options: ServeOptions, store: str | None = None, *, app: str, r
         if started:
             _check_port_free(options.host or "127.0.0.1", options.port or 8000)
         # A running Serve keeps its own host and port: asking for others only earns a warning.
-        client = serve_start(http_options={"host": options.host, "port": options.port} if started else None)
+        client = _serve_start({"host": options.host, "port": options.port} if started else None)
         if not started:
             _make_room(app, client.get_serve_details().get("applications", {}), replace=replace, redeploy=redeploy)
         try:
@@ -121,6 +122,28 @@ def deploy_stats(options: ServeOptions, store: str | None = None, *, app: str, r
     http = client.http_config
     return DeployedStats(url=f"http://{options.host if started else http.host}:{http.port}", app=app,
                          started_serve=started)
+
+
+PROXY_START_ATTEMPTS = 3
+
+
+def _serve_start(http_options: dict[str, object] | None) -> Any:
+    """``serve_start``, again when its HTTP proxy died while starting. A Serve shut down just before (a
+    script's, another command's) may still be killing its proxy, and a new controller takes the proxy
+    of that name if it is still there; once it is gone, the controller starts its own."""
+    import ray
+    from ray.serve._private.api import serve_start
+
+    attempt = 1
+    while True:
+        try:
+            return serve_start(http_options=http_options)
+        except ray.exceptions.RayActorError as exc:
+            if attempt == PROXY_START_ATTEMPTS:
+                raise TradpalError(f"Serve could not start its HTTP proxy ({type(exc).__name__}, {attempt} tries)") from None
+        time.sleep(attempt)  # the previous proxy's teardown
+        attempt += 1
+        http_options = None  # the controller runs now, with these options
 
 
 def stop_stats(app: str) -> None:
