@@ -378,17 +378,21 @@ def test_slow_consumer_is_told_what_it_missed_and_reads_it_from_the_store(make_s
 def test_trades_identical_for_both_connectors(make_simulator: Any) -> None:
     sim = make_simulator([SYMBOL], speed=SPEED, trades_per_minute=600)
 
+    firsts: dict[str, int] = {}  # each connector's first trade id: they start apart (3,000 trades a second)
+
     async def collect(connector: str) -> dict[int, tuple]:
         feed = Feed(feed_config(sim, None, connector))
         await feed.start()
         trades: dict[int, tuple] = {}
         sub = subscribe_trades(feed, SYMBOL, poll_timeout=0.2)
         try:
-            while len(trades) < 300:
+            while len(firsts) < 2 or max(trades) < max(firsts.values()) + 300:  # 300 trades past the later start
                 batch = await asyncio.wait_for(anext(sub), 10)
                 for row in batch.to_pylist():
                     assert row["trade_id"] not in trades
                     trades[row["trade_id"]] = (row["time"], row["price"], row["amount"], row["buyer_maker"], row["symbol"])
+                if trades:
+                    firsts.setdefault(connector, min(trades))
         finally:
             await asyncio.wait_for(feed.stop(), 30)
         return trades
