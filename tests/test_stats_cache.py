@@ -301,7 +301,8 @@ def test_tls_redis(store_root: Path, make_run: Callable[..., Any], make_redis: C
     assert server.url.startswith("rediss://")
 
     async def scenario() -> None:
-        service = await started(store_root, server.url)
+        # A TLS handshake on a loaded machine can take longer than the 100 ms default: this test is about TLS.
+        service = await started(store_root, server.url, timeout=2.0)
         try:
             assert await service.runs() == await service.runs()
             assert outcomes(service, "runs") == {"miss": 1, "hit": 1} and (await service.readiness())["ready"]
